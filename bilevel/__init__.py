@@ -1,0 +1,44 @@
+"""The bi-level core: weighters, normalisers, hypergradient strategies and the bi-level update.
+
+Knows nothing of reinforcement learning and imports none of the other packages of this distribution.
+Notation: model parameters θ, weighter parameters α, per-sample lower losses ℓ_i(θ), weights w_i = N_α(features_i),
+L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
+"""
+
+from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
+from bilevel.functional import hypergradient
+from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normalizer
+from bilevel.strategies import (
+    BilevelProblem,
+    HypergradientResult,
+    Implicit,
+    Lookahead,
+    Naive,
+    SameState,
+    Strategy,
+    Uniform,
+)
+from bilevel.update import BilevelUpdate, LevelOutputs
+from bilevel.weighter import MetaWeighter
+
+__all__ = [
+    "BatchNormalizer",
+    "BilevelProblem",
+    "BilevelUpdate",
+    "CheckRow",
+    "HypergradientResult",
+    "Implicit",
+    "LevelOutputs",
+    "Lookahead",
+    "MetaWeighter",
+    "MovingNormalizer",
+    "Naive",
+    "SameState",
+    "Strategy",
+    "Uniform",
+    "check_hypergradient",
+    "finite_difference_gradient",
+    "format_report",
+    "hypergradient",
+    "make_normalizer",
+]

@@ -1,0 +1,187 @@
+"""One full bi-level update on real modules and optimisers (TEMPO Algorithm 1, lines 3–8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bilevel import _autodiff as ad
+from bilevel.strategies import BilevelProblem, Strategy
+
+ModelFn = Callable[..., Any]
+
+
+@dataclass
+class LevelOutputs:
+    """What the user's ``forward`` returns from one pass of the model.
+
+    Attributes:
+        loss: ℓ, unweighted per-sample lower losses, shape S (e.g. [N] or [B, T]).
+        features: weighter inputs, shape [*S, F] (detached by the weighter).  Required by strategies that train
+            a weighter.
+        upper: the task-aware loss from the same pass: a scalar L_up, or per-sample values of shape S (averaged
+            for the upper level; used per sample by ``Naive``).  Optional when ``step`` gets a separate ``upper``.
+    """
+
+    loss: Tensor
+    features: Tensor | None = None
+    upper: Tensor | None = None
+
+
+class BilevelUpdate:
+    """Performs one bi-level update: the model's step on the weighted loss and the weighter's step on dL_up/dw.
+
+    Per call of :meth:`step` (TEMPO Algorithm 1, lines 3–8):
+
+    1. ``out = forward(model)`` — one real forward at θ (BatchNorm statistics update here, once);
+    2. ``w = weighter(out.features)`` (or ``strategy.rule_weights(out.loss, out.upper)`` for ``Naive``/``Uniform``);
+    3. ``g = dL_up/dw`` by the strategy, reusing the forward of step 1; virtual forwards at other θ (Lookahead)
+       run through ``torch.func.functional_call`` on *copies* of the buffers, so BatchNorm running statistics are
+       never changed by virtual steps;
+    4. ``w.backward(g)`` and a weighter-optimiser step (upper level);
+    5. the model-optimiser step on ∇θ (1/N) Σ w_i ℓ_i (lower level) — the gradient the strategy already computed
+       at θ, so no second backward pass.
+
+    Args:
+        model: the lower-level model θ (its trainable parameters are θ).
+        model_optimizer: the real optimiser for θ (Adam, SGD, ...).
+        strategy: a :class:`bilevel.Strategy`.
+        weighter: N_α, e.g. :class:`bilevel.MetaWeighter`; required when ``strategy.trains_weighter``.
+        weighter_optimizer: optimiser over α; required with ``weighter``.
+        grad_clip: global-norm clip for θ's gradient (DreamerV2/TEMPO: 100), or None.
+        weighter_grad_clip: global-norm clip for α's gradient, or None.
+
+    Raises:
+        ValueError: if the strategy trains a weighter but no weighter/optimiser is given.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        model_optimizer: torch.optim.Optimizer,
+        strategy: Strategy,
+        weighter: nn.Module | None = None,
+        weighter_optimizer: torch.optim.Optimizer | None = None,
+        *,
+        grad_clip: float | None = None,
+        weighter_grad_clip: float | None = None,
+    ) -> None:
+        if strategy.trains_weighter and (weighter is None or weighter_optimizer is None):
+            raise ValueError(f"{strategy!r} trains a weighter: pass weighter= and weighter_optimizer=")
+        self.model, self.model_optimizer, self.strategy = model, model_optimizer, strategy
+        self.weighter, self.weighter_optimizer = weighter, weighter_optimizer
+        self.grad_clip, self.weighter_grad_clip = grad_clip, weighter_grad_clip
+
+    def view(self, params: dict[str, Tensor]) -> ModelFn:
+        """The model as a function of ``params`` (a virtual θ), with its own copy of every buffer."""
+        state = {**{n: b.clone() for n, b in self.model.named_buffers()}, **params}
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return torch.func.functional_call(self.model, state, args, kwargs)
+
+        return call
+
+    def step(
+        self,
+        forward: Callable[[ModelFn], LevelOutputs],
+        upper: Callable[[ModelFn], Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Run one bi-level update.
+
+        Args:
+            forward: ``model_fn -> LevelOutputs``; called with the real model for θ and with functional views for
+                virtual parameters.  Everything random inside (latent samples, dropout) should be drawn once
+                outside or seeded, so that virtual passes see the same noise.
+            upper: optional ``model_fn -> L_up`` on separate data (e.g. a clean meta set); when omitted the
+                upper loss is ``forward(...).upper``.
+
+        Returns:
+            Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
+            ``weight_mean/std/min/max``, ``hypergrad_norm``, ``model_grad_norm``, ``weighter_grad_norm``.
+
+        Raises:
+            ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing.
+        """
+        out = forward(self.model)
+        params = dict(self.model.named_parameters())
+
+        def upper_fn(fn: ModelFn) -> Tensor:
+            if upper is not None:
+                return upper(fn)
+            value = forward(fn).upper
+            if value is None:
+                raise ValueError("forward() returned no upper loss and step() got no upper=")
+            return value
+
+        # Upper loss at θ: free from a shared forward; on separate data it is evaluated (on buffer copies) only
+        # if the strategy asks for it (BilevelProblem.upper_at is lazy; Lookahead needs it at θ_K only).
+        upper_at_theta: Tensor | None = out.upper if upper is None else None
+        if upper_at_theta is None and self.strategy.needs_upper:
+            upper_at_theta = upper_fn(self.view(params))
+
+        metrics: dict[str, float] = {}
+        if self.strategy.trains_weighter:
+            if out.features is None:
+                raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
+            assert self.weighter is not None and self.weighter_optimizer is not None
+            w = self.weighter(out.features)
+            problem = BilevelProblem(
+                per_sample_loss=lambda p: forward(self.view(p)).loss,
+                upper_loss=lambda p: upper_fn(self.view(p)),
+                params=params,
+                loss=out.loss,
+                upper=upper_at_theta,
+            )
+            result = self.strategy.compute(problem, w.detach())
+            g = result.hypergradient
+            self.weighter_optimizer.zero_grad(set_to_none=True)
+            w.backward(g)
+            metrics["weighter_grad_norm"] = _clip(self.weighter.parameters(), self.weighter_grad_clip)
+            self.weighter_optimizer.step()
+            metrics["hypergrad_norm"] = float(g.norm())
+            if result.upper is not None:
+                upper_at_theta = result.upper
+            lower_grad = result.lower_grad
+            w = w.detach()
+        else:
+            upper_detached = None if upper_at_theta is None else upper_at_theta.detach()
+            w = self.strategy.rule_weights(out.loss.detach(), upper_detached)
+            lower_grad = None
+
+        names = list(params)
+        trainable = [params[n] for n in names if params[n].requires_grad]
+        if lower_grad is None:
+            lower_grad = ad.grads(ad.lower_objective(out.loss, w), [params[n] for n in names])
+        self.model_optimizer.zero_grad(set_to_none=True)
+        for n, g_theta in zip(names, lower_grad, strict=True):
+            if params[n].requires_grad:
+                params[n].grad = g_theta.detach()
+        metrics["model_grad_norm"] = _clip(trainable, self.grad_clip)
+        self.model_optimizer.step()
+
+        with torch.no_grad():
+            loss = out.loss.detach()
+            metrics.update(
+                lower_loss=float((w * loss).mean()),
+                lower_loss_unweighted=float(loss.mean()),
+                weight_mean=float(w.mean()),
+                weight_std=float(w.std()) if w.numel() > 1 else 0.0,
+                weight_min=float(w.min()),
+                weight_max=float(w.max()),
+            )
+            if upper_at_theta is not None:
+                metrics["upper_loss"] = float(upper_at_theta.detach().mean())
+        return metrics
+
+
+def _clip(parameters: Any, max_norm: float | None) -> float:
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))

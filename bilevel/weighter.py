@@ -1,0 +1,100 @@
+"""The meta weighter N_α: per-sample features → sample weights (TEMPO eq. 5, §3.1, Appendix A.2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(width)
+    if kind == "layer":
+        return nn.LayerNorm(width)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose 'batch', 'layer' or 'none'")
+
+
+class MetaWeighter(nn.Module):
+    """MLP meta weighter ``w = scale · σ(o) + shift`` over *detached* per-sample features.
+
+    TEMPO §3.1: dense layers of 400 units, BatchNorm and ELU after each hidden layer, a sigmoid and an additive
+    bias on the output so that ``w = 0.5 σ(o) + 0.75 ∈ (0.75, 1.25)``.  Appendix A.2 reports that BatchNorm "greatly
+    boosts the final performance".  The official code additionally normalises the output logit ``o`` (a
+    BatchNorm without affine parameters) before the sigmoid: ``output_norm=True``.
+
+    Inputs are always detached: the lower-level model must not move its states to earn weight.
+
+    Args:
+        in_features: F, the feature size (TEMPO DMC: 200 + 2·32 + 2).
+        layers: number of hidden dense layers (TEMPO: 5).
+        hidden: units per hidden layer (TEMPO: 400).
+        activation: one of ``elu`` (TEMPO), ``relu``, ``silu``, ``tanh``, ``gelu``.
+        norm: ``batch`` (TEMPO), ``layer`` or ``none``, applied after each hidden dense layer, before the
+            activation.
+        output_norm: normalise the output logit with batch statistics before the sigmoid (official code).
+        scale, shift: output map constants (TEMPO: 0.5 and 0.75; Meta-Weight-Net: 1 and 0).
+
+    Shapes:
+        ``forward(features: Tensor[..., F]) -> Tensor[...]`` — any leading shape (e.g. [B, T] for sequences);
+        BatchNorm statistics are taken over all leading positions together.
+
+    Raises:
+        ValueError: for an unknown activation/norm, ``layers < 0`` or a non-positive ``hidden``; at call time if
+            the last feature dimension is not ``in_features``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        layers: int = 5,
+        hidden: int = 400,
+        activation: str = "elu",
+        norm: Literal["batch", "layer", "none"] = "batch",
+        output_norm: bool = False,
+        scale: float = 0.5,
+        shift: float = 0.75,
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+        if layers < 0 or hidden < 1 or in_features < 1:
+            raise ValueError(f"need layers >= 0, hidden >= 1, in_features >= 1; got {layers}, {hidden}, "
+                             f"{in_features}")
+        self.in_features, self.scale, self.shift = in_features, float(scale), float(shift)
+        blocks: list[nn.Module] = []
+        width = in_features
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), _norm(norm, hidden), _ACTIVATIONS[activation]()]
+            width = hidden
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, 1)
+        self.output_norm = nn.BatchNorm1d(1, affine=False) if output_norm else None
+
+    def logits(self, features: Tensor) -> Tensor:
+        """The pre-sigmoid output o, shape ``features.shape[:-1]``."""
+        if features.shape[-1] != self.in_features:
+            raise ValueError(f"MetaWeighter expects {self.in_features} features, got shape {tuple(features.shape)}")
+        lead = features.shape[:-1]
+        x = features.detach().reshape(-1, self.in_features)
+        o = self.head(self.body(x))
+        if self.output_norm is not None:
+            o = self.output_norm(o)
+        return o.reshape(lead)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.scale * torch.sigmoid(self.logits(features)) + self.shift
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, w = {self.scale}·σ(o) + {self.shift}"

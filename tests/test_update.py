@@ -1,0 +1,134 @@
+"""BilevelUpdate: one full bi-level step on real modules and optimisers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import bilevel as B
+
+
+def _setup(strategy, bn: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(3, 8)] + ([nn.BatchNorm1d(8)] if bn else []) + [nn.Tanh(), nn.Linear(8, 1)]
+    model = nn.Sequential(*layers)
+    weighter = B.MetaWeighter(2, layers=1, hidden=8, norm="none")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_w = torch.optim.SGD(weighter.parameters(), lr=0.5)
+    x, y = torch.randn(12, 3), torch.randn(12)
+    xm, ym = torch.randn(6, 3), torch.randn(6)
+
+    def forward(fn):
+        loss = (fn(x).squeeze(-1) - y) ** 2
+        return B.LevelOutputs(loss=loss, features=torch.stack([loss.detach(), y], -1))
+
+    def upper(fn):
+        return ((fn(xm).squeeze(-1) - ym) ** 2).mean()
+
+    upd = B.BilevelUpdate(model, opt, strategy, weighter if strategy.trains_weighter else None,
+                          opt_w if strategy.trains_weighter else None)
+    return upd, model, weighter, forward, upper, (x, y, xm, ym)
+
+
+@pytest.mark.parametrize("strategy", [B.SameState(0.1), B.Lookahead(0.1, 2), B.Implicit("cg", iters=5, damping=1.0)])
+def test_step_equals_manual_bilevel_update(strategy):
+    upd, model, weighter, forward, upper, (x, y, xm, ym) = _setup(strategy)
+    model_ref, weighter_ref = copy.deepcopy(model), copy.deepcopy(weighter)
+
+    metrics = upd.step(forward, upper)
+
+    # Manual reference with the functional API.
+    loss_ref = (model_ref(x).squeeze(-1) - y) ** 2
+    w = weighter_ref(torch.stack([loss_ref.detach(), y], -1))
+
+    def psl(p):
+        return (torch.func.functional_call(model_ref, p, (x,)).squeeze(-1) - y) ** 2
+
+    def up(p):
+        return ((torch.func.functional_call(model_ref, p, (xm,)).squeeze(-1) - ym) ** 2).mean()
+
+    g = B.hypergradient(strategy, psl, up, dict(model_ref.named_parameters()), w.detach())
+    w.backward(g)
+    with torch.no_grad():
+        for p in weighter_ref.parameters():
+            p -= 0.5 * p.grad
+    (w.detach() * loss_ref).mean().backward()
+    with torch.no_grad():
+        for p in model_ref.parameters():
+            p -= 0.1 * p.grad
+
+    for a, b in zip(model.parameters(), model_ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(weighter.parameters(), weighter_ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert metrics["hypergrad_norm"] == pytest.approx(float(g.norm()), rel=1e-4)
+    for key in ("lower_loss", "lower_loss_unweighted", "weight_mean", "weight_std", "weight_min", "weight_max",
+                "model_grad_norm", "weighter_grad_norm"):
+        assert key in metrics
+    assert 0.75 < metrics["weight_min"] <= metrics["weight_mean"] <= metrics["weight_max"] < 1.25
+
+
+@pytest.mark.parametrize("strategy", [B.SameState(0.1), B.Lookahead(0.1, 3), B.Implicit("cg", iters=3, damping=1.0)])
+def test_batchnorm_running_statistics_change_only_by_the_real_forward(strategy):
+    upd, model, _, forward, upper, (x, _, _, _) = _setup(strategy, bn=True)
+    reference = copy.deepcopy(model)
+    reference(x)  # exactly one real training-mode forward on the lower batch
+    upd.step(forward, upper)
+    bn, bn_ref = model[1], reference[1]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var)
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_shared_forward_upper_and_grad_clip():
+    """TEMPO's shape: the upper loss comes from the same forward as the lower loss."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    weighter = B.MetaWeighter(2, layers=1, hidden=4)
+    upd = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1), weighter,
+                          torch.optim.Adam(weighter.parameters()), grad_clip=1e-3)
+    x = 100 * torch.randn(20, 3)
+
+    def forward(fn):
+        out = fn(x)
+        return B.LevelOutputs(loss=(out**2).sum(-1), features=out.detach(), upper=(out[:, 0] - out[:, 1]) ** 2)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = upd.step(forward)
+    moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert metrics["model_grad_norm"] > 1.0
+    assert float(moved) == pytest.approx(0.1 * 1e-3, rel=1e-3)  # lr · clipped norm
+    assert "upper_loss" in metrics
+
+
+def test_naive_and_uniform_need_no_weighter():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(10, 3), torch.randn(10)
+
+    def forward(fn):
+        loss = (fn(x).squeeze(-1) - y) ** 2
+        return B.LevelOutputs(loss=loss, upper=loss.detach() * torch.arange(10.0))
+
+    m = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.01), B.Naive()).step(forward)
+    assert m["weight_mean"] == pytest.approx(1.0, abs=1e-6) and m["weight_std"] > 0.5
+    m = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.01), B.Uniform()).step(forward)
+    assert m["weight_std"] == 0.0 and m["lower_loss"] == pytest.approx(m["lower_loss_unweighted"])
+
+
+def test_update_errors():
+    model = nn.Linear(3, 1)
+    with pytest.raises(ValueError, match="trains a weighter"):
+        B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1))
+    weighter = B.MetaWeighter(1, layers=1, hidden=2)
+    upd = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1), weighter,
+                          torch.optim.SGD(weighter.parameters(), lr=0.1))
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="must return features"):
+        upd.step(lambda fn: B.LevelOutputs(loss=fn(x).squeeze(-1) ** 2))
+    naive = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.Naive())
+    with pytest.raises(ValueError, match="per-sample upper loss"):
+        naive.step(lambda fn: B.LevelOutputs(loss=fn(x).squeeze(-1) ** 2, upper=torch.ones(())))
