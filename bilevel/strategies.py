@@ -25,7 +25,7 @@ Uniform        no hypergradient: w = 1                                        �
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -35,7 +35,6 @@ from torch import Tensor
 from bilevel import _autodiff as ad
 from bilevel.normalizers import make_normalizer
 
-ParamDict = Mapping[str, Tensor]
 PerSampleLoss = Callable[[dict[str, Tensor]], Tensor]
 UpperLoss = Callable[[dict[str, Tensor]], Tensor]
 
@@ -90,10 +89,6 @@ class BilevelProblem:
         else:
             value = self.upper_loss(self.as_dict(tensors))
         return value if value.dim() == 0 else value.mean()
-
-    def trainable(self, tensors: list[Tensor]) -> list[Tensor]:
-        """The subset of θ that a virtual step moves (tensors that require grad)."""
-        return [t for t, p in zip(tensors, self.tensors, strict=True) if p.requires_grad]
 
 
 @dataclass
@@ -154,13 +149,16 @@ class SameState(Strategy):
         g_i = dL_up/dw_i = −(η/N) ⟨∇θ L_up(θ), ∇θ ℓ_i(θ)⟩
 
     All N values come from one mixed product along ``a = ∇θ L_up(θ)``: a double backward through the lower
-    gradient (``method="double_backward"``, default; reuses the forward and gives the model its gradient for
-    free) or a forward-mode JVP of θ ↦ ℓ(θ) (``method="jvp"``, a second forward with dual numbers; needs a
-    closure torch.func can transform).
+    gradient (``method="double_backward"``: reuses an existing forward and yields the model's own gradient as a
+    by-product) or a forward-mode JVP of θ ↦ ℓ(θ) (``method="jvp"``: a forward with dual numbers and no lower
+    backward at all; needs a closure that torch.func can transform).  ``method="auto"`` (default) takes the
+    double backward when the forward at θ was already run (``BilevelUpdate``, where the model needs ∇θ L_low
+    anyway) and the JVP otherwise (the functional :func:`bilevel.hypergradient`), falling back to the double
+    backward if the closure cannot be transformed.  Measured choices: ``benchmarks/hypergrad.py``.
 
     Args:
         lr: η, the model's learning rate in the virtual step (only scales g).
-        method: ``"double_backward"`` or ``"jvp"``.
+        method: ``"auto"``, ``"double_backward"`` or ``"jvp"``.
         convention: ``"correct"`` (the sign above, proven by finite differences) or ``"official"``: the sign and
             scale of the official TEMPO code, which descends α on +∂/∂α ⟨∇θ L_loss, ∇θ L_up⟩ with
             L_loss = −ELBO, i.e. ``g_i = +(1/N) ⟨∇θ ℓ_i, ∇θ L_up⟩`` — the opposite direction, without η.
@@ -174,12 +172,12 @@ class SameState(Strategy):
         self,
         lr: float,
         *,
-        method: Literal["double_backward", "jvp"] = "double_backward",
+        method: Literal["auto", "double_backward", "jvp"] = "auto",
         convention: Literal["correct", "official"] = "correct",
     ) -> None:
         _check_lr(lr)
-        if method not in ("double_backward", "jvp"):
-            raise ValueError(f"method must be 'double_backward' or 'jvp', got {method!r}")
+        if method not in ("auto", "double_backward", "jvp"):
+            raise ValueError(f"method must be 'auto', 'double_backward' or 'jvp', got {method!r}")
         if convention not in ("correct", "official"):
             raise ValueError(f"convention must be 'correct' or 'official', got {convention!r}")
         self.lr, self.method, self.convention = lr, method, convention
@@ -194,22 +192,35 @@ class SameState(Strategy):
     def compute(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:
         w = _leaf(weights)
         theta = problem.tensors
+        method = self.method
+        if method == "auto":
+            method = "double_backward" if problem.loss is not None else "jvp"
+        if method == "jvp":
+            try:
+                return self._compute_jvp(problem, weights)
+            except RuntimeError:
+                if self.method == "jvp":
+                    raise
         upper = problem.upper_at()
-        if self.method == "jvp":
-            a = ad.grads(upper, theta)
-            names = problem.names
-            primals = tuple(t.detach() for t in theta)
-
-            def f(*ps: Tensor) -> Tensor:
-                return problem.per_sample_loss(dict(zip(names, ps, strict=True)))
-
-            _, jv = torch.func.jvp(f, primals, tuple(x.detach() for x in a))
-            return HypergradientResult(self._scale() * jv.detach() / jv.numel(), None, upper.detach())
         point = ad.LowerPoint(theta, problem.loss_at(), w)
         a = ad.grads(upper, theta, retain_graph=True)
         lower_grad = [g.detach() for g in point.grad]
         mixed = point.mixed(a, retain_graph=False)  # (1/N) J a
         return HypergradientResult(self._scale() * mixed.detach(), lower_grad, upper.detach())
+
+    def _compute_jvp(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:
+        """(1/N) J a by forward-mode AD of θ ↦ ℓ(θ) along a = ∇θ L_up(θ) (torch.func.jvp)."""
+        theta = problem.tensors
+        upper = problem.upper_at()
+        a = ad.grads(upper, theta, retain_graph=True)
+        names = problem.names
+
+        def f(*ps: Tensor) -> Tensor:
+            return problem.per_sample_loss(dict(zip(names, ps, strict=True)))
+
+        loss, jv = torch.func.jvp(f, tuple(t.detach() for t in theta), tuple(x.detach() for x in a))
+        ad.lower_objective(loss, weights)  # shape check only
+        return HypergradientResult(self._scale() * jv.detach() / jv.numel(), None, upper.detach())
 
     def objective(self, problem: BilevelProblem, weights: Tensor) -> Tensor:
         theta = problem.tensors  # fresh evaluations: the cached graphs at θ belong to compute()
