@@ -1,0 +1,210 @@
+"""Dreamer's actor-critic, learned in imagination on the RSSM's latent states (DreamerV2 §2.3–2.4).
+
+* λ-returns (γ 0.99, λ 0.95) over a 15-step imagined rollout, bootstrapped with a slow critic that is copied
+  from the critic every 100 updates;
+* actor gradients by dynamics back-propagation for continuous actions, REINFORCE for discrete ones, plus an
+  entropy bonus;
+* the critic is exposed as V(features) for the upper-level task-aware losses (``value``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldmodels.rssm import RSSM, mlp
+
+
+def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
+    """λ-returns over an imagined trajectory (DreamerV2 eq. 4, with rewards aligned to the state reached).
+
+    R_t = r_{t+1} + γ_{t+1} ((1 − λ) v_{t+1} + λ R_{t+1}),  R_H = v_H,  for t = 0 … H−1.
+
+    Args:
+        reward: [H+1, N], r_t predicted at state s_t (the reward received on arriving there); r_0 unused.
+        value: [H+1, N], v(s_t).
+        discount: [H+1, N], γ_t predicted at s_t (γ·continuation probability); γ_0 unused.
+        lam: λ.
+
+    Returns:
+        [H, N]: R_0 … R_{H−1}.
+    """
+    out = []
+    last = value[-1]
+    for t in reversed(range(reward.shape[0] - 1)):
+        last = reward[t + 1] + discount[t + 1] * ((1 - lam) * value[t + 1] + lam * last)
+        out.append(last)
+    return torch.stack(out[::-1], 0)
+
+
+class Actor(nn.Module):
+    """π(a | features).  Continuous: Normal with tanh-squashed mean, clipped to [−1, 1] with a straight-through
+    gradient (an approximation of DreamerV2's truncated Normal); discrete: one-hot categorical with a
+    straight-through sample.
+
+    Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
+    """
+
+    def __init__(self, feat: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 400,
+                 min_std: float = 0.1, init_std: float = 0.0) -> None:
+        super().__init__()
+        self.discrete, self.action_dim, self.min_std, self.init_std = discrete, action_dim, min_std, init_std
+        self.net = mlp(feat, action_dim if discrete else 2 * action_dim, layers, units)
+
+    def forward(self, feat: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.net(feat)
+        if self.discrete:
+            logp_all = out.log_softmax(-1)
+            probs = logp_all.exp()
+            index = probs.argmax(-1) if deterministic else torch.multinomial(probs.reshape(-1, self.action_dim), 1
+                                                                              ).reshape(probs.shape[:-1])
+            onehot = F.one_hot(index, self.action_dim).to(probs)
+            action = onehot + probs - probs.detach()
+            log_prob = (onehot * logp_all).sum(-1)
+            entropy = -(probs * logp_all).sum(-1)
+            return action, log_prob, entropy
+        mean, std = out.chunk(2, -1)
+        mean = torch.tanh(mean)
+        std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
+        raw = mean if deterministic else mean + std * torch.randn_like(mean)
+        action = raw + (raw.clamp(-1, 1) - raw).detach()
+        log_prob = (-0.5 * ((raw.detach() - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
+        return action, log_prob, entropy
+
+
+class ActorCritic(nn.Module):
+    """Behaviour learning in imagination (DreamerV2).
+
+    Args:
+        rssm: the world model's latent dynamics (only used, never updated here).
+        reward_head, discount_head: the world model's heads on features (``discount_head=None``: constant γ).
+        action_dim, discrete: the action space.
+        horizon, gamma, lam: imagination horizon (15), discount (0.99), λ (0.95).
+        entropy: entropy bonus scale (DMC 1e-4, Atari 1e-3).
+        actor_grad: ``"dynamics"`` (continuous default) or ``"reinforce"`` (discrete default).
+        slow_every: copy the critic into the slow critic every this many updates (100).
+        layers, units: actor/critic MLPs (4 × 400).
+        actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
+    """
+
+    def __init__(
+        self,
+        rssm: RSSM,
+        reward_head: nn.Module,
+        discount_head: nn.Module | None,
+        action_dim: int,
+        discrete: bool,
+        *,
+        horizon: int = 15,
+        gamma: float = 0.99,
+        lam: float = 0.95,
+        entropy: float = 1e-4,
+        actor_grad: str | None = None,
+        slow_every: int = 100,
+        layers: int = 4,
+        units: int = 400,
+        actor_lr: float = 8e-5,
+        critic_lr: float = 8e-5,
+        eps: float = 1e-5,
+        clip: float = 100.0,
+        weight_decay: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
+        feat = rssm.feat_size
+        self.actor = Actor(feat, action_dim, discrete, layers, units)
+        self.critic = mlp(feat, 1, layers, units)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.horizon, self.gamma, self.lam, self.entropy = horizon, gamma, lam, entropy
+        self.actor_grad = actor_grad or ("reinforce" if discrete else "dynamics")
+        if self.actor_grad not in ("dynamics", "reinforce"):
+            raise ValueError(f"actor_grad must be 'dynamics' or 'reinforce', got {self.actor_grad!r}")
+        self.slow_every, self.clip = slow_every, clip
+        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def value(self, feat: Tensor, slow: bool = True) -> Tensor:
+        """V(features) [...]: the (slow) critic, as the upper-level losses use it."""
+        return (self.slow_critic if slow else self.critic)(feat).squeeze(-1)
+
+    def act(self, feat: Tensor, deterministic: bool = False) -> Tensor:
+        """An action for acting in the environment."""
+        return self.actor(feat, deterministic)[0].detach()
+
+    def update(self, start: dict[str, Tensor], is_terminal: Tensor | None = None) -> dict[str, float]:
+        """One actor and one critic step on a rollout imagined from ``start`` (posterior states [..., ·]).
+
+        Args:
+            start: posterior states (any leading shape; flattened); detached here.
+            is_terminal: optional [...] bool, the start states that are terminal (their γ_0 is 0).
+        """
+        rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
+        start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:])
+                 for k, v in start.items()}
+        logps, ents = [], []
+
+        def policy(feat: Tensor) -> Tensor:
+            action, logp, ent = self.actor(feat)
+            logps.append(logp)
+            ents.append(ent)
+            return action
+
+        for p in self._wm_params():
+            p.requires_grad_(False)
+        try:
+            states, _ = rssm.imagine(policy, start, self.horizon)
+        finally:
+            for p in self._wm_params():
+                p.requires_grad_(True)
+        feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
+        reward = reward_head(feat).squeeze(-1)
+        if discount_head is not None:
+            discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
+        else:
+            discount = torch.full_like(reward, self.gamma)
+        if is_terminal is not None:
+            discount = torch.cat([(1.0 - is_terminal.reshape(1, -1).to(discount)) * self.gamma, discount[1:]], 0)
+        value_slow = self.slow_critic(feat).squeeze(-1)
+        target = lambda_return(reward, value_slow, discount, self.lam)  # [H, N]
+        with torch.no_grad():
+            weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0)[:-1]
+
+        logp, ent = torch.stack(logps, 0), torch.stack(ents, 0)  # [H, N]
+        if self.actor_grad == "dynamics":
+            objective = target
+        else:
+            baseline = self.slow_critic(feat[:-1].detach()).squeeze(-1)
+            objective = logp * (target - baseline).detach()
+        actor_loss = -(weight * (objective + self.entropy * ent)).mean()
+        critic_loss = (weight * 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
+
+        actor_grads = torch.autograd.grad(actor_loss, list(self.actor.parameters()))
+        for p, g in zip(self.actor.parameters(), actor_grads, strict=True):
+            p.grad = g
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        actor_norm = float(nn.utils.clip_grad_norm_(self.actor.parameters(), self.clip))
+        critic_norm = float(nn.utils.clip_grad_norm_(self.critic.parameters(), self.clip))
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.updates += 1
+        if int(self.updates) % self.slow_every == 0:
+            self.slow_critic.load_state_dict(self.critic.state_dict())
+        return {
+            "actor_loss": float(actor_loss.detach()), "critic_loss": float(critic_loss.detach()),
+            "imag_reward": float(reward[1:].mean()), "imag_value": float(value_slow.mean()),
+            "imag_return": float(target.mean()), "actor_entropy": float(ent.mean()),
+            "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
+        }
+
+    def _wm_params(self) -> list[nn.Parameter]:
+        mods: list[Callable | nn.Module | None] = [self._wm["rssm"], self._wm["reward"], self._wm["discount"]]
+        return [p for m in mods if isinstance(m, nn.Module) for p in m.parameters()]

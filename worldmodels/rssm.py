@@ -1,0 +1,423 @@
+"""Recurrent state-space model (RSSM) of DreamerV2 with per-step, per-sequence ELBO terms.
+
+Hafner et al. 2021, "Mastering Atari with Discrete World Models" (DreamerV2), and TEMPO eq. 1–2:
+
+    deterministic state   h_t = f_θ(h_{t−1}, s_{t−1}, a_{t−1})          (GRU with LayerNorm)
+    prior                 s_t ~ p_θ(s_t | h_t)
+    posterior             s_t ~ q_θ(s_t | h_t, o_t)
+    heads                 o_t, r_t, γ_t ~ p_θ(· | h_t, s_t)
+
+The stochastic state is Gaussian (DMC: 32 dims, std ≥ 0.1) or categorical (Atari: 32 variables × 32 classes,
+straight-through gradients).  The KL term uses KL balancing (DreamerV2 §2.2, α = 0.8) and free nats.
+
+Data convention (DreamerV2's): at step t the batch holds the observation o_t, the action a_{t−1} that led to it
+(zeros when ``is_first``), the reward r_t received on arrival and the discount target γ_t (0 after a terminal
+transition); ``is_first`` resets the recurrent state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from worldmodels.base import ModelLoss
+
+State = dict[str, Tensor]
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def mlp(inp: int, out: int, layers: int, units: int, act: type[nn.Module] = nn.ELU,
+        norm: bool = False) -> nn.Sequential:
+    """``layers`` hidden dense layers of ``units`` (optional LayerNorm, then ``act``) and a linear output."""
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(inp, units)] + ([nn.LayerNorm(units)] if norm else []) + [act()]
+        inp = units
+    mods.append(nn.Linear(inp, out))
+    return nn.Sequential(*mods)
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV2's GRU cell: one linear map of [x, h], LayerNorm, update-gate bias −1.
+
+    Shapes: ``forward(x[B, I], h[B, H]) -> h'[B, H]``.
+    """
+
+    def __init__(self, inp: int, size: int, update_bias: float = -1.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(inp + size, 3 * size, bias=False)
+        self.norm = nn.LayerNorm(3 * size)
+        self.update_bias = update_bias
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1 - update) * h
+
+
+class RSSM(nn.Module):
+    """The latent dynamics: prior ``img_step``, posterior ``obs_step``, ``observe`` and ``imagine``.
+
+    Args:
+        embed: size E of the observation embedding the posterior reads.
+        action_dim: A.
+        deter: size D of h (DMC 200, Atari 600).
+        stoch: number S of stochastic variables (32).
+        classes: C classes per variable for a categorical latent (Atari 32); 0 for a Gaussian latent (DMC).
+        hidden: units of the prior/posterior MLPs.
+        min_std: lower bound of the Gaussian std (0.1).
+        unimix: mixing of the categorical with a uniform distribution (0 in DreamerV2).
+
+    A state is a dict of tensors with leading shape [...]: ``deter`` [..., D], ``stoch`` [..., S·C or S] (the
+    sample, flattened), and the statistics ``mean``/``std`` [..., S] (Gaussian) or ``logits`` [..., S, C].
+    """
+
+    def __init__(
+        self,
+        embed: int,
+        action_dim: int,
+        deter: int = 200,
+        stoch: int = 32,
+        classes: int = 0,
+        hidden: int = 200,
+        min_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.deter_size, self.stoch_vars, self.classes, self.min_std = deter, stoch, classes, min_std
+        self.stoch_size = stoch * classes if classes else stoch
+        stats = stoch * classes if classes else 2 * stoch
+        self.img_in = nn.Sequential(nn.Linear(self.stoch_size + action_dim, hidden), nn.LayerNorm(hidden), nn.ELU())
+        self.cell = LayerNormGRUCell(hidden, deter)
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.LayerNorm(hidden), nn.ELU(), nn.Linear(hidden, stats))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed, hidden), nn.LayerNorm(hidden), nn.ELU(),
+                                     nn.Linear(hidden, stats))
+
+    @property
+    def feat_size(self) -> int:
+        """Size of :meth:`features`: S·C (or S) + D."""
+        return self.stoch_size + self.deter_size
+
+    def initial(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        """The zero state for ``batch`` sequences."""
+        p = next(self.parameters())
+        kw = {"device": device or p.device, "dtype": dtype or p.dtype}
+        state = {"deter": torch.zeros(batch, self.deter_size, **kw), "stoch": torch.zeros(batch, self.stoch_size, **kw)}
+        if self.classes:
+            state["logits"] = torch.zeros(batch, self.stoch_vars, self.classes, **kw)
+        else:
+            state["mean"] = torch.zeros(batch, self.stoch_vars, **kw)
+            state["std"] = torch.ones(batch, self.stoch_vars, **kw)
+        return state
+
+    def _stats(self, x: Tensor) -> State:
+        if self.classes:
+            return {"logits": x.reshape(*x.shape[:-1], self.stoch_vars, self.classes)}
+        mean, std = x.chunk(2, -1)
+        return {"mean": mean, "std": F.softplus(std) + self.min_std}
+
+    def _sample(self, stats: State, noise: Tensor | None) -> Tensor:
+        """Reparameterised sample (Gaussian) or straight-through one-hot sample (categorical), flattened."""
+        if self.classes:
+            logits = stats["logits"]
+            u = torch.rand_like(logits) if noise is None else noise
+            gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+            index = (logits.detach() + gumbel).argmax(-1)  # Gumbel-max: an exact categorical sample
+            probs = logits.softmax(-1)
+            sample = F.one_hot(index, self.classes).to(probs) + probs - probs.detach()
+            return sample.flatten(-2)
+        eps = torch.randn_like(stats["mean"]) if noise is None else noise
+        return stats["mean"] + stats["std"] * eps
+
+    def noise_shape(self, *lead: int) -> tuple[int, ...]:
+        """Shape of the per-step noise ``observe``/``img_step`` accept (for reproducible samples)."""
+        return (*lead, self.stoch_vars, self.classes) if self.classes else (*lead, self.stoch_vars)
+
+    def img_step(self, state: State, action: Tensor, noise: Tensor | None = None) -> State:
+        """Prior transition: h_t = f(h_{t−1}, s_{t−1}, a_{t−1}), s_t ~ p(s_t | h_t)."""
+        x = self.img_in(torch.cat([state["stoch"], action], -1))
+        deter = self.cell(x, state["deter"])
+        stats = self._stats(self.img_out(deter))
+        return {"deter": deter, "stoch": self._sample(stats, noise), **stats}
+
+    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor,
+                 noise: tuple[Tensor, Tensor] | None = None) -> tuple[State, State]:
+        """One filtering step: reset on ``is_first``, prior from (h, s, a), posterior from (h_t, embed_t)."""
+        keep = (~is_first).to(embed.dtype).unsqueeze(-1)
+        state = {k: v * (keep.unsqueeze(-1) if v.dim() == 3 else keep) for k, v in state.items()}
+        prior = self.img_step(state, action * keep, None if noise is None else noise[0])
+        stats = self._stats(self.obs_out(torch.cat([prior["deter"], embed], -1)))
+        post = {"deter": prior["deter"], "stoch": self._sample(stats, None if noise is None else noise[1]), **stats}
+        return post, prior
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
+                noise: tuple[Tensor, Tensor] | None = None) -> tuple[State, State]:
+        """Posterior pass over sequences.
+
+        Args:
+            embed: [B, T, E]; action: [B, T, A] (a_{t−1}); is_first: [B, T] bool.
+            state: the state before step 0 (default zeros).
+            noise: optional (prior noise, posterior noise), each of :meth:`noise_shape` (B, T), for reproducible
+                latent samples.
+
+        Returns:
+            (post, prior), dicts of tensors [B, T, ...].
+        """
+        b, t = embed.shape[:2]
+        state = self.initial(b, embed.device, embed.dtype) if state is None else state
+        posts, priors = [], []
+        for i in range(t):
+            step_noise = None if noise is None else (noise[0][:, i], noise[1][:, i])
+            state, prior = self.obs_step(state, action[:, i], embed[:, i], is_first[:, i], step_noise)
+            posts.append(state)
+            priors.append(prior)
+        stack = lambda xs: {k: torch.stack([x[k] for x in xs], 1) for k in xs[0]}  # noqa: E731
+        return stack(posts), stack(priors)
+
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int) -> tuple[State, Tensor]:
+        """Prior rollout under ``policy(features) -> action`` from ``start`` ([N, ...] states).
+
+        Returns:
+            (states with leading [H+1, N] including the start, actions [H, N, A] taken at steps 0..H−1).
+        """
+        states, actions = [start], []
+        state = start
+        for _ in range(horizon):
+            action = policy(self.features(state).detach())
+            state = self.img_step(state, action)
+            states.append(state)
+            actions.append(action)
+        keys = start.keys() & states[-1].keys()
+        return {k: torch.stack([s[k] for s in states], 0) for k in keys}, torch.stack(actions, 0)
+
+    def features(self, state: State) -> Tensor:
+        """[..., S·C + D]: the concatenation of the stochastic sample and h (what heads, actor and critic read)."""
+        return torch.cat([state["stoch"], state["deter"]], -1)
+
+    def kl(self, post: State, prior: State, balance: float = 0.8, free: float = 0.0) -> Tensor:
+        """Per-step balanced KL (DreamerV2 §2.2, "KL balancing")::
+
+            α KL(sg(q) ‖ p) + (1 − α) KL(q ‖ sg(p))
+
+        whose value is KL(q ‖ p) and whose gradient reaches the prior with weight α and the posterior with
+        1 − α.  Implemented as one autograd function with closed-form, differentiable partials instead of two
+        ``detach``-ed copies: first-order gradients are identical, and second-order products (Lookahead K ≥ 2,
+        Implicit) are the exact Jacobian of that gradient field, which ``detach`` would silently drop.  Free nats
+        clip the value from below per step (zero gradient where clipped).
+
+        Returns [...] (the leading shape of the states).
+        """
+        if self.classes:
+            value = _BalancedCategoricalKL.apply(post["logits"], prior["logits"], balance)
+        else:
+            value = _BalancedGaussianKL.apply(post["mean"], post["std"], prior["mean"], prior["std"], balance)
+        return value.clamp_min(free) if free > 0 else value
+
+
+def _gaussian_kl(mq: Tensor, sq: Tensor, mp: Tensor, sp: Tensor) -> Tensor:
+    ratio = (sq / sp) ** 2
+    return 0.5 * (ratio + ((mq - mp) / sp) ** 2 - 1 - ratio.log()).sum(-1)
+
+
+class _BalancedGaussianKL(torch.autograd.Function):
+    """KL(N(mq, sq²) ‖ N(mp, sp²)) summed over the last dim; gradients scaled by (1 − α) for q, α for p."""
+
+    @staticmethod
+    def forward(ctx, mq, sq, mp, sp, balance):  # type: ignore[override]
+        ctx.save_for_backward(mq, sq, mp, sp)
+        ctx.balance = balance
+        return _gaussian_kl(mq, sq, mp, sp)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        mq, sq, mp, sp = ctx.saved_tensors
+        a = ctx.balance
+        g = grad.unsqueeze(-1)
+        var_p = sp**2
+        diff = mq - mp
+        d_mq = diff / var_p
+        d_sq = sq / var_p - 1 / sq
+        d_sp = (1 - (sq**2 + diff**2) / var_p) / sp
+        return (1 - a) * g * d_mq, (1 - a) * g * d_sq, -a * g * d_mq, a * g * d_sp, None
+
+
+class _BalancedCategoricalKL(torch.autograd.Function):
+    """KL(Cat(lq) ‖ Cat(lp)) summed over the last two dims [S, C]; gradients scaled (1 − α) for q, α for p."""
+
+    @staticmethod
+    def forward(ctx, lq, lp, balance):  # type: ignore[override]
+        ctx.save_for_backward(lq, lp)
+        ctx.balance = balance
+        log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
+        return (log_q.exp() * (log_q - log_p)).sum((-1, -2))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        lq, lp = ctx.saved_tensors
+        a = ctx.balance
+        log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
+        q, p = log_q.exp(), log_p.exp()
+        d = log_q - log_p
+        kl_var = (q * d).sum(-1, keepdim=True)
+        g = grad.unsqueeze(-1).unsqueeze(-1)
+        return (1 - a) * g * q * (d - kl_var), a * g * (p - q), None
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV2's image encoder: stride-2 4×4 convs with depth d·2^i, ELU; 64×64 (4 layers) or 32×32 (3).
+
+    Shapes: ``[..., C, H, W]`` float in [−0.5, 0.5] → ``[..., out_size]``.
+    """
+
+    def __init__(self, channels: int, size: int = 64, depth: int = 48) -> None:
+        super().__init__()
+        if size not in (32, 64):
+            raise ValueError(f"image size must be 32 or 64, got {size}")
+        n = 4 if size == 64 else 3
+        mods: list[nn.Module] = []
+        for i in range(n):
+            mods += [nn.Conv2d(channels if i == 0 else depth * 2 ** (i - 1), depth * 2**i, 4, 2), nn.ELU()]
+        self.net = nn.Sequential(*mods)
+        self.out_size = depth * 2 ** (n - 1) * 2 * 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-3]
+        return self.net(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Transposed-conv image decoder (kernels 5, 5, 6, 6 for 64×64; 5, 6, 6 for 32×32), mean of a unit Normal."""
+
+    def __init__(self, feat: int, channels: int, size: int = 64, depth: int = 48) -> None:
+        super().__init__()
+        kernels = [5, 5, 6, 6] if size == 64 else [5, 6, 6]
+        n = len(kernels)
+        self.first = depth * 2 ** (n + 1 if size == 64 else n)
+        self.linear = nn.Linear(feat, self.first)
+        mods: list[nn.Module] = []
+        inp = self.first
+        for i, k in enumerate(kernels):
+            last = i == n - 1
+            out = channels if last else depth * 2 ** (n - 2 - i)
+            mods.append(nn.ConvTranspose2d(inp, out, k, 2))
+            if not last:
+                mods.append(nn.ELU())
+            inp = out
+        self.net = nn.Sequential(*mods)
+        self.channels, self.size = channels, size
+
+    def forward(self, feat: Tensor) -> Tensor:
+        lead = feat.shape[:-1]
+        x = self.linear(feat).reshape(-1, self.first, 1, 1)
+        return self.net(x).reshape(*lead, self.channels, self.size, self.size)
+
+
+class RSSMWorldModel(nn.Module):
+    """Encoder + RSSM + decoder, reward and (optional) discount heads; ``loss(batch)`` gives ℓ[B, T].
+
+    ℓ_{b,t} = image_scale·(−log p(o_t)) + reward_scale·(−log p(r_t)) + discount_scale·(−log p(γ_t))
+              + kl_scale·KL_t  (balanced, free nats per step)
+
+    which is the negative per-step ELBO of TEMPO eq. 2 with DreamerV2's scales.  Every term is per step, so the
+    bi-level core can weight each one (TEMPO's official code multiplies every ELBO term by w_t).
+
+    Args:
+        obs_shape: ``(C, H, W)`` for images (uint8 expected, mapped to [−0.5, 0.5]) or ``(O,)`` for vectors.
+        action_dim: A.
+        deter, stoch, classes, hidden, min_std: see :class:`RSSM`.
+        depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
+        discount_head: predict γ_t (Atari yes, DMC no).
+        kl_balance, kl_free, kl_scale, discount_scale: DreamerV2 loss settings.
+    """
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        action_dim: int,
+        *,
+        deter: int = 200,
+        stoch: int = 32,
+        classes: int = 0,
+        hidden: int = 200,
+        min_std: float = 0.1,
+        depth: int = 48,
+        mlp_layers: int = 4,
+        mlp_units: int = 400,
+        discount_head: bool = False,
+        kl_balance: float = 0.8,
+        kl_free: float = 0.0,
+        kl_scale: float = 1.0,
+        image_scale: float = 1.0,
+        reward_scale: float = 1.0,
+        discount_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.pixels = len(self.obs_shape) == 3
+        if self.pixels:
+            c, h, w = self.obs_shape
+            if h != w:
+                raise ValueError(f"square images expected, got {self.obs_shape}")
+            self.encoder: nn.Module = ConvEncoder(c, h, depth)
+            embed = self.encoder.out_size  # type: ignore[assignment]
+        elif len(self.obs_shape) == 1:
+            embed = mlp_units
+            self.encoder = mlp(self.obs_shape[0], embed, mlp_layers - 1, mlp_units)
+        else:
+            raise ValueError(f"obs_shape must be (C, H, W) or (O,), got {self.obs_shape}")
+        self.rssm = RSSM(embed, action_dim, deter, stoch, classes, hidden, min_std)
+        feat = self.rssm.feat_size
+        self.decoder = (ConvDecoder(feat, self.obs_shape[0], self.obs_shape[1], depth) if self.pixels
+                        else mlp(feat, self.obs_shape[0], mlp_layers, mlp_units))
+        self.reward = mlp(feat, 1, mlp_layers, mlp_units)
+        self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
+        self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
+        self.image_scale, self.reward_scale, self.discount_scale = image_scale, reward_scale, discount_scale
+
+    def forward(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None,
+                state: State | None = None) -> ModelLoss:
+        """Same as :meth:`loss` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
+        return self.loss(batch, noise, state)
+
+    def preprocess(self, obs: Tensor) -> Tensor:
+        """uint8 images → float in [−0.5, 0.5]; vectors → float."""
+        dtype = next(self.parameters()).dtype
+        return obs.to(dtype) / 255.0 - 0.5 if self.pixels else obs.to(dtype)
+
+    def loss(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None,
+             state: State | None = None) -> ModelLoss:
+        """Per-step negative ELBO.
+
+        Args:
+            batch: ``obs`` [B, T, *obs_shape], ``action`` [B, T, A], ``reward`` [B, T], ``is_first`` [B, T] bool,
+                and ``discount`` [B, T] when the model has a discount head.
+            noise: optional latent noise (see :meth:`RSSM.observe`).
+            state: optional state before the first step.
+
+        Returns:
+            :class:`ModelLoss` with ``loss`` [B, T], ``terms`` (``image``, ``reward``, ``discount``, ``kl``: [B, T],
+            unscaled) and ``states`` (``post``, ``prior``: state dicts [B, T, ...]; ``feat``: posterior features).
+        """
+        obs = self.preprocess(batch["obs"])
+        embed = self.encoder(obs)
+        post, prior = self.rssm.observe(embed, batch["action"].to(embed.dtype), batch["is_first"].bool(), state,
+                                        noise)
+        feat = self.rssm.features(post)
+        dims = tuple(range(2, obs.dim()))
+        terms = {"image": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}
+        terms["reward"] = 0.5 * (self.reward(feat).squeeze(-1) - batch["reward"].to(feat.dtype)) ** 2 + _HALF_LOG_2PI
+        loss = self.image_scale * terms["image"] + self.reward_scale * terms["reward"]
+        if self.discount is not None:
+            terms["discount"] = F.binary_cross_entropy_with_logits(
+                self.discount(feat).squeeze(-1), batch["discount"].to(feat.dtype), reduction="none")
+            loss = loss + self.discount_scale * terms["discount"]
+        terms["kl"] = self.rssm.kl(post, prior, self.kl_balance, self.kl_free)
+        loss = loss + self.kl_scale * terms["kl"]
+        return ModelLoss(loss=loss, terms=terms, states={"post": post, "prior": prior, "feat": feat})
+
+
