@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 EXTRAS := rl,oracles,examples,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+# Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
+MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
 .PHONY: run test setup lint bench clean
 
@@ -14,6 +16,17 @@ $(STAMP): pyproject.toml Makefile
 	@# CPU torch first: an unpinned torch would pull a multi-GB CUDA build. GPU users keep the torch they have.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	@# Debian's Mesa packages, only where missing and only as root; otherwise say what to install.
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+	  echo "note: not a Debian system; for MuJoCo pixels install Mesa EGL/OSMesa (Debian names: $(MESA_PKGS))"; \
+	elif dpkg -s $(MESA_PKGS) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Mesa for headless MuJoCo rendering: $(MESA_PKGS)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MESA_PKGS) >/dev/null) || \
+	    echo "warning: apt-get could not install $(MESA_PKGS); MuJoCo pixel observations may not render"; \
+	else \
+	  echo "warning: Mesa packages missing and not root; MuJoCo pixels need: sudo apt-get install $(MESA_PKGS)"; \
+	fi
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -89,6 +89,7 @@ class ActorCritic(nn.Module):
         entropy: entropy bonus scale (DMC 1e-4, Atari 1e-3).
         actor_grad: ``"dynamics"`` (continuous default) or ``"reinforce"`` (discrete default).
         slow_every: copy the critic into the slow critic every this many updates (100).
+        imag_starts: imagine from a random subset of this many start states (None: all B·T, as DreamerV2).
         layers, units: actor/critic MLPs (4 × 400).
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
     """
@@ -107,6 +108,7 @@ class ActorCritic(nn.Module):
         entropy: float = 1e-4,
         actor_grad: str | None = None,
         slow_every: int = 100,
+        imag_starts: int | None = None,
         layers: int = 4,
         units: int = 400,
         actor_lr: float = 8e-5,
@@ -125,7 +127,7 @@ class ActorCritic(nn.Module):
         self.actor_grad = actor_grad or ("reinforce" if discrete else "dynamics")
         if self.actor_grad not in ("dynamics", "reinforce"):
             raise ValueError(f"actor_grad must be 'dynamics' or 'reinforce', got {self.actor_grad!r}")
-        self.slow_every, self.clip = slow_every, clip
+        self.slow_every, self.clip, self.imag_starts = slow_every, clip, imag_starts
         self.actor_opt = torch.optim.AdamW(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
@@ -148,6 +150,13 @@ class ActorCritic(nn.Module):
         rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
         start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:])
                  for k, v in start.items()}
+        if is_terminal is not None:
+            is_terminal = is_terminal.reshape(-1)
+        n = start["deter"].shape[0]
+        if self.imag_starts is not None and n > self.imag_starts:
+            keep = torch.randperm(n, device=start["deter"].device)[: self.imag_starts]
+            start = {k: v[keep] for k, v in start.items()}
+            is_terminal = None if is_terminal is None else is_terminal[keep]
         logps, ents = [], []
 
         def policy(feat: Tensor) -> Tensor:
@@ -200,8 +209,8 @@ class ActorCritic(nn.Module):
             self.slow_critic.load_state_dict(self.critic.state_dict())
         return {
             "actor_loss": float(actor_loss.detach()), "critic_loss": float(critic_loss.detach()),
-            "imag_reward": float(reward[1:].mean()), "imag_value": float(value_slow.mean()),
-            "imag_return": float(target.mean()), "actor_entropy": float(ent.mean()),
+            "imag_reward": float(reward[1:].detach().mean()), "imag_value": float(value_slow.detach().mean()),
+            "imag_return": float(target.detach().mean()), "actor_entropy": float(ent.detach().mean()),
             "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
         }
 

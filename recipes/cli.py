@@ -3,6 +3,7 @@
 * ``reweigh --version``
 * ``reweigh check-hypergrad [MODULE:FUNCTION]`` — finite-difference check of every strategy on a user's problem
 * ``reweigh noisy-labels`` — Meta-Weight-Net on noisy digits vs ERM (the bundled example of the core)
+* ``reweigh run RECIPE --env ENV --steps N --seed S --logdir DIR [--preset cpu|paper] [--set key=value ...]``
 """
 
 from __future__ import annotations
@@ -101,6 +102,33 @@ def cmd_noisy_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPES = ("dreamerv2",)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recipes.config import parse_value, resolve
+
+    if args.recipe not in RECIPES:
+        raise ValueError(f"recipe: unknown {args.recipe!r}; choose one of {', '.join(RECIPES)}")
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        overrides[key.strip()] = parse_value(raw)
+    cfg = resolve(args.env, args.preset, overrides, steps=args.steps, seed=args.seed)
+    from recipes.envs import make_env
+
+    make_env(cfg.env, seed=cfg.seed, pixels=cfg.pixels, size=cfg.image_size,
+             action_repeat=cfg.action_repeat, time_limit=cfg.time_limit).close()  # validate before writing
+    from recipes.dreamerv2 import train
+
+    summary = train(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress, recipe=args.recipe)
+    print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, "
+          f"final eval return {summary['eval_return']:.1f} -> {args.logdir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reweigh", description="Task-aware model learning by bi-level reweighting")
     parser.add_argument("--version", action="version", version=f"reweigh {_version()}")
@@ -126,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     noisy.add_argument("--epochs", type=int, default=None)
     noisy.add_argument("--out", default=None, help="write results JSON here")
     noisy.set_defaults(func=cmd_noisy_labels)
+
+    run = sub.add_parser("run", help="train (or resume) a recipe in a run directory")
+    run.add_argument("recipe", help=f"one of {', '.join(RECIPES)}")
+    run.add_argument("--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME or gym:ID")
+    run.add_argument("--steps", type=int, default=100_000, help="environment steps (agent steps × action repeat)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--logdir", required=True)
+    run.add_argument("--preset", default="cpu", help="cpu (default) or paper")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    run.add_argument("--force", action="store_true", help="resume even if the config changed")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

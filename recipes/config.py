@@ -1,0 +1,160 @@
+"""Pydantic configs of the Dreamer-family recipes, with presets as data (``cpu`` and ``paper``).
+
+The config is the only place a number lives.  A preset is a dict of overrides selected by the environment family
+(``dmc`` proprio/pixels, ``atari``); ``--set key=value`` overrides come last.  Sources: DreamerV2's published
+``configs.yaml`` (danijar/dreamerv2) and TEMPO Appendix C (Table 1).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class DreamerConfig(BaseModel):
+    """Every setting of a ``dreamerv2`` run.  Environment steps (agent steps × action repeat) everywhere."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # run
+    env: str = "dmc:cartpole_swingup"
+    steps: int = Field(100_000, ge=1, description="environment steps to train for")
+    seed: int = 0
+    preset: Literal["cpu", "paper"] = "cpu"
+    device: str = "cpu"
+    threads: int = Field(1, ge=1, description="torch threads (count env workers and renderers too)")
+
+    # environment
+    pixels: bool = False
+    image_size: Literal[32, 64] = 64
+    action_repeat: int = Field(2, ge=1)
+    time_limit: int | None = Field(None, ge=1, description="agent steps per episode (default: the env own limit)")
+
+    # world model (DreamerV2 DMC unless noted)
+    deter: int = Field(200, ge=1)
+    stoch: int = Field(32, ge=1)
+    classes: int = Field(0, ge=0, description="0: Gaussian latent (DMC); 32: categorical (Atari)")
+    hidden: int = Field(200, ge=1)
+    depth: int = Field(48, ge=1)
+    mlp_layers: int = Field(4, ge=0)
+    mlp_units: int = Field(400, ge=1)
+    discount_head: bool = False
+    kl_balance: float = Field(0.8, ge=0.0, le=1.0)
+    kl_free: float = Field(1.0, ge=0.0)
+    kl_scale: float = Field(1.0, ge=0.0)
+    discount_scale: float = Field(1.0, ge=0.0)
+    model_lr: float = Field(3e-4, gt=0.0)
+    model_eps: float = Field(1e-5, gt=0.0)
+    model_clip: float = Field(100.0, gt=0.0)
+    model_wd: float = Field(1e-6, ge=0.0)
+
+    # actor-critic
+    horizon: int = Field(15, ge=1)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    entropy: float = Field(1e-4, ge=0.0)
+    actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
+    slow_every: int = Field(100, ge=1)
+    imag_starts: int | None = Field(None, ge=1, description="imagine from this many random posterior states "
+                                    "(None: all batch_size × seq_len, as DreamerV2)")
+    ac_layers: int = Field(4, ge=0)
+    ac_units: int = Field(400, ge=1)
+    actor_lr: float = Field(8e-5, gt=0.0)
+    critic_lr: float = Field(8e-5, gt=0.0)
+
+    # training loop
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(50, ge=2)
+    prefill: int = Field(5_000, ge=0, description="env steps of random actions before training")
+    train_every: int = Field(10, ge=1, description="env steps between training calls")
+    train_steps: int = Field(1, ge=1, description="gradient updates per training call")
+    replay_boundary: Literal["absorbing", "concat"] = "absorbing"
+    replay_capacity: int | None = Field(2_000_000, ge=1, description="env steps kept in replay")
+    eval_every: int = Field(10_000, ge=1)
+    eval_episodes: int = Field(1, ge=1)
+    log_every: int = Field(1_000, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1)
+    expl_noise: float = Field(0.0, ge=0.0, description="extra Gaussian action noise while collecting")
+    video: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DreamerConfig:
+        family = self.env.split(":", 1)[0]
+        if family not in ("dmc", "atari", "gym"):
+            raise ValueError(f"env: unknown family {family!r} in {self.env!r}; use dmc:, atari: or gym:")
+        if self.batch_size * self.seq_len > 100_000:
+            raise ValueError("batch_size × seq_len is implausibly large (> 100000)")
+        return self
+
+
+#: Presets per (preset, family); "dmc_pixels" applies to dmc with pixels=True.  Data, not code branches.
+#: DMC episodes end only by time limit, so its presets continue sequences into the next episode ("concat")
+#: instead of padding with absorbing states, which would teach a termination that never happens.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        # DreamerV2 configs.yaml (dmc / atari) and TEMPO Table 1.
+        "dmc": {"pixels": True, "image_size": 64, "action_repeat": 2, "deter": 200, "stoch": 32, "classes": 0,
+                "hidden": 200, "depth": 48, "mlp_layers": 4, "mlp_units": 400, "kl_free": 1.0, "kl_scale": 1.0,
+                "model_lr": 3e-4, "actor_lr": 8e-5, "critic_lr": 8e-5, "entropy": 1e-4, "discount_head": False,
+                "batch_size": 16, "seq_len": 50, "prefill": 1000, "train_every": 10, "train_steps": 1,
+                "eval_every": 10_000, "eval_episodes": 10, "replay_capacity": 2_000_000,
+                "replay_boundary": "concat"},
+        "atari": {"pixels": True, "image_size": 64, "action_repeat": 4, "deter": 600, "stoch": 32, "classes": 32,
+                  "hidden": 600, "depth": 48, "mlp_layers": 4, "mlp_units": 400, "kl_free": 0.0, "kl_scale": 0.1,
+                  "discount_head": True, "discount_scale": 5.0, "model_lr": 2e-4, "actor_lr": 4e-5,
+                  "critic_lr": 1e-4, "entropy": 1e-3, "batch_size": 16, "seq_len": 50, "prefill": 200_000,
+                  "train_every": 16, "train_steps": 1, "eval_every": 100_000, "eval_episodes": 1,
+                  "replay_capacity": 2_000_000},
+        "gym": {"pixels": False, "action_repeat": 1},
+    },
+    "cpu": {
+        # Vector observations, a smaller RSSM and MLPs; sized by measurement on 2 cores (see the closing notes).
+        "dmc": {"pixels": False, "action_repeat": 2, "deter": 128, "stoch": 32, "classes": 0, "hidden": 128,
+                "mlp_layers": 2, "mlp_units": 128, "ac_layers": 2, "ac_units": 128, "imag_starts": 256,
+                "kl_free": 1.0, "model_lr": 6e-4, "actor_lr": 2e-4, "critic_lr": 2e-4, "batch_size": 16,
+                "seq_len": 50, "prefill": 5_000, "train_every": 20, "train_steps": 1, "eval_every": 10_000,
+                "eval_episodes": 1, "replay_boundary": "concat"},
+        "dmc_pixels": {"pixels": True, "image_size": 32, "depth": 16},
+        "atari": {"pixels": True, "image_size": 32, "action_repeat": 4, "deter": 200, "stoch": 16, "classes": 16,
+                  "hidden": 200, "depth": 16, "mlp_layers": 2, "mlp_units": 256, "ac_layers": 2, "ac_units": 256,
+                  "kl_free": 0.0, "kl_scale": 0.1, "discount_head": True, "discount_scale": 5.0, "model_lr": 3e-4,
+                  "actor_lr": 8e-5, "critic_lr": 1e-4, "entropy": 1e-3, "prefill": 10_000, "train_every": 16,
+                  "eval_every": 20_000},
+        "gym": {"pixels": False, "action_repeat": 1, "mlp_layers": 2, "mlp_units": 256, "ac_layers": 2,
+                "ac_units": 256},
+    },
+}
+
+
+def parse_value(raw: str) -> Any:
+    """``--set`` values: JSON when it parses (numbers, true/false, null, lists), else the raw string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, **run: Any) -> DreamerConfig:
+    """Build a config: defaults ← preset for the env family ← run arguments ← ``overrides``.
+
+    Raises:
+        ValueError: naming the offending field, for unknown keys, bad values or an unknown preset.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset: unknown {preset!r}; choose one of {sorted(PRESETS)}")
+    family = env.split(":", 1)[0]
+    values: dict[str, Any] = dict(PRESETS[preset].get(family, {}))
+    overrides = dict(overrides or {})
+    pixels = overrides.get("pixels", values.get("pixels", False))
+    if family == "dmc" and pixels and f"{family}_pixels" in PRESETS[preset]:
+        values.update(PRESETS[preset][f"{family}_pixels"])
+    values.update({"env": env, "preset": preset, **run})
+    values.update(overrides)
+    try:
+        return DreamerConfig(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"]) or "config"
+        raise ValueError(f"{field}: {first['msg']}") from None

@@ -1,0 +1,130 @@
+"""``reweigh run dreamerv2``: run directory, resume, kill-resume, bad input, one smoke run per env family."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recipes.cli import main
+
+TINY = ["deter=16", "stoch=4", "hidden=16", "mlp_layers=1", "mlp_units=16", "ac_layers=1", "ac_units=16",
+        "batch_size=4", "seq_len=8", "horizon=3", "depth=4", "prefill=100", "train_every=20", "eval_every=200",
+        "log_every=100", "checkpoint_every=100", "time_limit=100"]
+
+
+def _args(logdir: Path, steps: int, env: str = "dmc:cartpole_swingup", extra: tuple[str, ...] = ()) -> list[str]:
+    out = ["run", "dreamerv2", "--env", env, "--steps", str(steps), "--seed", "0", "--logdir", str(logdir),
+           "--no-progress"]
+    for item in [*TINY, *extra]:
+        out += ["--set", item]
+    return out
+
+
+def _records(logdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_the_run_directory_and_resumes(tmp_path):
+    logdir = tmp_path / "run"
+    assert main(_args(logdir, 400)) == 0
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["recipe"] == "dreamerv2" and config["deter"] == 16 and config["steps"] == 400
+    records = _records(logdir)
+    evals = [r for r in records if "eval_return" in r]
+    assert [r["step"] for r in evals] == [200, 400]
+    assert any("model/lower_loss" in r for r in records) and any("train_return" in r for r in records)
+    assert (logdir / "checkpoints" / "latest.pt").exists()
+    assert (logdir / "curve.png").stat().st_size > 0 and (logdir / "eval_episode.gif").stat().st_size > 0
+    assert list((logdir / "replay").glob("*.npz"))
+    assert list(logdir.glob("events.out.tfevents.*"))
+
+    # same command with more steps: resumes from the checkpoint and continues to the new total
+    assert main(_args(logdir, 600)) == 0
+    evals = [r["step"] for r in _records(logdir) if "eval_return" in r]
+    assert evals == [200, 400, 600]
+
+
+def test_config_change_on_resume_is_refused_unless_forced(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    assert main(_args(logdir, 200)) == 0
+    assert main(_args(logdir, 200, extra=("model_lr=0.001",))) == 2
+    assert "model_lr" in capsys.readouterr().err
+    assert main([*_args(logdir, 200, extra=("model_lr=0.001",)), "--force"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--env", "nope:thing"], "env"),
+        (["--set", "warp_drive=1"], "warp_drive"),
+        (["--set", "batch_size=many"], "batch_size"),
+        (["--preset", "gpu"], "preset"),
+        (["--env", "dmc:cartpole_nosuchtask"], "cartpole_nosuchtask"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, field):
+    logdir = tmp_path / "run"
+    rc = main(["run", "dreamerv2", "--steps", "100", "--logdir", str(logdir), *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert field in err and len(err.splitlines()) == 1
+    assert not logdir.exists()
+
+
+def test_unknown_recipe(tmp_path, capsys):
+    assert main(["run", "alphazero", "--logdir", str(tmp_path / "x")]) == 2
+    assert "recipe" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path):
+    logdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "recipes.cli", *_args(logdir, 100_000)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = logdir / "checkpoints" / "latest.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpt.exists() and _max_step(logdir) >= 300):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _max_step(logdir)
+    assert killed_at >= 300, "the run never got going"
+    import torch
+
+    saved = torch.load(ckpt, weights_only=False)["counters"]["env_steps"]
+    assert killed_at - saved <= 100 + 20  # one checkpoint interval (+ a train call)
+    assert main(_args(logdir, saved + 200)) == 0
+    evals = [r["step"] for r in _records(logdir) if "eval_return" in r]
+    assert evals[-1] == saved + 200
+
+
+def _max_step(logdir: Path) -> int:
+    path = logdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return max(steps, default=0)
+
+
+@pytest.mark.parametrize(
+    ("env", "extra"),
+    [
+        ("dmc:cartpole_swingup", ("pixels=true", "image_size=32")),
+        ("atari:pong", ("image_size=32", "classes=4", "discount_head=true", "time_limit=400")),
+    ],
+)
+def test_smoke_pixels_and_atari(tmp_path, env, extra):
+    logdir = tmp_path / "run"
+    assert main(_args(logdir, 400, env, extra)) == 0
+    assert [r["step"] for r in _records(logdir) if "eval_return" in r][-1] == 400
