@@ -32,7 +32,7 @@ def test_loss_shapes_and_gradients(classes, obs_shape):
     out = model.loss(_batch(obs_shape, pixels=pixels))
     assert isinstance(out, ModelLoss)
     assert out.loss.shape == (3, 6)
-    assert set(out.terms) == {"image", "reward", "discount", "kl"}
+    assert set(out.terms) == {"obs", "reward", "discount", "kl"}
     assert all(v.shape == (3, 6) for v in out.terms.values())
     stoch = 4 * classes if classes else 4
     assert out.states["post"]["stoch"].shape == (3, 6, stoch)

@@ -320,7 +320,7 @@ class ConvDecoder(nn.Module):
 class RSSMWorldModel(nn.Module):
     """Encoder + RSSM + decoder, reward and (optional) discount heads; ``loss(batch)`` gives ℓ[B, T].
 
-    ℓ_{b,t} = image_scale·(−log p(o_t)) + reward_scale·(−log p(r_t)) + discount_scale·(−log p(γ_t))
+    ℓ_{b,t} = obs_scale·(−log p(o_t)) + reward_scale·(−log p(r_t)) + discount_scale·(−log p(γ_t))
               + kl_scale·KL_t  (balanced, free nats per step)
 
     which is the negative per-step ELBO of TEMPO eq. 2 with DreamerV2's scales.  Every term is per step, so the
@@ -352,7 +352,7 @@ class RSSMWorldModel(nn.Module):
         kl_balance: float = 0.8,
         kl_free: float = 0.0,
         kl_scale: float = 1.0,
-        image_scale: float = 1.0,
+        obs_scale: float = 1.0,
         reward_scale: float = 1.0,
         discount_scale: float = 1.0,
     ) -> None:
@@ -377,7 +377,7 @@ class RSSMWorldModel(nn.Module):
         self.reward = mlp(feat, 1, mlp_layers, mlp_units)
         self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
-        self.image_scale, self.reward_scale, self.discount_scale = image_scale, reward_scale, discount_scale
+        self.obs_scale, self.reward_scale, self.discount_scale = obs_scale, reward_scale, discount_scale
 
     def forward(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None,
                 state: State | None = None) -> ModelLoss:
@@ -400,7 +400,7 @@ class RSSMWorldModel(nn.Module):
             state: optional state before the first step.
 
         Returns:
-            :class:`ModelLoss` with ``loss`` [B, T], ``terms`` (``image``, ``reward``, ``discount``, ``kl``: [B, T],
+            :class:`ModelLoss` with ``loss`` [B, T], ``terms`` (``obs``, ``reward``, ``discount``, ``kl``: [B, T],
             unscaled) and ``states`` (``post``, ``prior``: state dicts [B, T, ...]; ``feat``: posterior features).
         """
         obs = self.preprocess(batch["obs"])
@@ -409,9 +409,9 @@ class RSSMWorldModel(nn.Module):
                                         noise)
         feat = self.rssm.features(post)
         dims = tuple(range(2, obs.dim()))
-        terms = {"image": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}
+        terms = {"obs": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}
         terms["reward"] = 0.5 * (self.reward(feat).squeeze(-1) - batch["reward"].to(feat.dtype)) ** 2 + _HALF_LOG_2PI
-        loss = self.image_scale * terms["image"] + self.reward_scale * terms["reward"]
+        loss = self.obs_scale * terms["obs"] + self.reward_scale * terms["reward"]
         if self.discount is not None:
             terms["discount"] = F.binary_cross_entropy_with_logits(
                 self.discount(feat).squeeze(-1), batch["discount"].to(feat.dtype), reduction="none")
