@@ -72,7 +72,6 @@ class RSSM(nn.Module):
         classes: C classes per variable for a categorical latent (Atari 32); 0 for a Gaussian latent (DMC).
         hidden: units of the prior/posterior MLPs.
         min_std: lower bound of the Gaussian std (0.1).
-        unimix: mixing of the categorical with a uniform distribution (0 in DreamerV2).
 
     A state is a dict of tensors with leading shape [...]: ``deter`` [..., D], ``stoch`` [..., S·C or S] (the
     sample, flattened), and the statistics ``mean``/``std`` [..., S] (Gaussian) or ``logits`` [..., S, C].
