@@ -42,10 +42,42 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -
     return torch.stack(out[::-1], 0)
 
 
+_LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+
+
+def truncated_normal(mean: Tensor, std: Tensor, deterministic: bool = False, low: float = -1.0,
+                     high: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """A reparameterised sample of N(mean, std²) truncated to [low, high], its log-density and entropy.
+
+    The sample is x = μ + σ Φ⁻¹(Φ(α) + u (Φ(β) − Φ(α))), u ~ U(0, 1), α = (low − μ)/σ, β = (high − μ)/σ, so
+    gradients reach μ and σ exactly (the distribution DreamerV2 uses for continuous actions).  The entropy is the
+    closed form log(√(2πe) σ Z) + (α φ(α) − β φ(β)) / (2Z), Z = Φ(β) − Φ(α): bounded above by log(high − low),
+    unlike a clipped Normal's.  ``deterministic`` returns the mode, clamp(μ, low, high).
+
+    Shapes: ``mean``, ``std`` [...] → (sample, log_prob, entropy), each [...] (per dimension; sum yourself).
+    """
+    alpha, beta = (low - mean) / std, (high - mean) / std
+    cdf_a, cdf_b = torch.special.ndtr(alpha), torch.special.ndtr(beta)
+    z = (cdf_b - cdf_a).clamp_min(1e-8)
+    if deterministic:
+        x = mean.clamp(low, high)
+    else:
+        u = torch.rand_like(mean)
+        tiny = torch.finfo(mean.dtype).eps
+        x = mean + std * torch.special.ndtri((cdf_a + u * z).clamp(tiny, 1 - tiny))
+        x = x.clamp(low, high)
+    xi = (x.detach() - mean) / std
+    log_prob = -0.5 * xi**2 - 0.5 * math.log(2 * math.pi) - std.log() - z.log()
+    pdf_a, pdf_b = torch.exp(-0.5 * alpha**2), torch.exp(-0.5 * beta**2)
+    inv_sqrt_2pi = 1.0 / math.sqrt(2 * math.pi)
+    entropy = _LOG_SQRT_2PI_E + std.log() + z.log() + inv_sqrt_2pi * (alpha * pdf_a - beta * pdf_b) / (2 * z)
+    return x, log_prob, entropy
+
+
 class Actor(nn.Module):
-    """π(a | features).  Continuous: Normal with tanh-squashed mean, clipped to [−1, 1] with a straight-through
-    gradient (an approximation of DreamerV2's truncated Normal); discrete: one-hot categorical with a
-    straight-through sample.
+    """π(a | features).  Continuous: DreamerV2's truncated Normal on [−1, 1] (mean tanh(·), std
+    2·σ((·+init_std)/2) + min_std), sampled by the reparameterised inverse CDF (:func:`truncated_normal`);
+    discrete: one-hot categorical with a straight-through sample.
 
     Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
     """
@@ -71,11 +103,8 @@ class Actor(nn.Module):
         mean, std = out.chunk(2, -1)
         mean = torch.tanh(mean)
         std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
-        raw = mean if deterministic else mean + std * torch.randn_like(mean)
-        action = raw + (raw.clamp(-1, 1) - raw).detach()
-        log_prob = (-0.5 * ((raw.detach() - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
-        return action, log_prob, entropy
+        action, log_prob, entropy = truncated_normal(mean, std, deterministic)
+        return action, log_prob.sum(-1), entropy.sum(-1)
 
 
 class ActorCritic(nn.Module):

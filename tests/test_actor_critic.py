@@ -1,9 +1,11 @@
 """Dreamer actor-critic: λ-returns by hand, gradient routing, slow critic, a learning sanity check."""
 
+import math
+
 import pytest
 import torch
 
-from recipes.actor_critic import Actor, ActorCritic, lambda_return
+from recipes.actor_critic import Actor, ActorCritic, lambda_return, truncated_normal
 from worldmodels import RSSMWorldModel
 
 
@@ -66,3 +68,45 @@ def test_actor_learns_to_maximise_a_known_reward():
     start = wm.rssm.initial(64)
     returns = [ac.update(start)["imag_reward"] for _ in range(60)]
     assert sum(returns[-10:]) / 10 > sum(returns[:10]) / 10 + 0.05
+
+
+@pytest.mark.parametrize(("mu", "sigma"), [(0.0, 1.0), (0.7, 0.3), (-0.95, 2.0), (0.99, 0.1)])
+def test_truncated_normal_matches_scipy(mu, sigma):
+    truncnorm = pytest.importorskip("scipy.stats").truncnorm
+    a, b = (-1 - mu) / sigma, (1 - mu) / sigma
+    ref = truncnorm(a, b, loc=mu, scale=sigma)
+    torch.manual_seed(0)
+    mean = torch.full((200_000,), mu, dtype=torch.float64)
+    std = torch.full_like(mean, sigma)
+    x, logp, ent = truncated_normal(mean, std)
+    assert x.min() >= -1 and x.max() <= 1
+    assert abs(float(x.mean()) - ref.mean()) < 4 * ref.std() / 200_000**0.5 + 1e-6
+    assert abs(float(x.std()) - ref.std()) < 0.01 * ref.std()
+    assert torch.allclose(logp[:50], torch.as_tensor(ref.logpdf(x[:50].numpy())), atol=1e-9)
+    assert abs(float(ent[0]) - ref.entropy()) < 1e-9
+
+
+def test_truncated_normal_reparameterised_gradient_matches_finite_differences():
+    """d E[x] / dμ and d E[x] / dσ by the pathwise gradient equal those of scipy's exact mean."""
+    truncnorm = pytest.importorskip("scipy.stats").truncnorm
+
+    def exact_mean(mu, sigma):
+        return truncnorm((-1 - mu) / sigma, (1 - mu) / sigma, loc=mu, scale=sigma).mean()
+
+    mu, sigma, h = 0.4, 0.8, 1e-5
+    torch.manual_seed(1)
+    mean = torch.tensor(mu, dtype=torch.float64, requires_grad=True)
+    std = torch.tensor(sigma, dtype=torch.float64, requires_grad=True)
+    x, _, _ = truncated_normal(mean.expand(400_000), std.expand(400_000))
+    g_mu, g_sigma = torch.autograd.grad(x.mean(), (mean, std))
+    fd_mu = (exact_mean(mu + h, sigma) - exact_mean(mu - h, sigma)) / (2 * h)
+    fd_sigma = (exact_mean(mu, sigma + h) - exact_mean(mu, sigma - h)) / (2 * h)
+    assert abs(float(g_mu) - fd_mu) < 0.01
+    assert abs(float(g_sigma) - fd_sigma) < 0.01
+
+
+def test_truncated_normal_entropy_is_bounded_by_the_uniform():
+    std = torch.logspace(-1, 2, 20, dtype=torch.float64)
+    ent = truncated_normal(torch.zeros_like(std), std, deterministic=True)[2]
+    assert (ent[:10].diff() > 0).all() and (ent.diff() > -1e-12).all()
+    assert float(ent.max()) < math.log(2.0) + 1e-12 and float(ent[-1]) > 0.693
