@@ -89,6 +89,8 @@ class BilevelUpdate:
         self,
         forward: Callable[[ModelFn], LevelOutputs],
         upper: Callable[[ModelFn], Tensor] | None = None,
+        *,
+        meta: bool = True,
     ) -> dict[str, float]:
         """Run one bi-level update.
 
@@ -98,6 +100,9 @@ class BilevelUpdate:
                 outside or seeded, so that virtual passes see the same noise.
             upper: optional ``model_fn -> L_up`` on separate data (e.g. a clean meta set); when omitted the
                 upper loss is ``forward(...).upper``.
+            meta: ``False`` skips the upper level this call: the weighter still produces w (without gradient)
+                and the model steps on the weighted loss, but no hypergradient is computed and the weighter is
+                not updated.  Updating the weighter every k-th step amortises the hypergradient's cost.
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
@@ -120,11 +125,18 @@ class BilevelUpdate:
         # Upper loss at θ: free from a shared forward; on separate data it is evaluated (on buffer copies) only
         # if the strategy asks for it (BilevelProblem.upper_at is lazy; Lookahead needs it at θ_K only).
         upper_at_theta: Tensor | None = out.upper if upper is None else None
-        if upper_at_theta is None and self.strategy.needs_upper:
+        if upper_at_theta is None and self.strategy.needs_upper and (meta or not self.strategy.trains_weighter):
             upper_at_theta = upper_fn(self.view(params))
 
         metrics: dict[str, float] = {}
-        if self.strategy.trains_weighter:
+        if self.strategy.trains_weighter and not meta:
+            if out.features is None:
+                raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
+            assert self.weighter is not None
+            with torch.no_grad():
+                w = self.weighter(out.features)
+            lower_grad = None
+        elif self.strategy.trains_weighter:
             if out.features is None:
                 raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
             assert self.weighter is not None and self.weighter_optimizer is not None

@@ -132,3 +132,30 @@ def test_update_errors():
     naive = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.Naive())
     with pytest.raises(ValueError, match="per-sample upper loss"):
         naive.step(lambda fn: B.LevelOutputs(loss=fn(x).squeeze(-1) ** 2, upper=torch.ones(())))
+
+
+def test_step_without_meta_uses_the_weights_but_leaves_the_weighter_alone():
+    upd, model, weighter, forward, upper, (x, y, _xm, _ym) = _setup(B.SameState(0.1))
+    model_ref, weighter_before = copy.deepcopy(model), copy.deepcopy(weighter)
+    calls = []
+
+    def counted_upper(fn):
+        calls.append(1)
+        return upper(fn)
+
+    metrics = upd.step(forward, counted_upper, meta=False)
+    assert not calls  # no upper level this call
+    assert "hypergrad_norm" not in metrics
+    for a, b in zip(weighter.parameters(), weighter_before.parameters(), strict=True):
+        assert torch.equal(a, b)
+    loss_ref = (model_ref(x).squeeze(-1) - y) ** 2
+    w = weighter_before(torch.stack([loss_ref.detach(), y], -1)).detach()
+    assert not torch.allclose(w, torch.ones_like(w))
+    (w * loss_ref).mean().backward()
+    with torch.no_grad():
+        for p in model_ref.parameters():
+            p -= 0.1 * p.grad
+    for a, b in zip(model.parameters(), model_ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    upd.step(forward, counted_upper, meta=True)
+    assert calls
