@@ -102,7 +102,7 @@ def cmd_noisy_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-RECIPES = ("dreamerv2",)
+RECIPES = ("dreamerv2", "tempo")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,14 +116,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         overrides[key.strip()] = parse_value(raw)
-    cfg = resolve(args.env, args.preset, overrides, steps=args.steps, seed=args.seed)
+    cfg = resolve(args.env, args.preset, overrides, recipe=args.recipe, steps=args.steps, seed=args.seed)
     from recipes.envs import make_env
 
     make_env(cfg.env, seed=cfg.seed, pixels=cfg.pixels, size=cfg.image_size,
              action_repeat=cfg.action_repeat, time_limit=cfg.time_limit).close()  # validate before writing
-    from recipes.dreamerv2 import train
+    if args.recipe == "tempo":
+        from recipes.tempo import train as train_tempo
 
-    summary = train(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress, recipe=args.recipe)
+        summary = train_tempo(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
+    else:
+        from recipes.dreamerv2 import train
+
+        summary = train(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
     print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, "
           f"final eval return {summary['eval_return']:.1f} -> {args.logdir}")
     return 0

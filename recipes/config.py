@@ -89,6 +89,47 @@ class DreamerConfig(BaseModel):
         return self
 
 
+class TempoConfig(DreamerConfig):
+    """Every setting of a ``tempo`` run: DreamerV2's (unchanged, TEMPO §3.1) plus the meta weighter, the task-aware
+    upper loss and the hypergradient strategy.  Defaults are TEMPO Appendix C (Table 1)."""
+
+    strategy: Literal["same_state", "lookahead", "implicit", "naive", "uniform"] = "same_state"
+    convention: Literal["correct", "official"] = Field(
+        "correct", description="sign of SameState's hypergradient: 'correct' (−η ∂/∂w ⟨∇θL_low, ∇θL_up⟩, the "
+        "descent direction of eq. 9) or 'official' (the official code's +∂/∂w ⟨∇θL_low, ∇θL_up⟩)")
+    task_loss: str = Field("vvaml", description="upper-level loss by registry name (tasklosses)")
+    task_loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    normalizer: Literal["batch", "moving"] = Field("batch", description="value normaliser of V-VAML and of the "
+                                                   "Naive weights")
+    weighter_inputs: str = Field("DSV", description="meta-weighter inputs (TEMPO Fig. 5b): any of D (h_t), "
+                                 "S (posterior and prior statistics), V (normalised V(s_post), V(s_prior))")
+    weighter_layers: int = Field(5, ge=0)
+    weighter_units: int = Field(400, ge=1)
+    weighter_activation: str = "elu"
+    weighter_norm: Literal["batch", "layer", "none"] = "batch"
+    weighter_lr: float = Field(1e-4, gt=0.0)
+    weighter_eps: float = Field(1e-5, gt=0.0)
+    weighter_clip: float = Field(100.0, gt=0.0)
+    weighter_wd: float = Field(1e-6, ge=0.0)
+    meta_every: int = Field(1, ge=1, description="update the weighter every this many model updates (the "
+                            "weights are applied at every update)")
+    meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
+    lookahead_steps: int = Field(1, ge=1)
+    implicit_iters: int = Field(5, ge=1)
+    implicit_damping: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check_tempo(self) -> TempoConfig:
+        from tasklosses import available_task_losses
+
+        if not self.weighter_inputs or set(self.weighter_inputs) - set("DSV") or \
+                len(set(self.weighter_inputs)) != len(self.weighter_inputs):
+            raise ValueError(f"weighter_inputs: {self.weighter_inputs!r} must be a non-empty subset of 'DSV'")
+        if self.task_loss not in available_task_losses():
+            raise ValueError(f"task_loss: unknown {self.task_loss!r}; registered: {available_task_losses()}")
+        return self
+
+
 #: Presets per (preset, family); "dmc_pixels" applies to dmc with pixels=True.  Data, not code branches.
 #: DMC episodes end only by time limit, so its presets continue sequences into the next episode ("concat")
 #: instead of padding with absorbing states, which would teach a termination that never happens.
@@ -128,6 +169,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+#: Extra presets of the ``tempo`` recipe, applied after :data:`PRESETS` (same keys).  ``paper``: TEMPO Table 1
+#: (the field defaults).  ``cpu``: a smaller weighter and the upper level every few updates, sized by measurement
+#: so that a TEMPO train step costs at most ~1.15× a DreamerV2 one (benchmarks/tempo_overhead.py).
+TEMPO_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "cpu": {
+        "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
+        "atari": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
+        "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
+    },
+}
+
+#: recipe name → (config class, extra presets)
+CONFIGS: dict[str, tuple[type[DreamerConfig], dict[str, dict[str, dict[str, Any]]]]] = {
+    "dreamerv2": (DreamerConfig, {}),
+    "tempo": (TempoConfig, TEMPO_PRESETS),
+}
+
+
 def parse_value(raw: str) -> Any:
     """``--set`` values: JSON when it parses (numbers, true/false, null, lists), else the raw string."""
     try:
@@ -136,24 +196,30 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, **run: Any) -> DreamerConfig:
-    """Build a config: defaults ← preset for the env family ← run arguments ← ``overrides``.
+def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2",
+            **run: Any) -> DreamerConfig:
+    """Build a config: defaults ← preset for the env family (then the recipe's own preset) ← run arguments ←
+    ``overrides``.
 
     Raises:
-        ValueError: naming the offending field, for unknown keys, bad values or an unknown preset.
+        ValueError: naming the offending field, for unknown keys, bad values, an unknown preset or recipe.
     """
+    if recipe not in CONFIGS:
+        raise ValueError(f"recipe: unknown {recipe!r}; choose one of {', '.join(CONFIGS)}")
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; choose one of {sorted(PRESETS)}")
+    cls, extra = CONFIGS[recipe]
     family = env.split(":", 1)[0]
     values: dict[str, Any] = dict(PRESETS[preset].get(family, {}))
     overrides = dict(overrides or {})
     pixels = overrides.get("pixels", values.get("pixels", False))
     if family == "dmc" and pixels and f"{family}_pixels" in PRESETS[preset]:
         values.update(PRESETS[preset][f"{family}_pixels"])
+    values.update(extra.get(preset, {}).get(family, {}))
     values.update({"env": env, "preset": preset, **run})
     values.update(overrides)
     try:
-        return DreamerConfig(**values)
+        return cls(**values)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(x) for x in first["loc"]) or "config"

@@ -9,6 +9,7 @@ bi-level update with the ``Uniform`` strategy — plain maximum likelihood, the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ class DreamerAgent(nn.Module):
                                            weight_decay=cfg.model_wd)
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser by checkpoint name (subclasses add theirs)."""
+        return {"model_opt": self.model_opt, "actor_opt": self.ac.actor_opt, "critic_opt": self.ac.critic_opt}
+
     # -- learning --------------------------------------------------------------------------------------------
     def world_model_forward(self, batch: dict[str, Tensor]) -> tuple[Any, dict[str, ModelLoss]]:
         """The ``forward`` closure the bi-level update calls, and a box that receives the real pass's output."""
@@ -57,11 +62,15 @@ class DreamerAgent(nn.Module):
 
         return forward, box
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One world-model update (weighted by the strategy) and one actor-critic update in imagination."""
+    def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
+        """The lower level (and, in subclasses, the upper level): metrics and the real pass's output."""
         forward, box = self.world_model_forward(batch)
         metrics = {f"model/{k}": v for k, v in self.update.step(forward).items()}
-        out = box["out"]
+        return metrics, box["out"]
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One world-model update (weighted by the strategy) and one actor-critic update in imagination."""
+        metrics, out = self.world_model_step(batch)
         for name, term in out.terms.items():
             metrics[f"model/{name}"] = float(term.detach().mean())
         terminal = batch["discount"] == 0 if "discount" in batch else None
@@ -109,8 +118,13 @@ def evaluate(agent: DreamerAgent, env: Any, episodes: int, *, record: bool = Fal
 
 
 def train(cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bool = True,
-          strategy: Strategy | None = None, recipe: str = "dreamerv2") -> dict[str, Any]:
-    """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary."""
+          strategy: Strategy | None = None, recipe: str = "dreamerv2",
+          agent_factory: Callable[..., DreamerAgent] | None = None) -> dict[str, Any]:
+    """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
+
+    ``agent_factory(cfg, obs_shape, action_dim, discrete)`` builds the agent (default: :class:`DreamerAgent` with
+    ``strategy``); the ``tempo`` recipe passes its own.
+    """
     from recipes.envs import make_env
     from recipes.replay import Replay
 
@@ -122,7 +136,11 @@ def train(cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bo
               "time_limit": cfg.time_limit}
     env = make_env(cfg.env, seed=cfg.seed, **env_kw)
     eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, **env_kw)
-    agent = DreamerAgent(cfg, env.obs_shape, env.action_dim, env.discrete, strategy).to(cfg.device)
+    if agent_factory is None:
+        agent = DreamerAgent(cfg, env.obs_shape, env.action_dim, env.discrete, strategy)
+    else:
+        agent = agent_factory(cfg, env.obs_shape, env.action_dim, env.discrete)
+    agent = agent.to(cfg.device)
     replay = Replay(logdir / "replay", seq_len=cfg.seq_len, capacity_steps=cfg.replay_capacity, seed=cfg.seed,
                     boundary=cfg.replay_boundary)
     logger = rundir.Logger(logdir)
@@ -131,9 +149,8 @@ def train(cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bo
     last_eval_return = float("nan")
     if resuming and (ckpt := rundir.load_checkpoint(logdir)) is not None:
         agent.load_state_dict(ckpt["agent"])
-        agent.model_opt.load_state_dict(ckpt["model_opt"])
-        agent.ac.actor_opt.load_state_dict(ckpt["actor_opt"])
-        agent.ac.critic_opt.load_state_dict(ckpt["critic_opt"])
+        for name, opt in agent.optimizers().items():
+            opt.load_state_dict(ckpt[name])
         counters.update(ckpt["counters"])
         replay.load_state_dict(ckpt["replay"])
         rundir.set_rng_state(ckpt["rng"])
@@ -142,8 +159,7 @@ def train(cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bo
     def checkpoint() -> None:
         replay.flush()
         rundir.save_checkpoint(logdir, {
-            "agent": agent.state_dict(), "model_opt": agent.model_opt.state_dict(),
-            "actor_opt": agent.ac.actor_opt.state_dict(), "critic_opt": agent.ac.critic_opt.state_dict(),
+            "agent": agent.state_dict(), **{name: opt.state_dict() for name, opt in agent.optimizers().items()},
             "counters": counters, "replay": replay.state_dict(), "rng": rundir.rng_state(),
             "last_eval_return": last_eval_return})
         counters["last_ckpt"] = counters["env_steps"]

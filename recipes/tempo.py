@@ -1,0 +1,148 @@
+"""Recipe ``tempo``: TEMPO (Deng et al., NeurIPS 2023) — DreamerV2 with a meta-weighted world model.
+
+One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``)::
+
+    batch → RSSM.observe (one pass, fixed latent noise) → ℓ[B,T] (every ELBO term), h, s_post, s_prior
+          → V(s_post), V(s_prior) by the slow critic → Norm → L_up[B,T] = |V̄_post − V̄_prior|²   (eq. 4)
+          → w[B,T] = N_α(detach(h, stats(s_post), stats(s_prior), V̄_post, V̄_prior))          (eq. 5)
+          → model step on mean(w·ℓ); weighter step on g = dL_up/dw by the strategy         (eq. 7, 9)
+          → actor-critic in imagination from the detached posteriors                      (DreamerV2, unchanged)
+
+The upper loss reads the states of the lower loss's observe pass (the official code runs a second observe pass
+with other latent samples; we do not).  Gaussian latents feed the weighter the posterior and prior *means*,
+categorical latents their logits, as the official code does.  Every number lives in
+:class:`recipes.config.TempoConfig`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bilevel import (
+    BilevelUpdate,
+    Implicit,
+    LevelOutputs,
+    Lookahead,
+    MetaWeighter,
+    Naive,
+    SameState,
+    Strategy,
+    Uniform,
+)
+from recipes import dreamerv2
+from recipes.config import TempoConfig
+from tasklosses import VVAML, make_task_loss
+from worldmodels import ModelLoss
+
+
+def make_strategy(cfg: TempoConfig) -> Strategy:
+    """The hypergradient strategy named by ``cfg.strategy`` (η = ``meta_lr`` or the model's learning rate)."""
+    lr = cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr
+    if cfg.strategy == "same_state":
+        return SameState(lr, convention=cfg.convention)
+    if cfg.strategy == "lookahead":
+        return Lookahead(lr, cfg.lookahead_steps)
+    if cfg.strategy == "implicit":
+        return Implicit("cg", iters=cfg.implicit_iters, damping=cfg.implicit_damping)
+    if cfg.strategy == "naive":
+        return Naive(cfg.normalizer)
+    return Uniform()
+
+
+class TempoAgent(dreamerv2.DreamerAgent):
+    """DreamerV2's agent plus a meta weighter N_α, a task-aware upper loss and a hypergradient strategy.
+
+    Args:
+        cfg: a :class:`TempoConfig`.
+        obs_shape, action_dim, discrete: the environment's spaces.
+    """
+
+    def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
+        super().__init__(cfg, obs_shape, action_dim, discrete, Uniform())
+        self.cfg: TempoConfig = cfg
+        kwargs = dict(cfg.task_loss_kwargs)
+        if cfg.task_loss == "vvaml":
+            kwargs.setdefault("normalizer", cfg.normalizer)
+        self.task_loss = make_task_loss(cfg.task_loss, **kwargs)
+        rssm = self.wm.rssm
+        stats = rssm.stoch_size  # Gaussian: the mean (S); categorical: the logits (S·C)
+        sizes = {"D": rssm.deter_size, "S": 2 * stats, "V": 2}
+        self.weighter = MetaWeighter(sum(sizes[k] for k in cfg.weighter_inputs), layers=cfg.weighter_layers,
+                                     hidden=cfg.weighter_units, activation=cfg.weighter_activation,
+                                     norm=cfg.weighter_norm)
+        self.weighter_opt = torch.optim.AdamW(self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps,
+                                              weight_decay=cfg.weighter_wd)
+        strategy = make_strategy(cfg)
+        self.update = BilevelUpdate(self.wm, self.model_opt, strategy,
+                                    self.weighter if strategy.trains_weighter else None,
+                                    self.weighter_opt if strategy.trains_weighter else None,
+                                    grad_clip=cfg.model_clip, weighter_grad_clip=cfg.weighter_clip)
+        self.register_buffer("wm_updates", torch.zeros((), dtype=torch.long))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().optimizers(), "weighter_opt": self.weighter_opt}
+
+    def value(self, feat: Tensor) -> Tensor:
+        """V(features) by the slow (target) critic: the value the upper loss uses (TEMPO §2.2)."""
+        return self.ac.value(feat, slow=True)
+
+    def _noise(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Latent noise for one step, drawn once so that virtual passes (Lookahead) see the same samples."""
+        rssm, obs = self.wm.rssm, batch["obs"]
+        shape = rssm.noise_shape(*obs.shape[:2])
+        dtype = next(self.wm.parameters()).dtype
+        draw = torch.rand if rssm.classes else torch.randn
+        return draw(shape, device=obs.device, dtype=dtype), draw(shape, device=obs.device, dtype=dtype)
+
+    def level_outputs(self, out: ModelLoss) -> tuple[LevelOutputs, dict[str, Tensor]]:
+        """ℓ, weighter features and the per-step upper loss from one observe pass; plus raw values for logging."""
+        rssm = self.wm.rssm
+        post, prior = out.states["post"], out.states["prior"]
+        feat_post, feat_prior = out.states["feat"], rssm.features(prior)
+        v_post, v_prior = self.value(feat_post), self.value(feat_prior)
+        if isinstance(self.task_loss, VVAML):
+            n_post, n_prior = self.task_loss.normalize(v_post, v_prior)
+            upper = (n_post - n_prior).pow(2)  # TEMPO eq. 4 on Algorithm 1's normalised values
+        else:
+            upper = self.task_loss(feat_prior, feat_post, self.value)
+            with torch.no_grad():
+                joint = torch.stack([v_post, v_prior])
+                joint = (joint - joint.mean()) / (joint.var(unbiased=False) + 1e-3).sqrt()
+                n_post, n_prior = joint[0], joint[1]
+        key = "logits" if rssm.classes else "mean"
+        parts = {"D": [post["deter"]], "S": [post[key].flatten(2), prior[key].flatten(2)],
+                 "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)]}
+        features = torch.cat([x.detach() for k in self.cfg.weighter_inputs for x in parts[k]], -1)
+        return LevelOutputs(loss=out.loss, features=features, upper=upper), {"value_post": v_post,
+                                                                              "value_prior": v_prior}
+
+    def world_model_forward(self, batch: dict[str, Tensor]) -> tuple[Any, dict[str, Any]]:
+        noise = self._noise(batch)
+        box: dict[str, Any] = {}
+
+        def forward(fn: Any) -> LevelOutputs:
+            out = fn(batch, noise)
+            levels, values = self.level_outputs(out)
+            if "out" not in box:  # the first call is the real forward at θ
+                box.update(out=out, values=values)
+            return levels
+
+        return forward, box
+
+    def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
+        forward, box = self.world_model_forward(batch)
+        meta = int(self.wm_updates) % self.cfg.meta_every == 0
+        metrics = {f"model/{k}": v for k, v in self.update.step(forward, meta=meta).items()}
+        self.wm_updates += 1
+        for name, v in box["values"].items():
+            metrics[f"tempo/{name}"] = float(v.detach().mean())
+        return metrics, box["out"]
+
+
+def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a ``tempo`` run in ``logdir`` (see :func:`recipes.dreamerv2.train`)."""
+    return dreamerv2.train(cfg, logdir, force=force, progress=progress, recipe="tempo", agent_factory=TempoAgent)

@@ -1,0 +1,192 @@
+"""Recipe ``tempo``: the meta-weighted RSSM step, its options, and ``reweigh run tempo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import bilevel as B
+from recipes.cli import main
+from recipes.config import resolve
+from recipes.tempo import TempoAgent, make_strategy
+
+TINY = {"deter": 12, "stoch": 3, "hidden": 12, "mlp_layers": 1, "mlp_units": 12, "ac_layers": 1, "ac_units": 12,
+        "batch_size": 3, "seq_len": 5, "horizon": 3, "weighter_layers": 2, "weighter_units": 8, "imag_starts": None}
+
+
+def _agent(seed: int = 0, dtype: torch.dtype = torch.float32, **over):
+    torch.manual_seed(seed)
+    cfg = resolve("dmc:cartpole_swingup", "cpu", {**TINY, **over}, recipe="tempo")
+    agent = TempoAgent(cfg, (5,), 1, False).to(dtype)
+    b, t = cfg.batch_size, cfg.seq_len
+    gen = torch.Generator().manual_seed(seed + 1)
+    batch = {"obs": torch.randn(b, t, 5, generator=gen, dtype=dtype),
+             "action": torch.rand(b, t, 1, generator=gen, dtype=dtype) * 2 - 1,
+             "reward": torch.rand(b, t, generator=gen, dtype=dtype),
+             "is_first": torch.zeros(b, t, dtype=torch.bool)}
+    batch["is_first"][:, 0] = True
+    return agent, batch
+
+
+def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("strategy", ["same_state", "lookahead"])
+def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy):
+    """dL_up/dw of the real TEMPO step (RSSM ELBO per step, V-VAML through the slow critic, batch-normalised
+    values) against central differences of the function the strategy differentiates, in float64."""
+    agent, batch = _agent(dtype=torch.float64, strategy=strategy)
+    forward, _ = agent.world_model_forward(batch)  # latent noise fixed inside
+    upd = agent.update
+    out = forward(agent.wm)
+    weights = agent.weighter(out.features).detach()
+    params = dict(agent.wm.named_parameters())
+    rows = B.check_hypergradient(lambda p: forward(upd.view(p)).loss, lambda p: forward(upd.view(p)).upper.mean(),
+                                 params, weights, [make_strategy(agent.cfg)], directions=6)
+    assert len(rows) == 1 and rows[0].fd_norm > 0
+    assert rows[0].passed, B.format_report(rows)
+
+
+@pytest.mark.parametrize("strategy", ["same_state", "lookahead", "implicit"])
+def test_weighter_strategies_train_the_weighter_and_weight_the_model(strategy):
+    agent, batch = _agent(strategy=strategy)
+    w_before, m_before = _snapshot(agent.weighter), _snapshot(agent.wm)
+    metrics = agent.train_step(batch)
+    assert _changed(w_before, agent.weighter) and _changed(m_before, agent.wm)
+    for key in ("model/lower_loss", "model/lower_loss_unweighted", "model/upper_loss", "model/weight_mean",
+                "model/weight_std", "model/weight_min", "model/weight_max", "model/hypergrad_norm",
+                "tempo/value_post", "tempo/value_prior"):
+        assert key in metrics and metrics[key] == metrics[key], key
+    assert 0.75 <= metrics["model/weight_min"] < metrics["model/weight_max"] <= 1.25
+
+
+def test_naive_and_uniform_leave_the_weighter_untouched():
+    agent, batch = _agent(strategy="naive")
+    before = _snapshot(agent.weighter)
+    metrics = agent.train_step(batch)
+    assert not _changed(before, agent.weighter)
+    assert metrics["model/weight_std"] > 0  # 1 + normalised per-step V-VAML
+    agent, batch = _agent(strategy="uniform")
+    metrics = agent.train_step(batch)
+    assert metrics["model/weight_std"] == 0 and metrics["model/weight_mean"] == 1
+
+
+def test_official_convention_flips_the_hypergradient():
+    grads = {}
+    for convention in ("correct", "official"):
+        agent, batch = _agent(dtype=torch.float64, convention=convention)
+        forward, _ = agent.world_model_forward(batch)
+        torch.manual_seed(5)
+        forward, _ = agent.world_model_forward(batch)
+        out = forward(agent.wm)
+        w = agent.weighter(out.features).detach()
+        params = dict(agent.wm.named_parameters())
+        grads[convention] = B.hypergradient(agent.update.strategy, lambda p, f=forward, a=agent: f(
+            a.update.view(p)).loss, lambda p, f=forward, a=agent: f(a.update.view(p)).upper.mean(), params, w)
+    eta = _agent()[0].cfg.model_lr
+    torch.testing.assert_close(grads["official"], -grads["correct"] / eta)
+
+
+def test_meta_every_updates_the_weighter_only_every_kth_step():
+    agent, batch = _agent(meta_every=3)
+    changes = []
+    for _ in range(6):
+        before = _snapshot(agent.weighter)
+        metrics = agent.train_step(batch)
+        changes.append(_changed(before, agent.weighter))
+        assert metrics["model/weight_std"] > 0  # the weights are applied at every step
+    assert changes == [True, False, False, True, False, False]
+
+
+@pytest.mark.parametrize(("inputs", "size"), [("DSV", 12 + 6 + 2), ("D", 12), ("S", 6), ("V", 2), ("SV", 8)])
+def test_weighter_inputs_select_the_features(inputs, size):
+    agent, batch = _agent(weighter_inputs=inputs)
+    forward, _ = agent.world_model_forward(batch)
+    out = forward(agent.wm)
+    assert out.features.shape == (3, 5, size) and not out.features.requires_grad
+    assert out.loss.shape == out.upper.shape == (3, 5)
+    agent.train_step(batch)
+
+
+def test_categorical_latents_feed_logits_and_step():
+    agent, batch = _agent(classes=4, weighter_inputs="S")
+    forward, _ = agent.world_model_forward(batch)
+    assert forward(agent.wm).features.shape == (3, 5, 2 * 3 * 4)
+    agent.train_step(batch)
+
+
+@pytest.mark.parametrize("name", ["vaml", "vagram"])
+def test_task_loss_by_registry_name(name):
+    agent, batch = _agent(task_loss=name)
+    assert type(agent.task_loss).__name__.lower() == name
+    metrics = agent.train_step(batch)
+    assert metrics["model/upper_loss"] >= 0
+
+
+def test_moving_normalizer_is_checkpointed():
+    agent, batch = _agent(normalizer="moving")
+    agent.train_step(batch)
+    state = agent.state_dict()
+    assert any(k.startswith("task_loss.") and k.endswith("var") for k in state)
+    assert "weighter_opt" in agent.optimizers()
+
+
+@pytest.mark.parametrize(("over", "field"), [({"weighter_inputs": "DX"}, "weighter_inputs"),
+                                             ({"weighter_inputs": "DD"}, "weighter_inputs"),
+                                             ({"task_loss": "nope"}, "task_loss"),
+                                             ({"strategy": "magic"}, "strategy"),
+                                             ({"meta_every": 0}, "meta_every")])
+def test_bad_tempo_config_names_the_field(over, field):
+    with pytest.raises(ValueError, match=field):
+        resolve("dmc:cartpole_swingup", "cpu", over, recipe="tempo")
+
+
+def test_dreamerv2_refuses_tempo_keys():
+    with pytest.raises(ValueError, match="meta_every"):
+        resolve("dmc:cartpole_swingup", "cpu", {"meta_every": 2})
+
+
+def test_paper_preset_is_tempo_table_1():
+    cfg = resolve("dmc:cartpole_swingup", "paper", recipe="tempo")
+    assert (cfg.weighter_layers, cfg.weighter_units, cfg.weighter_activation, cfg.weighter_norm) == (5, 400, "elu",
+                                                                                                      "batch")
+    assert (cfg.weighter_lr, cfg.weighter_eps, cfg.weighter_clip, cfg.weighter_wd) == (1e-4, 1e-5, 100.0, 1e-6)
+    assert cfg.strategy == "same_state" and cfg.meta_every == 1 and cfg.weighter_inputs == "DSV"
+    assert (cfg.deter, cfg.stoch, cfg.model_lr, cfg.kl_scale) == (200, 32, 3e-4, 1.0)
+
+
+CLI_TINY = ["deter=16", "stoch=4", "hidden=16", "mlp_layers=1", "mlp_units=16", "ac_layers=1", "ac_units=16",
+            "batch_size=4", "seq_len=8", "horizon=3", "prefill=100", "train_every=20", "eval_every=200",
+            "log_every=100", "checkpoint_every=100", "time_limit=100", "weighter_layers=2", "weighter_units=16",
+            "eval_episodes=1"]
+
+
+def _cli(logdir: Path, steps: int) -> list[str]:
+    out = ["run", "tempo", "--steps", str(steps), "--logdir", str(logdir), "--no-progress"]
+    for item in CLI_TINY:
+        out += ["--set", item]
+    return out
+
+
+def test_run_tempo_writes_metrics_and_resumes(tmp_path):
+    logdir = tmp_path / "tempo"
+    assert main(_cli(logdir, 300)) == 0
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["recipe"] == "tempo" and config["strategy"] == "same_state"
+    records = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "model/upper_loss" in r]
+    assert logged and all("model/weight_mean" in r and "tempo/value_post" in r for r in logged)
+    ckpt = torch.load(logdir / "checkpoints" / "latest.pt", weights_only=False)
+    assert "weighter_opt" in ckpt and any(k.startswith("weighter.") for k in ckpt["agent"])
+    assert main(_cli(logdir, 400)) == 0
+    evals = [json.loads(x)["step"] for x in (logdir / "metrics.jsonl").read_text().splitlines()
+             if "eval_return" in x]
+    assert evals == [200, 300, 400]
