@@ -4,6 +4,9 @@
 * ``reweigh check-hypergrad [MODULE:FUNCTION]`` — finite-difference check of every strategy on a user's problem
 * ``reweigh noisy-labels`` — Meta-Weight-Net on noisy digits vs ERM (the bundled example of the core)
 * ``reweigh run RECIPE --env ENV --steps N --seed S --logdir DIR [--preset cpu|paper] [--set key=value ...]``
+* ``reweigh compare --recipes tempo,dreamerv2 --env ENV --seeds 0,1,2 --steps N --logdir DIR`` — curves and
+  Welch's t-test (TEMPO §3.1)
+* ``reweigh inspect-weights DIR`` — TEMPO Table 2 (meta vs naive weights) for a tempo run's checkpoint
 """
 
 from __future__ import annotations
@@ -134,6 +137,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from recipes.compare import Variant, compare
+
+    variants = [Variant.parse(x) for x in args.recipes.split(",") if x.strip()]
+    for v in variants:
+        if v.recipe not in RECIPES:
+            raise ValueError(f"recipes: unknown {v.recipe!r}; choose from {', '.join(RECIPES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    compare(variants, seeds, env=args.env, steps=args.steps, logdir=Path(args.logdir), preset=args.preset,
+            sets=args.set or [], jobs=args.jobs, threads=args.threads, run=not args.no_run)
+    return 0
+
+
+def cmd_inspect_weights(args: argparse.Namespace) -> int:
+    from recipes.tempo import inspect_weights
+
+    inspect_weights(Path(args.logdir), sequences=args.sequences, show=args.show, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reweigh", description="Task-aware model learning by bi-level reweighting")
     parser.add_argument("--version", action="version", version=f"reweigh {_version()}")
@@ -171,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="resume even if the config changed")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
+
+    cmp = sub.add_parser("compare", help="run or reuse several recipes over seeds; curves and Welch's t-test")
+    cmp.add_argument("--recipes", default="tempo,dreamerv2",
+                     help="comma list of RECIPE or RECIPE+key=value+...; the first is tested against the second")
+    cmp.add_argument("--env", default="dmc:cartpole_swingup")
+    cmp.add_argument("--seeds", default="0,1,2")
+    cmp.add_argument("--steps", type=int, default=100_000)
+    cmp.add_argument("--logdir", required=True)
+    cmp.add_argument("--preset", default="cpu")
+    cmp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run (repeatable)")
+    cmp.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core here)")
+    cmp.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    cmp.add_argument("--no-run", action="store_true", help="only summarise the runs already in --logdir")
+    cmp.set_defaults(func=cmd_compare)
+
+    ins = sub.add_parser("inspect-weights", help="TEMPO Table 2: meta vs naive weights of a tempo checkpoint")
+    ins.add_argument("logdir")
+    ins.add_argument("--sequences", type=int, default=4)
+    ins.add_argument("--show", type=int, default=8, help="weights printed per sequence")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.set_defaults(func=cmd_inspect_weights)
     return parser
 
 
@@ -185,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"reweigh: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:
+        print(f"reweigh: failed: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ categorical latents their logits, as the official code does.  Every number lives
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,59 @@ class TempoAgent(dreamerv2.DreamerAgent):
 def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a ``tempo`` run in ``logdir`` (see :func:`recipes.dreamerv2.train`)."""
     return dreamerv2.train(cfg, logdir, force=force, progress=progress, recipe="tempo", agent_factory=TempoAgent)
+
+
+def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: int = 0) -> dict[str, Any]:
+    """TEMPO Table 2 for a run's latest checkpoint: meta and naive weights of a few replayed sequences.
+
+    Meta weights come from the weighter in eval mode (BatchNorm running statistics); naive weights are
+    1 + the per-step upper loss normalised over the sampled sequences (TEMPO §3.4).  Pearson's r is computed per
+    sequence over all its T steps.
+
+    Returns:
+        ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence]}``.
+
+    Raises:
+        ValueError: if ``logdir`` holds no ``tempo`` run or no checkpoint.
+    """
+    from scipy.stats import pearsonr
+
+    from recipes import rundir
+    from recipes.envs import make_env
+    from recipes.replay import Replay
+
+    config_path = logdir / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"logdir: no config.json in {logdir}")
+    config = json.loads(config_path.read_text())
+    if config.pop("recipe", None) != "tempo":
+        raise ValueError(f"logdir: {logdir} is not a tempo run")
+    cfg = TempoConfig(**config)
+    ckpt = rundir.load_checkpoint(logdir)
+    if ckpt is None:
+        raise ValueError(f"logdir: no checkpoint in {logdir / 'checkpoints'}")
+    env = make_env(cfg.env, seed=cfg.seed, pixels=cfg.pixels, size=cfg.image_size, action_repeat=cfg.action_repeat,
+                   time_limit=cfg.time_limit)
+    agent = TempoAgent(cfg, env.obs_shape, env.action_dim, env.discrete)
+    env.close()
+    agent.load_state_dict(ckpt["agent"])
+    agent.eval()
+    replay = Replay(logdir / "replay", seq_len=cfg.seq_len, capacity_steps=cfg.replay_capacity, seed=seed,
+                    boundary=cfg.replay_boundary)
+    batch = {k: torch.as_tensor(v) for k, v in replay.sample(sequences).items()}
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        forward, _ = agent.world_model_forward(batch)
+        levels = forward(agent.wm)
+        meta = agent.weighter(levels.features)
+        assert levels.upper is not None
+        naive = Naive("batch").rule_weights(levels.loss, levels.upper)
+    rows = {"meta": meta.tolist(), "naive": naive.tolist(),
+            "pearson": [float(pearsonr(m, n).statistic) for m, n in zip(meta.numpy(), naive.numpy(), strict=True)]}
+    print(f"{'set':>3}  {'type':<5}  weights (w_1:{show} of {cfg.seq_len})" + " " * max(0, 6 * show - 24) + "  r")
+    for i in range(sequences):
+        for kind in ("meta", "naive"):
+            values = " ".join(f"{x:5.2f}" for x in rows[kind][i][:show])
+            r = f"{rows['pearson'][i]:+.2f}" if kind == "meta" else ""
+            print(f"{i + 1 if kind == 'meta' else '':>3}  {kind:<5}  [{values} ...]  {r}")
+    return rows

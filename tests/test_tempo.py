@@ -190,3 +190,25 @@ def test_run_tempo_writes_metrics_and_resumes(tmp_path):
     evals = [json.loads(x)["step"] for x in (logdir / "metrics.jsonl").read_text().splitlines()
              if "eval_return" in x]
     assert evals == [200, 300, 400]
+
+
+def test_inspect_weights_prints_table_2(tmp_path, capsys):
+    logdir = tmp_path / "tempo"
+    assert main(_cli(logdir, 200)) == 0
+    capsys.readouterr()
+    assert main(["inspect-weights", str(logdir), "--sequences", "3", "--show", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    meta = [x for x in lines if " meta " in x]
+    naive = [x for x in lines if " naive " in x]
+    assert len(meta) == 3 and len(naive) == 3
+    for line in meta:
+        r = float(line.split()[-1])
+        assert -1.0 <= r <= 1.0
+        weights = [float(x) for x in line.split("[")[1].split("...")[0].split()]
+        assert len(weights) == 4 and all(0.75 <= w <= 1.25 for w in weights)
+
+
+def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"recipe": "dreamerv2"}))
+    assert main(["inspect-weights", str(tmp_path)]) == 2
+    assert "not a tempo run" in capsys.readouterr().err

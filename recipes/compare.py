@@ -1,0 +1,190 @@
+"""``reweigh compare``: runs (or reuses) several recipes over seeds and tests the first against the second as
+TEMPO §3.1 does — a one-tailed Welch's t-test at every evaluation step, averaged over evaluations (Henderson et
+al. 2018), plus the final return's mean ± std and one PNG of mean ± std curves.
+
+A variant is ``RECIPE`` or ``RECIPE+key=value+...`` (e.g. ``tempo+convention=official``), so two settings of one
+recipe compare the same way.  Run directories are ``DIR/<variant>-s<seed>``; a run whose metrics already reach
+the requested steps is reused, an unfinished one is resumed, a missing one is started (``jobs`` at a time, each a
+``reweigh run`` subprocess with ``threads`` torch threads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recipes import rundir
+
+
+@dataclass
+class Variant:
+    """One compared setting: a recipe and its overrides."""
+
+    label: str
+    recipe: str
+    sets: list[str]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label.replace("+", "_"))
+
+    @staticmethod
+    def parse(text: str) -> Variant:
+        recipe, *sets = text.strip().split("+")
+        for item in sets:
+            if "=" not in item:
+                raise ValueError(f"--recipes: {text!r}: expected RECIPE+key=value, got {item!r}")
+        return Variant(text.strip(), recipe, sets)
+
+
+def eval_curve(logdir: Path) -> dict[int, float]:
+    """Evaluation return by environment step (the last record wins if a resumed run logged a step twice)."""
+    return {int(r["step"]): float(r["eval_return"]) for r in rundir.read_metrics(logdir) if "eval_return" in r}
+
+
+def _done(logdir: Path, steps: int) -> bool:
+    curve = eval_curve(logdir)
+    return bool(curve) and max(curve) >= steps and (logdir / "checkpoints" / "latest.pt").exists()
+
+
+def run_all(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str,
+            sets: list[str], jobs: int, threads: int, progress: bool = True) -> None:
+    """Start or resume every missing run, ``jobs`` at a time; raises RuntimeError if any run fails."""
+    todo = [(v, s) for v in variants for s in seeds if not _done(logdir / f"{v.slug}-s{s}", steps)]
+    running: list[tuple[subprocess.Popen, str, Any]] = []
+    failed: list[str] = []
+    env_vars = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    while todo or running:
+        while todo and len(running) < jobs:
+            variant, seed = todo.pop(0)
+            run_dir = logdir / f"{variant.slug}-s{seed}"
+            cmd = [sys.executable, "-m", "recipes.cli", "run", variant.recipe, "--env", env, "--steps", str(steps),
+                   "--seed", str(seed), "--logdir", str(run_dir), "--preset", preset, "--no-progress",
+                   "--set", f"threads={threads}"]
+            for item in [*sets, *variant.sets]:
+                cmd += ["--set", item]
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = (logdir / f"{variant.slug}-s{seed}.log").open("ab")
+            if progress:
+                print(f"compare: starting {variant.label} seed {seed} -> {run_dir}", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars),
+                            f"{variant.label} seed {seed}", log))
+        time.sleep(1.0)
+        for entry in list(running):
+            proc, name, log = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                log.close()
+                if proc.returncode != 0:
+                    failed.append(f"{name} (exit {proc.returncode})")
+                elif progress:
+                    print(f"compare: finished {name}", flush=True)
+    if failed:
+        raise RuntimeError(f"runs failed: {', '.join(failed)}; see the .log files in {logdir}")
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """One-tailed Welch's t-test of mean(a) > mean(b): (t, p); NaN when both samples have zero variance."""
+    from scipy.stats import ttest_ind
+
+    res = ttest_ind(a, b, equal_var=False, alternative="greater")
+    return float(res.statistic), float(res.pvalue)
+
+
+def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: int) -> dict[str, Any]:
+    """Curves on the evaluation steps every run has, Welch's test of the first variant vs the second, finals."""
+    curves = {v.label: [eval_curve(logdir / f"{v.slug}-s{s}") for s in seeds] for v in variants}
+    common = sorted(set.intersection(*[set(c) for runs in curves.values() for c in runs]))
+    common = [s for s in common if s <= steps]
+    if not common:
+        raise RuntimeError(f"no evaluation step is shared by all runs in {logdir}")
+    table: dict[str, Any] = {"steps": common, "seeds": seeds, "variants": {}}
+    for label, runs in curves.items():
+        values = np.array([[c[s] for s in common] for c in runs])  # [seeds, evals]
+        table["variants"][label] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
+                                    "final_mean": float(values[:, -1].mean()), "final_std": float(values[:, -1].std()),
+                                    "per_seed_final": values[:, -1].tolist()}
+    if len(variants) >= 2:
+        first, second = variants[0].label, variants[1].label
+        ts, ps = [], []
+        for step in common:
+            a = [c[step] for c in curves[first]]
+            b = [c[step] for c in curves[second]]
+            t, p = welch(a, b)
+            ts.append(t)
+            ps.append(p)
+        finite = [i for i, t in enumerate(ts) if math.isfinite(t)]
+        table["welch"] = {"a": first, "b": second, "alternative": f"{first} > {second}", "t": ts, "p": ps,
+                          "mean_t": float(np.mean([ts[i] for i in finite])) if finite else float("nan"),
+                          "mean_p": float(np.mean([ps[i] for i in finite])) if finite else float("nan"),
+                          "evaluations": len(finite), "skipped": len(common) - len(finite)}
+    return table
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """A Markdown table: final return mean ± std per variant, and the Welch summary."""
+    lines = ["| variant | final eval return (mean ± std) | per seed |", "|---|---|---|"]
+    for label, row in table["variants"].items():
+        seeds = ", ".join(f"{x:.0f}" for x in row["per_seed_final"])
+        lines.append(f"| {label} | {row['final_mean']:.1f} ± {row['final_std']:.1f} | {seeds} |")
+    if "welch" in table:
+        w = table["welch"]
+        lines += ["", f"One-tailed Welch's t-test, H1: {w['alternative']}, at each of {w['evaluations']} evaluation "
+                  f"steps ({w['skipped']} skipped: zero variance): mean t = {w['mean_t']:.3f}, "
+                  f"mean p = {w['mean_p']:.3f}."]
+    return "\n".join(lines)
+
+
+def plot(table: dict[str, Any], path: Path, title: str) -> Path:
+    """Mean ± std evaluation curves of every variant in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps = np.array(table["steps"])
+    for label, row in table["variants"].items():
+        mean, std = np.array(row["mean"]), np.array(row["std"])
+        ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    if "welch" in table:
+        title += f"\nWelch one-tailed: mean t={table['welch']['mean_t']:.2f}, mean p={table['welch']['mean_p']:.3f}"
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"eval return (mean ± std, {len(table['seeds'])} seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str = "cpu",
+            sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True) -> dict[str, Any]:
+    """Run or reuse the runs, then write ``compare.png``, ``compare.json`` and ``compare.md`` in ``logdir``."""
+    if len(variants) < 1 or not seeds:
+        raise ValueError("compare needs at least one recipe and one seed")
+    logdir.mkdir(parents=True, exist_ok=True)
+    if run:
+        run_all(variants, seeds, env=env, steps=steps, logdir=logdir, preset=preset, sets=sets or [], jobs=jobs,
+                threads=threads)
+    table = summarize(variants, seeds, logdir, steps)
+    table.update(env=env, preset=preset, requested_steps=steps)
+    (logdir / "compare.json").write_text(json.dumps(table, indent=1))
+    text = format_table(table)
+    (logdir / "compare.md").write_text(text + "\n")
+    plot(table, logdir / "compare.png", f"{' vs '.join(v.label for v in variants)} on {env} ({preset})")
+    print(text)
+    return table
