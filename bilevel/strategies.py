@@ -154,11 +154,17 @@ class SameState(Strategy):
     backward at all; needs a closure that torch.func can transform).  ``method="auto"`` (default) takes the
     double backward when the forward at θ was already run (``BilevelUpdate``, where the model needs ∇θ L_low
     anyway) and the JVP otherwise (the functional :func:`bilevel.hypergradient`), falling back to the double
-    backward if the closure cannot be transformed.  Measured choices: ``benchmarks/hypergrad.py``.
+    backward if the closure cannot be transformed.  ``method="finite_difference"`` approximates the mixed
+    product by central differences of the per-sample losses along a (as DARTS does, Liu et al. 2019, eq. 8):
+    (1/N) J a ≈ (ℓ(θ + εâ) − ℓ(θ − εâ)) / (2ε) · ‖a‖ / N with â = a/‖a‖ and ε = ``fd_eps`` — two forwards without
+    graphs instead of a double backward, O(ε²) truncation error; the cheapest option when a backward through
+    the model costs far more than a forward (recurrent models).  Measured choices: ``benchmarks/hypergrad.py``,
+    ``benchmarks/tempo_overhead.py``.
 
     Args:
         lr: η, the model's learning rate in the virtual step (only scales g).
-        method: ``"auto"``, ``"double_backward"`` or ``"jvp"``.
+        method: ``"auto"``, ``"double_backward"``, ``"jvp"`` or ``"finite_difference"``.
+        fd_eps: ε, the norm of the parameter perturbation of ``"finite_difference"`` (in units of θ).
         convention: ``"correct"`` (the sign above, proven by finite differences) or ``"official"``: the sign and
             scale of the official TEMPO code, which descends α on +∂/∂α ⟨∇θ L_loss, ∇θ L_up⟩ with
             L_loss = −ELBO, i.e. ``g_i = +(1/N) ⟨∇θ ℓ_i, ∇θ L_up⟩`` — the opposite direction, without η.
@@ -172,18 +178,22 @@ class SameState(Strategy):
         self,
         lr: float,
         *,
-        method: Literal["auto", "double_backward", "jvp"] = "auto",
+        method: Literal["auto", "double_backward", "jvp", "finite_difference"] = "auto",
         convention: Literal["correct", "official"] = "correct",
+        fd_eps: float = 1e-2,
     ) -> None:
         _check_lr(lr)
-        if method not in ("auto", "double_backward", "jvp"):
-            raise ValueError(f"method must be 'auto', 'double_backward' or 'jvp', got {method!r}")
+        if method not in ("auto", "double_backward", "jvp", "finite_difference"):
+            raise ValueError(f"method must be 'auto', 'double_backward', 'jvp' or 'finite_difference', got {method!r}")
         if convention not in ("correct", "official"):
             raise ValueError(f"convention must be 'correct' or 'official', got {convention!r}")
-        self.lr, self.method, self.convention = lr, method, convention
+        if not fd_eps > 0:
+            raise ValueError(f"fd_eps must be positive, got {fd_eps}")
+        self.lr, self.method, self.convention, self.fd_eps = lr, method, convention, fd_eps
 
     def __repr__(self) -> str:
-        return f"SameState(lr={self.lr}, method={self.method!r}, convention={self.convention!r})"
+        extra = f", fd_eps={self.fd_eps}" if self.method == "finite_difference" else ""
+        return f"SameState(lr={self.lr}, method={self.method!r}, convention={self.convention!r}{extra})"
 
     def _scale(self) -> float:
         # TEMPO eq. 9: g = −η · (1/N) J a; official code: +(1/N) J a.
@@ -201,6 +211,8 @@ class SameState(Strategy):
             except RuntimeError:
                 if self.method == "jvp":
                     raise
+        if method == "finite_difference":
+            return self._compute_fd(problem, weights)
         upper = problem.upper_at()
         point = ad.LowerPoint(theta, problem.loss_at(), w)
         a = ad.grads(upper, theta, retain_graph=True)
@@ -220,6 +232,24 @@ class SameState(Strategy):
 
         loss, jv = torch.func.jvp(f, tuple(t.detach() for t in theta), tuple(x.detach() for x in a))
         ad.lower_objective(loss, weights)  # shape check only
+        return HypergradientResult(self._scale() * jv.detach() / jv.numel(), None, upper.detach())
+
+    def _compute_fd(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:
+        """(1/N) J a by central differences of ℓ along â = a/‖a‖ (no graph through the two extra forwards)."""
+        theta = problem.tensors
+        upper = problem.upper_at()
+        # keep the graph at θ: the caller (BilevelUpdate) still backpropagates L_low through it
+        a = [x.detach() for x in ad.grads(upper, theta, retain_graph=problem.loss is not None)]
+        norm = torch.sqrt(sum(x.pow(2).sum() for x in a))
+        if float(norm) == 0.0:
+            return HypergradientResult(torch.zeros_like(weights), None, upper.detach())
+        step = [self.fd_eps * x / norm for x in a]
+        names = problem.names
+        with torch.no_grad():
+            plus = problem.per_sample_loss({n: t.detach() + d for n, t, d in zip(names, theta, step, strict=True)})
+            minus = problem.per_sample_loss({n: t.detach() - d for n, t, d in zip(names, theta, step, strict=True)})
+        ad.lower_objective(plus, weights)  # shape check only
+        jv = (plus - minus) * (norm / (2 * self.fd_eps))
         return HypergradientResult(self._scale() * jv.detach() / jv.numel(), None, upper.detach())
 
     def objective(self, problem: BilevelProblem, weights: Tensor) -> Tensor:

@@ -97,6 +97,9 @@ class TempoConfig(DreamerConfig):
     convention: Literal["correct", "official"] = Field(
         "correct", description="sign of SameState's hypergradient: 'correct' (−η ∂/∂w ⟨∇θL_low, ∇θL_up⟩, the "
         "descent direction of eq. 9) or 'official' (the official code's +∂/∂w ⟨∇θL_low, ∇θL_up⟩)")
+    same_state_method: Literal["auto", "double_backward", "jvp", "finite_difference"] = Field(
+        "auto", description="how SameState forms its mixed product (bilevel.SameState; auto = double backward here)")
+    fd_eps: float = Field(1e-2, gt=0.0, description="perturbation norm of same_state_method=finite_difference")
     task_loss: str = Field("vvaml", description="upper-level loss by registry name (tasklosses)")
     task_loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     normalizer: Literal["batch", "moving"] = Field("batch", description="value normaliser of V-VAML and of the "
@@ -175,9 +178,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 TEMPO_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     "cpu": {
-        "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
-        "atari": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
-        "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 4},
+        "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 8,
+                "same_state_method": "finite_difference"},
+        "atari": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 8,
+                  "same_state_method": "finite_difference"},
+        "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 8,
+                "same_state_method": "finite_difference"},
     },
 }
 

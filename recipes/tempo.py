@@ -44,7 +44,7 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
     """The hypergradient strategy named by ``cfg.strategy`` (η = ``meta_lr`` or the model's learning rate)."""
     lr = cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr
     if cfg.strategy == "same_state":
-        return SameState(lr, convention=cfg.convention)
+        return SameState(lr, method=cfg.same_state_method, convention=cfg.convention, fd_eps=cfg.fd_eps)
     if cfg.strategy == "lookahead":
         return Lookahead(lr, cfg.lookahead_steps)
     if cfg.strategy == "implicit":

@@ -238,3 +238,46 @@ def test_errors_are_raised():
         B.Implicit(damping=-1.0)
     with pytest.raises(ValueError, match="convention"):
         B.SameState(0.1, convention="tf")
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_same_state_finite_difference_method_converges_to_the_exact_hypergradient(name):
+    """Central differences along ∇θL_up: O(ε²) error, so shrinking ε by 10 shrinks the error ~100×."""
+    psl, up, params, w = ALL[name]()
+    exact = B.hypergradient(B.SameState(0.1, method="double_backward"), psl, up, params, w)
+    errors = [rel(B.hypergradient(B.SameState(0.1, method="finite_difference", fd_eps=eps), psl, up, params, w),
+                  exact) for eps in (1e-2, 1e-3)]
+    assert errors[1] <= 1e-5
+    assert errors[1] <= max(errors[0] / 30, 1e-9)
+
+
+def test_same_state_finite_difference_in_bilevel_update_matches_double_backward():
+    import copy
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    weighter = B.MetaWeighter(2, layers=1, hidden=8, norm="none").double()
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+
+    def forward(fn):
+        loss = (fn(x).squeeze(-1) - y) ** 2
+        return B.LevelOutputs(loss=loss, features=torch.stack([loss.detach(), y], -1), upper=loss[:4].mean())
+
+    results = []
+    for method, eps in (("double_backward", 1e-2), ("finite_difference", 1e-4)):
+        m, wt = copy.deepcopy(model), copy.deepcopy(weighter)
+        upd = B.BilevelUpdate(m, torch.optim.SGD(m.parameters(), 0.1), B.SameState(0.1, method=method, fd_eps=eps),
+                              wt, torch.optim.SGD(wt.parameters(), 0.5))
+        metrics = upd.step(forward)
+        results.append((metrics, [p.detach().clone() for p in [*m.parameters(), *wt.parameters()]]))
+    (m1, p1), (m2, p2) = results
+    assert m2["hypergrad_norm"] == pytest.approx(m1["hypergrad_norm"], rel=1e-6)
+    for a, b in zip(p1, p2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_same_state_rejects_bad_fd_eps():
+    with pytest.raises(ValueError, match="fd_eps"):
+        B.SameState(0.1, method="finite_difference", fd_eps=0.0)

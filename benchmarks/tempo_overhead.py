@@ -1,0 +1,148 @@
+"""TEMPO's overhead over DreamerV2: train-step time and peak RSS at the same config (issue 4's acceptance).
+
+* Time: every variant's agent is built in one process from the same seed and fed the same synthetic batch
+  (the preset's batch size × sequence length, the environment's observation shape).  Rounds interleave the
+  variants (d, t, d, t, ...); a round runs ``steps`` train steps per variant (a multiple of every ``meta_every``
+  so an amortised weighter update is represented exactly), and the median per-step time over rounds is reported.
+* Memory: each variant again in its own fresh subprocess: one warm-up round, then the peak-RSS mark is reset
+  (``/proc/self/clear_refs``) and one more round runs; reported are that peak (VmHWM) and its increase over the
+  RSS before the round (the train step's own working memory).
+
+A variant is ``RECIPE`` or ``RECIPE+key=value+...`` as in ``reweigh compare``.  Usage::
+
+    python benchmarks/tempo_overhead.py [--preset cpu] [--rounds 10] [--threads 1] [--out benchmarks/results/...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recipes.compare import Variant  # noqa: E402
+from recipes.config import parse_value, resolve  # noqa: E402
+
+DEFAULT_VARIANTS = {
+    "cpu": ["dreamerv2", "tempo", "tempo+meta_every=1", "tempo+meta_every=1+same_state_method=double_backward"],
+    "paper": ["dreamerv2", "tempo"],
+}
+SHAPES = {False: (5,), True: (64, 64, 3)}  # cartpole: proprio (5) or pixels
+
+
+def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor], int]:
+    """The agent of ``variant``, a synthetic batch for it, and its ``meta_every`` (1 for dreamerv2)."""
+    from recipes.dreamerv2 import DreamerAgent
+    from recipes.tempo import TempoAgent
+
+    v = Variant.parse(variant)
+    overrides = {k: parse_value(x) for k, x in (item.split("=", 1) for item in v.sets)}
+    cfg = resolve(env, preset, overrides, recipe=v.recipe)
+    obs_shape = (cfg.image_size, cfg.image_size, 3) if cfg.pixels else SHAPES[False]
+    torch.manual_seed(seed)
+    agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, 1, False)
+    gen = torch.Generator().manual_seed(seed)
+    b, t = cfg.batch_size, cfg.seq_len
+    obs = (torch.randint(0, 255, (b, t, *obs_shape), generator=gen, dtype=torch.uint8) if cfg.pixels
+           else torch.randn(b, t, *obs_shape, generator=gen))
+    batch = {"obs": obs, "action": torch.rand(b, t, 1, generator=gen) * 2 - 1,
+             "reward": torch.rand(b, t, generator=gen), "is_first": torch.zeros(b, t, dtype=torch.bool)}
+    batch["is_first"][:, 0] = True
+    return agent, batch, getattr(cfg, "meta_every", 1)
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(variant: str, preset: str, env: str, steps: int, threads: int, queue: Any) -> None:
+    torch.set_num_threads(threads)
+    agent, batch, _ = build(variant, preset, env)
+    for _ in range(steps):
+        agent.train_step(batch)
+    base = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    for _ in range(steps):
+        agent.train_step(batch)
+    peak = _status_mib("VmHWM")
+    queue.put((peak, peak - base))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    ap.add_argument("--env", default="dmc:cartpole_swingup")
+    ap.add_argument("--variants", default=None, help="comma list; the first is the baseline")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=None, help="train steps per round (default: lcm of meta_every)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS[args.preset]
+    built = {n: build(n, args.preset, args.env) for n in names}
+    steps = args.steps
+    if steps is None:
+        import math
+
+        steps = math.lcm(*[m for _, _, m in built.values()])
+    for agent, batch, _ in built.values():  # warm-up
+        agent.train_step(batch)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            agent, batch, _ = built[n]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                agent.train_step(batch)
+            samples[n].append((time.perf_counter() - t0) / steps)
+    base = names[0]
+    result: dict[str, Any] = {"preset": args.preset, "env": args.env, "threads": args.threads,
+                              "rounds": args.rounds, "steps_per_round": steps, "variants": {}}
+    med = {n: statistics.median(v) for n, v in samples.items()}
+    memory: dict[str, tuple[float, float]] = {}
+    if not args.no_memory:
+        ctx = mp.get_context("spawn")
+        for n in names:
+            q = ctx.Queue()
+            proc = ctx.Process(target=_memory_child, args=(n, args.preset, args.env, steps, args.threads, q))
+            proc.start()
+            memory[n] = q.get()
+            proc.join()
+    print(f"preset={args.preset} env={args.env} threads={args.threads} rounds={args.rounds} "
+          f"steps/round={steps}")
+    print(f"{'variant':<58} {'s/step':>8} {'× base':>7} {'peak MiB':>9} {'×':>6} {'step MiB':>9} {'×':>6}")
+    for n in names:
+        row: dict[str, Any] = {"seconds_per_step": med[n], "time_ratio": med[n] / med[base],
+                               "samples": samples[n]}
+        line = f"{n:<58} {med[n]:8.3f} {med[n] / med[base]:7.3f}"
+        if n in memory:
+            peak, delta = memory[n]
+            row.update(peak_rss_mib=peak, step_rss_mib=delta, peak_ratio=peak / memory[base][0],
+                       step_rss_ratio=delta / max(memory[base][1], 1e-9))
+            line += f" {peak:9.0f} {row['peak_ratio']:6.3f} {delta:9.1f} {row['step_rss_ratio']:6.2f}"
+        result["variants"][n] = row
+        print(line)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"tempo_overhead_{args.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
