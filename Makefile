@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 # Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: run test setup lint bench clean
+.PHONY: run example test setup lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +32,13 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# The main job: TEMPO (meta-weighted RSSM + Dreamer actor-critic) on DMC cartpole swing-up, cpu preset, proprio.
+# Re-running resumes from runs/tempo-cartpole (a finished run only re-plots).
 run: $(STAMP)
+	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 36000 --seed 0 \
+	  --logdir runs/tempo-cartpole --set eval_every=4000
+
+example: $(STAMP)
 	$(BIN)/reweigh noisy-labels --seeds 0,1,2 --out runs/noisy-labels/results.json
 
 test: $(STAMP)
@@ -44,6 +50,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypergrad.py
+	$(BIN)/python benchmarks/tempo_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
