@@ -33,10 +33,11 @@ from recipes.compare import Variant  # noqa: E402
 from recipes.config import parse_value, resolve  # noqa: E402
 
 DEFAULT_VARIANTS = {
-    "cpu": ["dreamerv2", "tempo", "tempo+meta_every=1", "tempo+meta_every=1+same_state_method=double_backward"],
+    "cpu": ["dreamerv2", "tempo", "tempo+meta_every=1", "tempo+meta_every=8", "tempo+meta_every=1+strategy=naive",
+            "tempo+meta_every=1+strategy=lookahead"],
     "paper": ["dreamerv2", "tempo"],
 }
-SHAPES = {False: (5,), True: (64, 64, 3)}  # cartpole: proprio (5) or pixels
+SHAPES = {False: (5,)}  # cartpole proprio; pixels: (3, size, size) channel-first uint8
 
 
 def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor], int]:
@@ -47,7 +48,7 @@ def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict
     v = Variant.parse(variant)
     overrides = {k: parse_value(x) for k, x in (item.split("=", 1) for item in v.sets)}
     cfg = resolve(env, preset, overrides, recipe=v.recipe)
-    obs_shape = (cfg.image_size, cfg.image_size, 3) if cfg.pixels else SHAPES[False]
+    obs_shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else SHAPES[False]
     torch.manual_seed(seed)
     agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, 1, False)
     gen = torch.Generator().manual_seed(seed)

@@ -158,7 +158,9 @@ class SameState(Strategy):
     product by central differences of the per-sample losses along a (as DARTS does, Liu et al. 2019, eq. 8):
     (1/N) J a ≈ (ℓ(θ + εâ) − ℓ(θ − εâ)) / (2ε) · ‖a‖ / N with â = a/‖a‖ and ε = ``fd_eps`` — two forwards without
     graphs instead of a double backward, O(ε²) truncation error; the cheapest option when a backward through
-    the model costs far more than a forward (recurrent models).  Measured choices: ``benchmarks/hypergrad.py``,
+    the model costs far more than a forward (recurrent models).  It differentiates the loss *values*: where a
+    model trains with a surrogate gradient (KL balancing, straight-through samples) it is not the derivative of
+    the model's actual update, which the other methods follow.  Measured choices: ``benchmarks/hypergrad.py``,
     ``benchmarks/tempo_overhead.py``.
 
     Args:

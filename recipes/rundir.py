@@ -16,6 +16,7 @@ import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 class Logger:
-    """Metrics to ``metrics.jsonl`` (flushed per event, so a crash loses nothing logged) and TensorBoard."""
+    """Metrics to ``metrics.jsonl`` (flushed per event, so a crash loses nothing logged; every record carries its
+    Unix ``time``) and TensorBoard."""
 
     def __init__(self, logdir: Path) -> None:
         self.path = logdir / "metrics.jsonl"
@@ -71,7 +73,7 @@ class Logger:
             self.tb = None
 
     def log(self, step: int, **metrics: float) -> None:
-        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}, "time": round(time.time(), 3)}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tb is not None:

@@ -149,6 +149,31 @@ def test_bad_tempo_config_names_the_field(over, field):
         resolve("dmc:cartpole_swingup", "cpu", over, recipe="tempo")
 
 
+def test_finite_difference_mixed_term_is_refused_because_kl_balancing_is_a_surrogate_gradient():
+    """FD of ℓ's values along ∇θL_up is not autograd's (KL-balanced) J·a: the recipe must not offer it."""
+    with pytest.raises(ValueError, match="same_state_method"):
+        resolve("dmc:cartpole_swingup", "cpu", {"same_state_method": "finite_difference"}, recipe="tempo")
+    agent, batch = _agent(dtype=torch.float64)
+    forward, _ = agent.world_model_forward(batch)
+    out = forward(agent.wm)
+    w = agent.weighter(out.features).detach()
+    params = dict(agent.wm.named_parameters())
+
+    def psl(p):
+        return forward(agent.update.view(p)).loss
+
+    def up(p):
+        return forward(agent.update.view(p)).upper.mean()
+
+    exact = B.hypergradient(B.SameState(1e-3, method="double_backward"), psl, up, params, w)
+    fd = B.hypergradient(B.SameState(1e-3, method="finite_difference", fd_eps=1e-4), psl, up, params, w)
+    assert float((fd - exact).norm() / exact.norm()) > 0.1
+    agent.wm.kl_scale = 0.0  # positive control: without the balanced KL term the two agree
+    exact = B.hypergradient(B.SameState(1e-3, method="double_backward"), psl, up, params, w)
+    fd = B.hypergradient(B.SameState(1e-3, method="finite_difference", fd_eps=1e-4), psl, up, params, w)
+    assert float((fd - exact).norm() / exact.norm()) < 1e-5
+
+
 def test_dreamerv2_refuses_tempo_keys():
     with pytest.raises(ValueError, match="meta_every"):
         resolve("dmc:cartpole_swingup", "cpu", {"meta_every": 2})
