@@ -17,4 +17,4 @@ done
 "$REWEIGH" compare --recipes tempo,dreamerv2 --env dmc:cartpole_swingup --seeds 0,1,2 --steps 100000 \
   --logdir "$CMP" --jobs 2 --threads 1
 "$REWEIGH" compare --recipes tempo,tempo+convention=official --env dmc:cartpole_swingup --seeds 0,1,2 \
-  --steps 50000 --logdir "$CMP" --jobs 2 --threads 1
+  --steps 50000 --logdir "$CMP" --jobs 2 --threads 1 --name sign

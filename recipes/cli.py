@@ -146,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"recipes: unknown {v.recipe!r}; choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     compare(variants, seeds, env=args.env, steps=args.steps, logdir=Path(args.logdir), preset=args.preset,
-            sets=args.set or [], jobs=args.jobs, threads=args.threads, run=not args.no_run)
+            sets=args.set or [], jobs=args.jobs, threads=args.threads, run=not args.no_run, name=args.name)
     return 0
 
 
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core here)")
     cmp.add_argument("--threads", type=int, default=1, help="torch threads per run")
     cmp.add_argument("--no-run", action="store_true", help="only summarise the runs already in --logdir")
+    cmp.add_argument("--name", default="compare", help="basename of the .png/.json/.md written in --logdir")
     cmp.set_defaults(func=cmd_compare)
 
     ins = sub.add_parser("inspect-weights", help="TEMPO Table 2: meta vs naive weights of a tempo checkpoint")

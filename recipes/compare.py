@@ -172,8 +172,9 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
 
 
 def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str = "cpu",
-            sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True) -> dict[str, Any]:
-    """Run or reuse the runs, then write ``compare.png``, ``compare.json`` and ``compare.md`` in ``logdir``."""
+            sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True,
+            name: str = "compare") -> dict[str, Any]:
+    """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``."""
     if len(variants) < 1 or not seeds:
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)
@@ -182,9 +183,9 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
                 threads=threads)
     table = summarize(variants, seeds, logdir, steps)
     table.update(env=env, preset=preset, requested_steps=steps)
-    (logdir / "compare.json").write_text(json.dumps(table, indent=1))
+    (logdir / f"{name}.json").write_text(json.dumps(table, indent=1))
     text = format_table(table)
-    (logdir / "compare.md").write_text(text + "\n")
-    plot(table, logdir / "compare.png", f"{' vs '.join(v.label for v in variants)} on {env} ({preset})")
+    (logdir / f"{name}.md").write_text(text + "\n")
+    plot(table, logdir / f"{name}.png", f"{' vs '.join(v.label for v in variants)} on {env} ({preset})")
     print(text)
     return table

@@ -70,9 +70,11 @@ def test_compare_runs_two_recipes_end_to_end(tmp_path):
             "log_every=100", "checkpoint_every=100", "time_limit=50", "video=false", "eval_episodes=1"]
     sets = [arg for item in tiny for arg in ("--set", item)]
     recipes = "tempo+weighter_layers=1+weighter_units=8,dreamerv2"
-    argv = ["compare", "--recipes", recipes, "--seeds", "0", "--steps", "200", "--logdir", str(tmp_path), *sets]
+    argv = ["compare", "--recipes", recipes, "--seeds", "0", "--steps", "200", "--logdir", str(tmp_path), *sets,
+            "--name", "tiny"]
     assert main(argv) == 0
-    table = json.loads((tmp_path / "compare.json").read_text())
+    table = json.loads((tmp_path / "tiny.json").read_text())
+    assert (tmp_path / "tiny.png").exists() and not (tmp_path / "compare.png").exists()
     assert table["steps"] == [100, 200]
     assert set(table["variants"]) == {"tempo+weighter_layers=1+weighter_units=8", "dreamerv2"}
     assert "welch" in table
