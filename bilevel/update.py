@@ -129,17 +129,15 @@ class BilevelUpdate:
             upper_at_theta = upper_fn(self.view(params))
 
         metrics: dict[str, float] = {}
+        if self.strategy.trains_weighter and out.features is None:
+            raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
         if self.strategy.trains_weighter and not meta:
-            if out.features is None:
-                raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
-            assert self.weighter is not None
+            assert self.weighter is not None and out.features is not None
             with torch.no_grad():
                 w = self.weighter(out.features)
             lower_grad = None
         elif self.strategy.trains_weighter:
-            if out.features is None:
-                raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
-            assert self.weighter is not None and self.weighter_optimizer is not None
+            assert self.weighter is not None and self.weighter_optimizer is not None and out.features is not None
             w = self.weighter(out.features)
             problem = BilevelProblem(
                 per_sample_loss=lambda p: forward(self.view(p)).loss,

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from bilevel import (
+    BatchNormalizer,
     BilevelUpdate,
     Implicit,
     LevelOutputs,
@@ -82,7 +83,6 @@ class TempoAgent(dreamerv2.DreamerAgent):
                                     self.weighter if strategy.trains_weighter else None,
                                     self.weighter_opt if strategy.trains_weighter else None,
                                     grad_clip=cfg.model_clip, weighter_grad_clip=cfg.weighter_clip)
-        self.register_buffer("wm_updates", torch.zeros((), dtype=torch.long))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {**super().optimizers(), "weighter_opt": self.weighter_opt}
@@ -110,10 +110,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
             upper = (n_post - n_prior).pow(2)  # TEMPO eq. 4 on Algorithm 1's normalised values
         else:
             upper = self.task_loss(feat_prior, feat_post, self.value)
-            with torch.no_grad():
-                joint = torch.stack([v_post, v_prior])
-                joint = (joint - joint.mean()) / (joint.var(unbiased=False) + 1e-3).sqrt()
-                n_post, n_prior = joint[0], joint[1]
+            with torch.no_grad():  # Algorithm 1, line 5, for the weighter's inputs only
+                n_post, n_prior = BatchNormalizer()(torch.stack([v_post, v_prior]))
         key = "logits" if rssm.classes else "mean"
         parts = {"D": [post["deter"]], "S": [post[key].flatten(2), prior[key].flatten(2)],
                  "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)]}
@@ -136,9 +134,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
         forward, box = self.world_model_forward(batch)
-        meta = int(self.wm_updates) % self.cfg.meta_every == 0
+        meta = int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, meta=meta).items()}
-        self.wm_updates += 1
         for name, v in box["values"].items():
             metrics[f"tempo/{name}"] = float(v.detach().mean())
         return metrics, box["out"]
