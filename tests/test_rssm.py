@@ -100,6 +100,46 @@ def test_kl_balancing_matches_formula():
     assert (rssm.kl(q, p, free=100.0) == 100.0).all()
 
 
+@pytest.mark.parametrize("classes", [0, 3])
+def test_balanced_kl_forward_mode_matches_reverse_mode(classes):
+    """torch.func.jvp through the balanced KL (its ``jvp`` rule) is the transpose of its ``backward``:
+    ⟨u, J t⟩ = ⟨Jᵀ u, t⟩ for random u, t, with the balanced (surrogate) partials on both sides."""
+    rssm = RSSM(embed=4, action_dim=1, deter=4, stoch=2, classes=classes, hidden=4)
+    g = torch.Generator().manual_seed(3)
+
+    def rand(*shape, positive=False):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return x.abs() + 0.5 if positive else x
+
+    if classes:
+        primals = (rand(5, 2, 3), rand(5, 2, 3))
+
+        def f(lq, lp):
+            return rssm.kl({"logits": lq}, {"logits": lp}, balance=0.8)
+    else:
+        primals = (rand(5, 2), rand(5, 2, positive=True), rand(5, 2), rand(5, 2, positive=True))
+
+        def f(mq, sq, mp, sp):
+            return rssm.kl({"mean": mq, "std": sq}, {"mean": mp, "std": sp}, balance=0.8)
+
+    tangents = tuple(rand(*x.shape) for x in primals)
+    value, jv = torch.func.jvp(f, primals, tangents)
+    leaves = [x.clone().requires_grad_(True) for x in primals]
+    torch.testing.assert_close(value, f(*leaves).detach())
+    u = rand(5)
+    vjp = torch.autograd.grad((f(*leaves) * u).sum(), leaves)
+    torch.testing.assert_close((jv * u).sum(), sum((a * t).sum() for a, t in zip(vjp, tangents, strict=True)))
+    # the balance is visible: the unbalanced KL's forward derivative differs
+    _, jv_half = torch.func.jvp(lambda *x: rssm.kl(*_states(classes, x), balance=0.5), primals, tangents)
+    assert not torch.allclose(jv, jv_half)
+
+
+def _states(classes, x):
+    if classes:
+        return {"logits": x[0]}, {"logits": x[1]}
+    return {"mean": x[0], "std": x[1]}, {"mean": x[2], "std": x[3]}
+
+
 def test_categorical_kl_and_straight_through_sample():
     rssm = RSSM(embed=4, action_dim=1, deter=4, stoch=2, classes=3, hidden=4)
     lq = torch.randn(4, 2, 3, requires_grad=True)

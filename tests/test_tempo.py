@@ -55,6 +55,22 @@ def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy):
     assert rows[0].passed, B.format_report(rows)
 
 
+@pytest.mark.parametrize("classes", [0, 4])
+def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
+    """SameState's two exact routes to (1/N)·J·∇θL_up agree on the real step (float64), balanced KL included;
+    which is faster is measured in benchmarks/tempo_overhead.py (the double backward: the default)."""
+    agent, batch = _agent(dtype=torch.float64, classes=classes)
+    forward, _ = agent.world_model_forward(batch)
+    out = forward(agent.wm)
+    w = agent.weighter(out.features).detach()
+    params = dict(agent.wm.named_parameters())
+    grads = [B.hypergradient(B.SameState(1e-3, method=m), lambda p: forward(agent.update.view(p)).loss,
+                             lambda p: forward(agent.update.view(p)).upper.mean(), params, w)
+             for m in ("double_backward", "jvp")]
+    assert grads[0].norm() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("strategy", ["same_state", "lookahead", "implicit"])
 def test_weighter_strategies_train_the_weighter_and_weight_the_model(strategy):
     agent, batch = _agent(strategy=strategy)

@@ -223,48 +223,100 @@ def _gaussian_kl(mq: Tensor, sq: Tensor, mp: Tensor, sp: Tensor) -> Tensor:
     return 0.5 * (ratio + ((mq - mp) / sp) ** 2 - 1 - ratio.log()).sum(-1)
 
 
+def _gaussian_kl_partials(mq: Tensor, sq: Tensor, mp: Tensor, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """∂KL/∂mq (= −∂KL/∂mp), ∂KL/∂sq and ∂KL/∂sp of the diagonal-Gaussian KL, elementwise [..., S]."""
+    var_p = sp**2
+    diff = mq - mp
+    return diff / var_p, sq / var_p - 1 / sq, (1 - (sq**2 + diff**2) / var_p) / sp
+
+
 class _BalancedGaussianKL(torch.autograd.Function):
-    """KL(N(mq, sq²) ‖ N(mp, sp²)) summed over the last dim; gradients scaled by (1 − α) for q, α for p."""
+    """KL(N(mq, sq²) ‖ N(mp, sp²)) summed over the last dim; gradients scaled by (1 − α) for q, α for p.
+
+    ``backward`` and ``jvp`` apply the same balanced partials (reverse and forward mode of one surrogate
+    derivative), so a forward-mode JVP (``SameState(method="jvp")``) agrees with the double backward.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, mq, sq, mp, sp, balance):  # type: ignore[override]
-        ctx.save_for_backward(mq, sq, mp, sp)
-        ctx.balance = balance
+    def forward(mq, sq, mp, sp, balance):  # type: ignore[override]
         return _gaussian_kl(mq, sq, mp, sp)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        mq, sq, mp, sp, balance = inputs
+        ctx.save_for_backward(mq, sq, mp, sp)
+        ctx.save_for_forward(mq, sq, mp, sp)
+        ctx.balance = balance
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         mq, sq, mp, sp = ctx.saved_tensors
         a = ctx.balance
         g = grad.unsqueeze(-1)
-        var_p = sp**2
-        diff = mq - mp
-        d_mq = diff / var_p
-        d_sq = sq / var_p - 1 / sq
-        d_sp = (1 - (sq**2 + diff**2) / var_p) / sp
+        d_mq, d_sq, d_sp = _gaussian_kl_partials(mq, sq, mp, sp)
         return (1 - a) * g * d_mq, (1 - a) * g * d_sq, -a * g * d_mq, a * g * d_sp, None
+
+    @staticmethod
+    def jvp(ctx, t_mq, t_sq, t_mp, t_sp, _t_balance):  # type: ignore[override]
+        mq, sq, mp, sp = ctx.saved_tensors
+        a = ctx.balance
+        d_mq, d_sq, d_sp = _gaussian_kl_partials(mq, sq, mp, sp)
+        out = torch.zeros_like(mq)
+        for scale, d, t in ((1 - a, d_mq, t_mq), (1 - a, d_sq, t_sq), (-a, d_mq, t_mp), (a, d_sp, t_sp)):
+            if t is not None:
+                out = out + scale * d * t
+        return out.sum(-1)
 
 
 class _BalancedCategoricalKL(torch.autograd.Function):
-    """KL(Cat(lq) ‖ Cat(lp)) summed over the last two dims [S, C]; gradients scaled (1 − α) for q, α for p."""
+    """KL(Cat(lq) ‖ Cat(lp)) summed over the last two dims [S, C]; gradients scaled (1 − α) for q, α for p.
+
+    ``backward`` and ``jvp`` apply the same balanced partials, as in :class:`_BalancedGaussianKL`.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, lq, lp, balance):  # type: ignore[override]
-        ctx.save_for_backward(lq, lp)
-        ctx.balance = balance
+    def forward(lq, lp, balance):  # type: ignore[override]
         log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
         return (log_q.exp() * (log_q - log_p)).sum((-1, -2))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        lq, lp, balance = inputs
+        ctx.save_for_backward(lq, lp)
+        ctx.save_for_forward(lq, lp)
+        ctx.balance = balance
+
+    @staticmethod
+    def _partials(lq: Tensor, lp: Tensor) -> tuple[Tensor, Tensor]:
+        log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
+        q, p = log_q.exp(), log_p.exp()
+        d = log_q - log_p
+        kl_var = (q * d).sum(-1, keepdim=True)
+        return q * (d - kl_var), p - q  # ∂KL/∂lq, ∂KL/∂lp, [..., S, C]
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         lq, lp = ctx.saved_tensors
         a = ctx.balance
-        log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
-        q, p = log_q.exp(), log_p.exp()
-        d = log_q - log_p
-        kl_var = (q * d).sum(-1, keepdim=True)
+        d_lq, d_lp = _BalancedCategoricalKL._partials(lq, lp)
         g = grad.unsqueeze(-1).unsqueeze(-1)
-        return (1 - a) * g * q * (d - kl_var), a * g * (p - q), None
+        return (1 - a) * g * d_lq, a * g * d_lp, None
+
+    @staticmethod
+    def jvp(ctx, t_lq, t_lp, _t_balance):  # type: ignore[override]
+        lq, lp = ctx.saved_tensors
+        a = ctx.balance
+        d_lq, d_lp = _BalancedCategoricalKL._partials(lq, lp)
+        out = torch.zeros_like(lq)
+        if t_lq is not None:
+            out = out + (1 - a) * d_lq * t_lq
+        if t_lp is not None:
+            out = out + a * d_lp * t_lp
+        return out.sum((-1, -2))
 
 
 class ConvEncoder(nn.Module):
