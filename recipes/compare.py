@@ -174,7 +174,8 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
 def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str = "cpu",
             sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True,
             name: str = "compare") -> dict[str, Any]:
-    """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``."""
+    """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``, and for
+    every ``tempo`` variant ``<name>-<variant>-diagnostics.png`` (TEMPO Fig. 9 over its seeds)."""
     if len(variants) < 1 or not seeds:
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)
@@ -187,5 +188,11 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
     text = format_table(table)
     (logdir / f"{name}.md").write_text(text + "\n")
     plot(table, logdir / f"{name}.png", f"{' vs '.join(v.label for v in variants)} on {env} ({preset})")
+    from recipes.tempo import plot_diagnostics
+
+    for v in variants:  # TEMPO Fig. 9 per tempo variant, over its seeds
+        if v.recipe == "tempo":
+            plot_diagnostics([logdir / f"{v.slug}-s{s}" for s in seeds], logdir / f"{name}-{v.slug}-diagnostics.png",
+                             f"{v.label} on {env} ({preset})")
     print(text)
     return table

@@ -142,8 +142,73 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
 
 def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a ``tempo`` run in ``logdir`` (see :func:`recipes.dreamerv2.train`)."""
-    return dreamerv2.train(cfg, logdir, force=force, progress=progress, recipe="tempo", agent_factory=TempoAgent)
+    """Train (or resume) a ``tempo`` run in ``logdir`` (see :func:`recipes.dreamerv2.train`); at the end also
+    ``diagnostics.png`` (:func:`plot_diagnostics`)."""
+    result = dreamerv2.train(cfg, logdir, force=force, progress=progress, recipe="tempo", agent_factory=TempoAgent)
+    plot_diagnostics([logdir], logdir / "diagnostics.png", f"tempo on {cfg.env} (seed {cfg.seed})")
+    return result
+
+
+#: TEMPO Fig. 9's panels (plus the weights): (title, metric keys of ``metrics.jsonl``).
+DIAGNOSTICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("value estimates", ("tempo/value_post", "tempo/value_prior")),
+    ("upper objective (task loss)", ("model/upper_loss",)),
+    ("lower objective", ("model/lower_loss", "model/lower_loss_unweighted")),
+    ("meta weights", ("model/weight_mean", "model/weight_min", "model/weight_max")),
+)
+
+
+def diagnostics(logdirs: list[Path]) -> dict[str, dict[str, list[float]]]:
+    """TEMPO Fig. 9's curves over runs: for every key of :data:`DIAGNOSTICS` that all runs logged,
+    ``{"steps", "mean", "std"}`` over the runs at the log steps they share (env steps; std 0 for one run)."""
+    import numpy as np
+
+    from recipes import rundir
+
+    records = [rundir.read_metrics(d) for d in logdirs]
+    out: dict[str, dict[str, list[float]]] = {}
+    for _, keys in DIAGNOSTICS:
+        for key in keys:
+            series = [{r["step"]: r[key] for r in recs if key in r} for recs in records]
+            steps = sorted(set.intersection(*[set(s) for s in series])) if series else []
+            if not steps:
+                continue
+            values = np.array([[s[t] for t in steps] for s in series], dtype=float)  # [runs, steps]
+            out[key] = {"steps": steps, "mean": values.mean(0).tolist(), "std": values.std(0).tolist()}
+    return out
+
+
+def plot_diagnostics(logdirs: list[Path], path: Path, title: str) -> Path | None:
+    """One PNG of TEMPO Fig. 9 (value estimates, upper objective, weighted lower objective and unweighted ELBO)
+    and the meta weights' mean/min/max, each as mean ± std over ``logdirs``; ``None`` if none was logged."""
+    curves = diagnostics(logdirs)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4 * len(DIAGNOSTICS), 3.3))
+    for ax, (panel, keys) in zip(axes, DIAGNOSTICS, strict=True):
+        for key in keys:
+            if key in curves:
+                c = curves[key]
+                mean, std = np.array(c["mean"]), np.array(c["std"])
+                ax.plot(c["steps"], mean, label=key.split("/", 1)[1])
+                ax.fill_between(c["steps"], mean - std, mean + std, alpha=0.2)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+        if any(key in curves for key in keys):
+            ax.legend(fontsize=7)
+    runs = f"mean ± std over {len(logdirs)} runs" if len(logdirs) > 1 else "one run"
+    fig.suptitle(f"{title} ({runs})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: int = 0) -> dict[str, Any]:

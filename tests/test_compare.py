@@ -78,5 +78,25 @@ def test_compare_runs_two_recipes_end_to_end(tmp_path):
     assert table["steps"] == [100, 200]
     assert set(table["variants"]) == {"tempo+weighter_layers=1+weighter_units=8", "dreamerv2"}
     assert "welch" in table
+    assert (tmp_path / "tiny-tempo_weighter_layers=1_weighter_units=8-diagnostics.png").stat().st_size > 0
+    assert not list(tmp_path.glob("tiny-dreamerv2*diagnostics.png"))
     config = json.loads((tmp_path / "tempo_weighter_layers=1_weighter_units=8-s0" / "config.json").read_text())
     assert config["weighter_layers"] == 1 and config["recipe"] == "tempo"
+
+
+def test_diagnostics_average_over_runs_at_shared_log_steps(tmp_path):
+    """TEMPO Fig. 9's curves: mean ± std over seeds, on the log steps every run has; unlogged keys absent."""
+    from recipes.tempo import diagnostics, plot_diagnostics
+
+    for seed, (steps, scale) in enumerate([((1000, 2000, 3000), 1.0), ((1000, 2000), 3.0)]):
+        run = tmp_path / f"tempo-s{seed}"
+        run.mkdir()
+        rows = [{"step": t, "model/weight_mean": scale * t / 1000, "model/upper_loss": scale} for t in steps]
+        rows.insert(1, {"step": 1500, "eval_return": 1.0})
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    runs = [tmp_path / "tempo-s0", tmp_path / "tempo-s1"]
+    curves = diagnostics(runs)
+    assert set(curves) == {"model/weight_mean", "model/upper_loss"}
+    assert curves["model/weight_mean"] == {"steps": [1000, 2000], "mean": [2.0, 4.0], "std": [1.0, 2.0]}
+    assert plot_diagnostics(runs, tmp_path / "d.png", "t").stat().st_size > 0
+    assert plot_diagnostics([tmp_path / "missing"], tmp_path / "none.png", "t") is None

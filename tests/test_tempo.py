@@ -230,6 +230,7 @@ def test_run_tempo_writes_metrics_and_resumes(tmp_path):
     evals = [json.loads(x)["step"] for x in (logdir / "metrics.jsonl").read_text().splitlines()
              if "eval_return" in x]
     assert evals == [200, 300, 400]
+    assert (logdir / "diagnostics.png").stat().st_size > 0  # TEMPO Fig. 9
 
 
 def test_inspect_weights_prints_table_2(tmp_path, capsys):
