@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,7 +36,7 @@ from bilevel import (
     Strategy,
     Uniform,
 )
-from recipes import dreamerv2
+from recipes import dreamerv2, rundir
 from recipes.config import TempoConfig
 from tasklosses import VVAML, make_task_loss
 from worldmodels import ModelLoss
@@ -161,10 +162,6 @@ DIAGNOSTICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 def diagnostics(logdirs: list[Path]) -> dict[str, dict[str, list[float]]]:
     """TEMPO Fig. 9's curves over runs: for every key of :data:`DIAGNOSTICS` that all runs logged,
     ``{"steps", "mean", "std"}`` over the runs at the log steps they share (env steps; std 0 for one run)."""
-    import numpy as np
-
-    from recipes import rundir
-
     records = [rundir.read_metrics(d) for d in logdirs]
     out: dict[str, dict[str, list[float]]] = {}
     for _, keys in DIAGNOSTICS:
@@ -188,7 +185,6 @@ def plot_diagnostics(logdirs: list[Path], path: Path, title: str) -> Path | None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4 * len(DIAGNOSTICS), 3.3))
     for ax, (panel, keys) in zip(axes, DIAGNOSTICS, strict=True):
@@ -226,7 +222,6 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
     """
     from scipy.stats import pearsonr
 
-    from recipes import rundir
     from recipes.envs import make_env
     from recipes.replay import Replay
 

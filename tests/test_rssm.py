@@ -111,16 +111,11 @@ def test_balanced_kl_forward_mode_matches_reverse_mode(classes):
         x = torch.randn(*shape, generator=g, dtype=torch.float64)
         return x.abs() + 0.5 if positive else x
 
-    if classes:
-        primals = (rand(5, 2, 3), rand(5, 2, 3))
+    primals = ((rand(5, 2, 3), rand(5, 2, 3)) if classes else
+               (rand(5, 2), rand(5, 2, positive=True), rand(5, 2), rand(5, 2, positive=True)))
 
-        def f(lq, lp):
-            return rssm.kl({"logits": lq}, {"logits": lp}, balance=0.8)
-    else:
-        primals = (rand(5, 2), rand(5, 2, positive=True), rand(5, 2), rand(5, 2, positive=True))
-
-        def f(mq, sq, mp, sp):
-            return rssm.kl({"mean": mq, "std": sq}, {"mean": mp, "std": sp}, balance=0.8)
+    def f(*x):
+        return rssm.kl(*_states(classes, x), balance=0.8)
 
     tangents = tuple(rand(*x.shape) for x in primals)
     value, jv = torch.func.jvp(f, primals, tangents)

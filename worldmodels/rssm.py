@@ -237,7 +237,6 @@ class _BalancedGaussianKL(torch.autograd.Function):
     derivative), so a forward-mode JVP (``SameState(method="jvp")``) agrees with the double backward.
     """
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(mq, sq, mp, sp, balance):  # type: ignore[override]
@@ -270,13 +269,21 @@ class _BalancedGaussianKL(torch.autograd.Function):
         return out.sum(-1)
 
 
+def _categorical_kl_partials(lq: Tensor, lp: Tensor) -> tuple[Tensor, Tensor]:
+    """∂KL/∂lq and ∂KL/∂lp of KL(Cat(lq) ‖ Cat(lp)) with respect to the logits, elementwise [..., S, C]."""
+    log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
+    q, p = log_q.exp(), log_p.exp()
+    d = log_q - log_p
+    kl_var = (q * d).sum(-1, keepdim=True)
+    return q * (d - kl_var), p - q
+
+
 class _BalancedCategoricalKL(torch.autograd.Function):
     """KL(Cat(lq) ‖ Cat(lp)) summed over the last two dims [S, C]; gradients scaled (1 − α) for q, α for p.
 
     ``backward`` and ``jvp`` apply the same balanced partials, as in :class:`_BalancedGaussianKL`.
     """
 
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(lq, lp, balance):  # type: ignore[override]
@@ -291,18 +298,10 @@ class _BalancedCategoricalKL(torch.autograd.Function):
         ctx.balance = balance
 
     @staticmethod
-    def _partials(lq: Tensor, lp: Tensor) -> tuple[Tensor, Tensor]:
-        log_q, log_p = lq.log_softmax(-1), lp.log_softmax(-1)
-        q, p = log_q.exp(), log_p.exp()
-        d = log_q - log_p
-        kl_var = (q * d).sum(-1, keepdim=True)
-        return q * (d - kl_var), p - q  # ∂KL/∂lq, ∂KL/∂lp, [..., S, C]
-
-    @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         lq, lp = ctx.saved_tensors
         a = ctx.balance
-        d_lq, d_lp = _BalancedCategoricalKL._partials(lq, lp)
+        d_lq, d_lp = _categorical_kl_partials(lq, lp)
         g = grad.unsqueeze(-1).unsqueeze(-1)
         return (1 - a) * g * d_lq, a * g * d_lp, None
 
@@ -310,7 +309,7 @@ class _BalancedCategoricalKL(torch.autograd.Function):
     def jvp(ctx, t_lq, t_lp, _t_balance):  # type: ignore[override]
         lq, lp = ctx.saved_tensors
         a = ctx.balance
-        d_lq, d_lp = _BalancedCategoricalKL._partials(lq, lp)
+        d_lq, d_lp = _categorical_kl_partials(lq, lp)
         out = torch.zeros_like(lq)
         if t_lq is not None:
             out = out + (1 - a) * d_lq * t_lq
