@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipes.config import parse_value, resolve  # noqa: E402
+from recipes.registry import resolve  # noqa: E402
+from recipes.run.config import parse_value  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +39,9 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=20, help="train steps to time (after 3 warm-up steps)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from recipes.dreamerv2 import DreamerAgent
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+    from recipes.dreamer.tempo import TempoAgent
     from recipes.envs import make_env
-    from recipes.tempo import TempoAgent
 
     torch.set_num_threads(args.threads)
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}

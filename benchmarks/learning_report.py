@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipes.rundir import read_metrics  # noqa: E402
+from recipes.run.rundir import read_metrics  # noqa: E402
 
 
 def summarize(run: Path) -> dict:

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recipes.compare import Variant  # noqa: E402
-from recipes.config import parse_value, resolve  # noqa: E402
+from recipes.registry import resolve  # noqa: E402
+from recipes.run.config import parse_value  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "cpu": ["dreamerv2", "tempo", "tempo+meta_every=1", "tempo+meta_every=8", "tempo+meta_every=1+strategy=naive",
@@ -42,8 +43,8 @@ SHAPES = {False: (5,)}  # cartpole proprio; pixels: (3, size, size) channel-firs
 
 def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor], int]:
     """The agent of ``variant``, a synthetic batch for it, and its ``meta_every`` (1 for dreamerv2)."""
-    from recipes.dreamerv2 import DreamerAgent
-    from recipes.tempo import TempoAgent
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+    from recipes.dreamer.tempo import TempoAgent
 
     v = Variant.parse(variant)
     overrides = {k: parse_value(x) for k, x in (item.split("=", 1) for item in v.sets)}

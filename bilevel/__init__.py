@@ -9,6 +9,7 @@ from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradi
 from bilevel.functional import hypergradient
 from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normalizer
 from bilevel.strategies import (
+    STRATEGY_NAMES,
     BilevelProblem,
     HypergradientResult,
     Implicit,
@@ -17,11 +18,13 @@ from bilevel.strategies import (
     SameState,
     Strategy,
     Uniform,
+    make_strategy,
 )
 from bilevel.update import BilevelUpdate, LevelOutputs
 from bilevel.weighter import MetaWeighter
 
 __all__ = [
+    "STRATEGY_NAMES",
     "BatchNormalizer",
     "BilevelProblem",
     "BilevelUpdate",
@@ -41,4 +44,5 @@ __all__ = [
     "format_report",
     "hypergradient",
     "make_normalizer",
+    "make_strategy",
 ]

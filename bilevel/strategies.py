@@ -485,3 +485,54 @@ class Uniform(Strategy):
 
     def objective(self, problem: BilevelProblem, weights: Tensor) -> Tensor:
         return torch.zeros((), dtype=weights.dtype, device=weights.device)
+
+
+#: Names :func:`make_strategy` accepts (``lookaheadK`` means ``lookahead`` with ``steps=K``, e.g. ``lookahead3``).
+STRATEGY_NAMES = ("same_state", "lookahead", "implicit", "implicit_normal", "naive", "uniform")
+
+
+def make_strategy(
+    name: str,
+    *,
+    lr: float | None = None,
+    steps: int = 1,
+    method: Literal["auto", "double_backward", "jvp", "finite_difference"] = "auto",
+    convention: Literal["correct", "official"] = "correct",
+    fd_eps: float = 1e-2,
+    solver: Literal["cg", "neumann"] = "cg",
+    iters: int = 20,
+    damping: float = 0.0,
+    normalizer: Literal["batch", "moving"] = "batch",
+) -> Strategy:
+    """Build a strategy by name: the one factory behind every config field and CLI flag that selects a strategy.
+
+    Args:
+        name: one of :data:`STRATEGY_NAMES`, or ``lookaheadK`` (K look-ahead steps, overriding ``steps``).
+        lr: η of ``same_state`` and ``lookahead`` (required by them, ignored by the others).
+        steps: K of ``lookahead``.
+        method, convention, fd_eps: of :class:`SameState`.
+        solver, iters, damping: of :class:`Implicit` (``implicit_normal`` solves the normal equations).
+        normalizer: of :class:`Naive`.
+
+    Raises:
+        ValueError: on an unknown name (listing the known ones), a missing ``lr`` where one is needed, or a bad
+            option of the strategy itself.
+    """
+    key = name.strip()
+    if key.startswith("lookahead") and key[len("lookahead"):].isdigit():
+        key, steps = "lookahead", int(key[len("lookahead"):])
+    if key not in STRATEGY_NAMES:
+        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGY_NAMES)} (or lookaheadK)")
+    if key in ("same_state", "lookahead") and lr is None:
+        raise ValueError(f"strategy {key!r} needs a learning rate lr (its η)")
+    if key == "same_state":
+        assert lr is not None
+        return SameState(lr, method=method, convention=convention, fd_eps=fd_eps)
+    if key == "lookahead":
+        assert lr is not None
+        return Lookahead(lr, steps)
+    if key in ("implicit", "implicit_normal"):
+        return Implicit(solver, iters=iters, damping=damping, normal_equations=key == "implicit_normal")
+    if key == "naive":
+        return Naive(normalizer)
+    return Uniform()

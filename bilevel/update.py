@@ -25,11 +25,14 @@ class LevelOutputs:
             a weighter.
         upper: the task-aware loss from the same pass: a scalar L_up, or per-sample values of shape S (averaged
             for the upper level; used per sample by ``Naive``).  Optional when ``step`` gets a separate ``upper``.
+        aux: anything else the pass produced that the caller wants back (e.g. the model's states for the agent);
+            the update never reads it.
     """
 
     loss: Tensor
     features: Tensor | None = None
     upper: Tensor | None = None
+    aux: Any = None
 
 
 class BilevelUpdate:
@@ -91,6 +94,7 @@ class BilevelUpdate:
         upper: Callable[[ModelFn], Tensor] | None = None,
         *,
         meta: bool = True,
+        outputs: LevelOutputs | None = None,
     ) -> dict[str, float]:
         """Run one bi-level update.
 
@@ -103,6 +107,9 @@ class BilevelUpdate:
             meta: ``False`` skips the upper level this call: the weighter still produces w (without gradient)
                 and the model steps on the weighted loss, but no hypergradient is computed and the weighter is
                 not updated.  Updating the weighter every k-th step amortises the hypergradient's cost.
+            outputs: ``forward(model)`` if the caller already ran it (to keep its ``aux``): the update then uses it
+                as the real forward at θ instead of calling ``forward`` again.  It must come from the current θ
+                with its autograd graph.
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
@@ -111,7 +118,7 @@ class BilevelUpdate:
         Raises:
             ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing.
         """
-        out = forward(self.model)
+        out = forward(self.model) if outputs is None else outputs
         params = dict(self.model.named_parameters())
 
         def upper_fn(fn: ModelFn) -> Tensor:

@@ -52,22 +52,13 @@ def load_target(spec: str) -> Any:
 
 
 def _strategies(names: str, lr: float, cg_iters: int, damping: float) -> list[Any]:
-    from bilevel import Implicit, Lookahead, SameState
+    from bilevel import make_strategy
 
-    out = []
-    for raw in names.split(","):
-        name = raw.strip()
-        if name == "same_state":
-            out.append(SameState(lr))
-        elif name.startswith("lookahead"):
-            steps = int(name[len("lookahead"):] or 1)
-            out.append(Lookahead(lr, steps))
-        elif name == "implicit":
-            out.append(Implicit("cg", iters=cg_iters, damping=damping))
-        elif name == "implicit_normal":
-            out.append(Implicit("cg", iters=cg_iters, damping=damping, normal_equations=True))
-        else:
-            raise ValueError(f"unknown strategy {name!r}; use same_state, lookaheadK, implicit, implicit_normal")
+    out = [make_strategy(name, lr=lr, iters=cg_iters, damping=damping) for name in names.split(",")]
+    for name, strategy in zip(names.split(","), out, strict=True):
+        if not strategy.trains_weighter:
+            raise ValueError(f"strategy {name.strip()!r} computes no hypergradient; check same_state, lookaheadK, "
+                             "implicit or implicit_normal")
     return out
 
 
@@ -75,9 +66,10 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
     from bilevel import check_hypergradient, format_report
 
     if args.target is None:
-        from recipes.check_demo import problem
+        from recipes.examples.check_demo import problem
 
-        print("checking the built-in demo problem (recipes/check_demo.py: GRU sequence model, VAML-like upper loss)")
+        print("checking the built-in demo problem (recipes/examples/check_demo.py: GRU sequence model, "
+              "VAML-like upper loss)")
         spec = problem()
     else:
         spec = load_target(args.target)()
@@ -97,7 +89,7 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
 
 
 def cmd_noisy_labels(args: argparse.Namespace) -> int:
-    from recipes.noisy_labels import compare
+    from recipes.examples.noisy_labels import compare
 
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = {"epochs": args.epochs} if args.epochs else {}
@@ -105,33 +97,15 @@ def cmd_noisy_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-RECIPES = ("dreamerv2", "tempo")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from recipes.config import parse_value, resolve
-
-    if args.recipe not in RECIPES:
-        raise ValueError(f"recipe: unknown {args.recipe!r}; choose one of {', '.join(RECIPES)}")
-    overrides = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        overrides[key.strip()] = parse_value(raw)
-    cfg = resolve(args.env, args.preset, overrides, recipe=args.recipe, steps=args.steps, seed=args.seed)
     from recipes.envs import make_env
+    from recipes.registry import get_recipe
+    from recipes.run.config import parse_sets
 
-    make_env(cfg.env, seed=cfg.seed, pixels=cfg.pixels, size=cfg.image_size,
-             action_repeat=cfg.action_repeat, time_limit=cfg.time_limit).close()  # validate before writing
-    if args.recipe == "tempo":
-        from recipes.tempo import train as train_tempo
-
-        summary = train_tempo(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
-    else:
-        from recipes.dreamerv2 import train
-
-        summary = train(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
+    recipe = get_recipe(args.recipe)
+    cfg = recipe.resolve(args.env, args.preset, parse_sets(args.set), steps=args.steps, seed=args.seed)
+    make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()).close()  # validate before writing
+    summary = recipe.run(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
     print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, "
           f"final eval return {summary['eval_return']:.1f} -> {args.logdir}")
     return 0
@@ -141,9 +115,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from recipes.compare import Variant, compare
 
     variants = [Variant.parse(x) for x in args.recipes.split(",") if x.strip()]
-    for v in variants:
-        if v.recipe not in RECIPES:
-            raise ValueError(f"recipes: unknown {v.recipe!r}; choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     compare(variants, seeds, env=args.env, steps=args.steps, logdir=Path(args.logdir), preset=args.preset,
             sets=args.set or [], jobs=args.jobs, threads=args.threads, run=not args.no_run, name=args.name)
@@ -151,7 +122,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_weights(args: argparse.Namespace) -> int:
-    from recipes.tempo import inspect_weights
+    from recipes.dreamer.tempo import inspect_weights
 
     inspect_weights(Path(args.logdir), sequences=args.sequences, show=args.show, seed=args.seed)
     return 0
@@ -184,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     noisy.set_defaults(func=cmd_noisy_labels)
 
     run = sub.add_parser("run", help="train (or resume) a recipe in a run directory")
-    run.add_argument("recipe", help=f"one of {', '.join(RECIPES)}")
-    run.add_argument("--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME or gym:ID")
+    from recipes.registry import RECIPES
+
+    run.add_argument("recipe", help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()))
+    run.add_argument("--env", default="dmc:cartpole_swingup",
+                     help="dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
     run.add_argument("--steps", type=int, default=100_000, help="environment steps (agent steps × action repeat)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--logdir", required=True)

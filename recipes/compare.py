@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from recipes import rundir
+from recipes.run import rundir
 
 
 @dataclass
@@ -40,7 +40,11 @@ class Variant:
 
     @staticmethod
     def parse(text: str) -> Variant:
+        from recipes.registry import RECIPES
+
         recipe, *sets = text.strip().split("+")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipes: unknown {recipe!r}; choose from {', '.join(RECIPES)}")
         for item in sets:
             if "=" not in item:
                 raise ValueError(f"--recipes: {text!r}: expected RECIPE+key=value, got {item!r}")
@@ -175,7 +179,8 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
             sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True,
             name: str = "compare") -> dict[str, Any]:
     """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``, and for
-    every ``tempo`` variant ``<name>-<variant>-diagnostics.png`` (TEMPO Fig. 9 over its seeds)."""
+    every variant whose recipe has a report hook ``<name>-<variant>-diagnostics.png`` (tempo: TEMPO Fig. 9 over its
+    seeds)."""
     if len(variants) < 1 or not seeds:
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)
@@ -188,11 +193,10 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
     text = format_table(table)
     (logdir / f"{name}.md").write_text(text + "\n")
     plot(table, logdir / f"{name}.png", f"{' vs '.join(v.label for v in variants)} on {env} ({preset})")
-    from recipes.tempo import plot_diagnostics
+    from recipes.registry import get_recipe
 
-    for v in variants:  # TEMPO Fig. 9 per tempo variant, over its seeds
-        if v.recipe == "tempo":
-            plot_diagnostics([logdir / f"{v.slug}-s{s}" for s in seeds], logdir / f"{name}-{v.slug}-diagnostics.png",
-                             f"{v.label} on {env} ({preset})")
+    for v in variants:  # each recipe's own figure over its seeds (tempo: TEMPO Fig. 9)
+        get_recipe(v.recipe).make_report([logdir / f"{v.slug}-s{s}" for s in seeds],
+                                         logdir / f"{name}-{v.slug}-diagnostics.png", f"{v.label} on {env} ({preset})")
     print(text)
     return table

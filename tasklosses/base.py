@@ -44,6 +44,11 @@ class TaskLoss(Protocol):
         Per-sample losses with the leading shape of the model's per-sample MLE loss (``[...]``), differentiable
         in the model parameters θ through ``predicted`` (and ``target``).  The caller takes the mean for L_up.
 
+    Optional hook: a loss that depends on the states only through their values may also define
+    ``value_loss(value_target, value_predicted) -> (loss, normalised_target, normalised_predicted)``, each shaped
+    like the values, so that a recipe that needs V anyway (e.g. for its weighter's inputs) evaluates V once.  The
+    recipes look the hook up by name; a loss without it is called as above.
+
     ``isinstance(obj, TaskLoss)`` only checks that ``obj`` is callable (a runtime-checkable protocol checks names,
     not signatures).
     """

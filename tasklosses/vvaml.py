@@ -94,6 +94,21 @@ class VVAML(nn.Module):
         post, prior = self.normalize(value_post, value_prior)
         return (post - prior).pow(2)
 
+    def value_loss(self, value_target: Tensor, value_predicted: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The optional task-loss hook for losses of the values alone (see :class:`tasklosses.TaskLoss`): the
+        per-step loss and the normalised values, from values the caller computed anyway.
+
+        One normaliser update serves both (TEMPO feeds the normalised values to its weighter, eq. 5).
+
+        Returns:
+            ``(|V̄_post − V̄_prior|², V̄_post, V̄_prior)``, each of the inputs' shape.
+
+        Raises:
+            ValueError: if the shapes differ.
+        """
+        post, prior = self.normalize(value_target, value_predicted)
+        return (post - prior).pow(2), post, prior
+
     def normalize(self, value_post: Tensor, value_prior: Tensor) -> tuple[Tensor, Tensor]:
         """``Norm`` of Algorithm 1, line 5: both value tensors normalised with shared statistics.
 

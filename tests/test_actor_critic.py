@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recipes.actor_critic import Actor, ActorCritic, lambda_return, truncated_normal
+from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, truncated_normal
 from worldmodels import RSSMWorldModel
 
 

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from recipes.cli import main
 
 
@@ -69,3 +71,17 @@ def test_check_hypergrad_usage_errors(tmp_path, capsys):
     assert main(["check-hypergrad", f"{f}:missing"]) == 2
     assert main(["check-hypergrad", "--strategies", "magic"]) == 2
     assert main([]) == 2
+
+
+def test_every_registered_recipe_resolves_its_presets_and_is_listed_in_help(capsys):
+    from recipes.registry import RECIPES, get_recipe
+
+    for name, recipe in RECIPES.items():
+        for preset in recipe.presets[0]:
+            cfg = recipe.resolve(recipe.config().env, preset, steps=10, seed=3)
+            assert isinstance(cfg, recipe.config) and cfg.steps == 10 and cfg.preset == preset
+        assert get_recipe(name) is recipe
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in RECIPES)

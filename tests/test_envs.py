@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from recipes import envs
 from recipes.envs import ensure_headless_gl, make_env
+from recipes.envs import gl as envs
 
 KEYS = {"obs", "action", "reward", "discount", "is_first", "is_last", "is_terminal"}
 

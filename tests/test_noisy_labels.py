@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recipes.noisy_labels import NoisyLabelsConfig, load_noisy_digits, run
+from recipes.examples.noisy_labels import NoisyLabelsConfig, load_noisy_digits, run
 
 
 def test_split_and_noise_are_as_configured():

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from recipes import replay as replay_module
-from recipes.replay import Replay
+from recipes.data import replay as replay_module
+from recipes.data.replay import Replay
 
 KEYS = ("obs", "action", "reward", "discount", "is_first", "is_last", "is_terminal")
 A = 3

@@ -281,3 +281,17 @@ def test_same_state_finite_difference_in_bilevel_update_matches_double_backward(
 def test_same_state_rejects_bad_fd_eps():
     with pytest.raises(ValueError, match="fd_eps"):
         B.SameState(0.1, method="finite_difference", fd_eps=0.0)
+
+
+def test_make_strategy_builds_every_name_and_refuses_unknown_ones():
+    assert isinstance(B.make_strategy("same_state", lr=0.1, method="jvp"), B.SameState)
+    la = B.make_strategy("lookahead3", lr=0.1)
+    assert isinstance(la, B.Lookahead) and la.steps == 3
+    assert B.make_strategy("lookahead", lr=0.1, steps=2).steps == 2
+    imp = B.make_strategy("implicit_normal", iters=7, damping=0.5)
+    assert isinstance(imp, B.Implicit) and imp.normal_equations and imp.iters == 7 and imp.damping == 0.5
+    assert isinstance(B.make_strategy("naive"), B.Naive) and isinstance(B.make_strategy("uniform"), B.Uniform)
+    with pytest.raises(ValueError, match=r"unknown strategy 'warp'.*same_state"):
+        B.make_strategy("warp")
+    with pytest.raises(ValueError, match="learning rate"):
+        B.make_strategy("same_state")

@@ -10,8 +10,8 @@ import torch
 
 import bilevel as B
 from recipes.cli import main
-from recipes.config import resolve
-from recipes.tempo import TempoAgent, make_strategy
+from recipes.dreamer.tempo import TempoAgent, make_strategy
+from recipes.registry import resolve
 
 TINY = {"deter": 12, "stoch": 3, "hidden": 12, "mlp_layers": 1, "mlp_units": 12, "ac_layers": 1, "ac_units": 12,
         "batch_size": 3, "seq_len": 5, "horizon": 3, "weighter_layers": 2, "weighter_units": 8, "imag_starts": None}
@@ -44,7 +44,7 @@ def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy):
     """dL_up/dw of the real TEMPO step (RSSM ELBO per step, V-VAML through the slow critic, batch-normalised
     values) against central differences of the function the strategy differentiates, in float64."""
     agent, batch = _agent(dtype=torch.float64, strategy=strategy)
-    forward, _ = agent.world_model_forward(batch)  # latent noise fixed inside
+    forward = agent.world_model_forward(batch)  # latent noise fixed inside
     upd = agent.update
     out = forward(agent.wm)
     weights = agent.weighter(out.features).detach()
@@ -60,7 +60,7 @@ def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
     """SameState's two exact routes to (1/N)·J·∇θL_up agree on the real step (float64), balanced KL included;
     which is faster is measured in benchmarks/tempo_overhead.py (the double backward: the default)."""
     agent, batch = _agent(dtype=torch.float64, classes=classes)
-    forward, _ = agent.world_model_forward(batch)
+    forward = agent.world_model_forward(batch)
     out = forward(agent.wm)
     w = agent.weighter(out.features).detach()
     params = dict(agent.wm.named_parameters())
@@ -100,7 +100,7 @@ def test_official_convention_flips_the_hypergradient():
     for convention in ("correct", "official"):
         agent, batch = _agent(dtype=torch.float64, convention=convention)
         torch.manual_seed(5)  # the same latent noise for both agents
-        forward, _ = agent.world_model_forward(batch)
+        forward = agent.world_model_forward(batch)
         out = forward(agent.wm)
         w = agent.weighter(out.features).detach()
         params = dict(agent.wm.named_parameters())
@@ -124,7 +124,7 @@ def test_meta_every_updates_the_weighter_only_every_kth_step():
 @pytest.mark.parametrize(("inputs", "size"), [("DSV", 12 + 6 + 2), ("D", 12), ("S", 6), ("V", 2), ("SV", 8)])
 def test_weighter_inputs_select_the_features(inputs, size):
     agent, batch = _agent(weighter_inputs=inputs)
-    forward, _ = agent.world_model_forward(batch)
+    forward = agent.world_model_forward(batch)
     out = forward(agent.wm)
     assert out.features.shape == (3, 5, size) and not out.features.requires_grad
     assert out.loss.shape == out.upper.shape == (3, 5)
@@ -133,7 +133,7 @@ def test_weighter_inputs_select_the_features(inputs, size):
 
 def test_categorical_latents_feed_logits_and_step():
     agent, batch = _agent(classes=4, weighter_inputs="S")
-    forward, _ = agent.world_model_forward(batch)
+    forward = agent.world_model_forward(batch)
     assert forward(agent.wm).features.shape == (3, 5, 2 * 3 * 4)
     agent.train_step(batch)
 
@@ -169,7 +169,7 @@ def test_finite_difference_mixed_term_is_refused_because_kl_balancing_is_a_surro
     with pytest.raises(ValueError, match="same_state_method"):
         resolve("dmc:cartpole_swingup", "cpu", {"same_state_method": "finite_difference"}, recipe="tempo")
     agent, batch = _agent(dtype=torch.float64)
-    forward, _ = agent.world_model_forward(batch)
+    forward = agent.world_model_forward(batch)
     out = forward(agent.wm)
     w = agent.weighter(out.features).detach()
     params = dict(agent.wm.named_parameters())

@@ -159,3 +159,23 @@ def test_step_without_meta_uses_the_weights_but_leaves_the_weighter_alone():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     upd.step(forward, counted_upper, meta=True)
     assert calls
+
+
+def test_outputs_passed_in_are_reused_and_give_the_same_step():
+    """``step(forward, outputs=forward(model))`` runs no second real forward and equals ``step(forward)``."""
+    upd, model, weighter, forward, upper, _ = _setup(B.SameState(0.1))
+    upd_ref, model_ref, weighter_ref, forward_ref, upper_ref, _ = _setup(B.SameState(0.1))
+    calls = []
+
+    def counting(fn):
+        calls.append(fn is model)
+        return forward(fn)
+
+    levels = counting(model)
+    metrics = upd.step(counting, upper, outputs=levels)
+    metrics_ref = upd_ref.step(forward_ref, upper_ref)
+    assert calls.count(True) == 1  # only the caller's own real forward
+    assert metrics["upper_loss"] == pytest.approx(metrics_ref["upper_loss"])
+    for p, q in zip([*model.parameters(), *weighter.parameters()],
+                    [*model_ref.parameters(), *weighter_ref.parameters()], strict=True):
+        torch.testing.assert_close(p, q)

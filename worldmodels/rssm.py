@@ -25,20 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.base import ModelLoss
+from worldmodels.nets import mlp
 
 State = dict[str, Tensor]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def mlp(inp: int, out: int, layers: int, units: int, act: type[nn.Module] = nn.ELU,
-        norm: bool = False) -> nn.Sequential:
-    """``layers`` hidden dense layers of ``units`` (optional LayerNorm, then ``act``) and a linear output."""
-    mods: list[nn.Module] = []
-    for _ in range(layers):
-        mods += [nn.Linear(inp, units)] + ([nn.LayerNorm(units)] if norm else []) + [act()]
-        inp = units
-    mods.append(nn.Linear(inp, out))
-    return nn.Sequential(*mods)
 
 
 class LayerNormGRUCell(nn.Module):

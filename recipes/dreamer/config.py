@@ -1,36 +1,22 @@
 """Pydantic configs of the Dreamer-family recipes, with presets as data (``cpu`` and ``paper``).
 
-The config is the only place a number lives.  A preset is a dict of overrides selected by the environment family
-(``dmc`` proprio/pixels, ``atari``); ``--set key=value`` overrides come last.  Sources: DreamerV2's published
+The config is the only place a number lives.  Presets are dicts of overrides selected by the environment family
+(``dmc`` proprio/pixels, ``atari``, ``gym``; see :func:`recipes.run.config.resolve`).  Sources: DreamerV2's published
 ``configs.yaml`` (danijar/dreamerv2) and TEMPO Appendix C (Table 1).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from recipes.run.config import Presets, RunConfig
 
 
-class DreamerConfig(BaseModel):
-    """Every setting of a ``dreamerv2`` run.  Environment steps (agent steps × action repeat) everywhere."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    # run
-    env: str = "dmc:cartpole_swingup"
-    steps: int = Field(100_000, ge=1, description="environment steps to train for")
-    seed: int = 0
-    preset: Literal["cpu", "paper"] = "cpu"
-    device: str = "cpu"
-    threads: int = Field(1, ge=1, description="torch threads (count env workers and renderers too)")
-
-    # environment
-    pixels: bool = False
-    image_size: Literal[32, 64] = 64
-    action_repeat: int = Field(2, ge=1)
-    time_limit: int | None = Field(None, ge=1, description="agent steps per episode (default: the env own limit)")
+class DreamerConfig(RunConfig):
+    """Every setting of a ``dreamerv2`` run: the run's (:class:`recipes.run.config.RunConfig`) plus the world model,
+    the actor-critic and the replay.  Environment steps (agent steps × action repeat) everywhere."""
 
     # world model (DreamerV2 DMC unless noted)
     deter: int = Field(200, ge=1)
@@ -64,26 +50,15 @@ class DreamerConfig(BaseModel):
     actor_lr: float = Field(8e-5, gt=0.0)
     critic_lr: float = Field(8e-5, gt=0.0)
 
-    # training loop
+    # replay and collection
     batch_size: int = Field(16, ge=1)
     seq_len: int = Field(50, ge=2)
-    prefill: int = Field(5_000, ge=0, description="env steps of random actions before training")
-    train_every: int = Field(10, ge=1, description="env steps between training calls")
-    train_steps: int = Field(1, ge=1, description="gradient updates per training call")
     replay_boundary: Literal["absorbing", "concat"] = "absorbing"
     replay_capacity: int | None = Field(2_000_000, ge=1, description="env steps kept in replay")
-    eval_every: int = Field(10_000, ge=1)
-    eval_episodes: int = Field(1, ge=1)
-    log_every: int = Field(1_000, ge=1)
-    checkpoint_every: int = Field(10_000, ge=1)
     expl_noise: float = Field(0.0, ge=0.0, description="extra Gaussian action noise while collecting")
-    video: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> DreamerConfig:
-        family = self.env.split(":", 1)[0]
-        if family not in ("dmc", "atari", "gym"):
-            raise ValueError(f"env: unknown family {family!r} in {self.env!r}; use dmc:, atari: or gym:")
         if self.batch_size * self.seq_len > 100_000:
             raise ValueError("batch_size × seq_len is implausibly large (> 100000)")
         return self
@@ -139,7 +114,7 @@ class TempoConfig(DreamerConfig):
 #: Presets per (preset, family); "dmc_pixels" applies to dmc with pixels=True.  Data, not code branches.
 #: DMC episodes end only by time limit, so its presets continue sequences into the next episode ("concat")
 #: instead of padding with absorbing states, which would teach a termination that never happens.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+PRESETS: Presets = {
     "paper": {
         # DreamerV2 configs.yaml (dmc / atari) and TEMPO Table 1.
         "dmc": {"pixels": True, "image_size": 64, "action_repeat": 2, "deter": 200, "stoch": 32, "classes": 0,
@@ -178,7 +153,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 #: Extra presets of the ``tempo`` recipe, applied after :data:`PRESETS` (same keys).  ``paper``: TEMPO Table 1
 #: (the field defaults).  ``cpu``: a smaller weighter and the upper level every 16th update, sized by measurement
 #: so that a TEMPO train step costs at most ~1.15× a DreamerV2 one (benchmarks/tempo_overhead.py).
-TEMPO_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+TEMPO_PRESETS: Presets = {
     "paper": {},
     "cpu": {
         "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
@@ -186,47 +161,3 @@ TEMPO_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
     },
 }
-
-#: recipe name → (config class, extra presets)
-CONFIGS: dict[str, tuple[type[DreamerConfig], dict[str, dict[str, dict[str, Any]]]]] = {
-    "dreamerv2": (DreamerConfig, {}),
-    "tempo": (TempoConfig, TEMPO_PRESETS),
-}
-
-
-def parse_value(raw: str) -> Any:
-    """``--set`` values: JSON when it parses (numbers, true/false, null, lists), else the raw string."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2",
-            **run: Any) -> DreamerConfig:
-    """Build a config: defaults ← preset for the env family (then the recipe's own preset) ← run arguments ←
-    ``overrides``.
-
-    Raises:
-        ValueError: naming the offending field, for unknown keys, bad values, an unknown preset or recipe.
-    """
-    if recipe not in CONFIGS:
-        raise ValueError(f"recipe: unknown {recipe!r}; choose one of {', '.join(CONFIGS)}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset: unknown {preset!r}; choose one of {sorted(PRESETS)}")
-    cls, extra = CONFIGS[recipe]
-    family = env.split(":", 1)[0]
-    values: dict[str, Any] = dict(PRESETS[preset].get(family, {}))
-    overrides = dict(overrides or {})
-    pixels = overrides.get("pixels", values.get("pixels", False))
-    if family == "dmc" and pixels and f"{family}_pixels" in PRESETS[preset]:
-        values.update(PRESETS[preset][f"{family}_pixels"])
-    values.update(extra.get(preset, {}).get(family, {}))
-    values.update({"env": env, "preset": preset, **run})
-    values.update(overrides)
-    try:
-        return cls(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"]) or "config"
-        raise ValueError(f"{field}: {first['msg']}") from None

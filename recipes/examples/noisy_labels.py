@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from bilevel import BilevelUpdate, Implicit, LevelOutputs, Lookahead, MetaWeighter, SameState, Strategy, Uniform
+from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, make_strategy
 
 StrategyName = Literal["lookahead", "same_state", "implicit", "uniform"]
 
@@ -84,17 +84,6 @@ def load_noisy_digits(cfg: NoisyLabelsConfig) -> dict[str, Tensor]:
     }
 
 
-def make_strategy(cfg: NoisyLabelsConfig) -> Strategy:
-    """The configured hypergradient strategy."""
-    if cfg.strategy == "lookahead":
-        return Lookahead(lr=cfg.lr, steps=1)
-    if cfg.strategy == "same_state":
-        return SameState(lr=cfg.lr)
-    if cfg.strategy == "implicit":
-        return Implicit("cg", iters=10, damping=1.0)
-    return Uniform()
-
-
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``score`` for ``positive`` (Mann–Whitney U, ties averaged)."""
     from scipy.stats import rankdata
@@ -114,7 +103,7 @@ def run(cfg: NoisyLabelsConfig, *, progress: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     data = load_noisy_digits(cfg)
     model = nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
-    strategy = make_strategy(cfg)
+    strategy = make_strategy(cfg.strategy, lr=cfg.lr, iters=10, damping=1.0)  # implicit: 10 CG steps, λ = 1
     weighter = opt_w = None
     if strategy.trains_weighter:
         weighter = MetaWeighter(1, layers=cfg.weighter_layers, hidden=cfg.weighter_hidden, activation="relu",

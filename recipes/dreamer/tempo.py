@@ -11,12 +11,14 @@ One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``)::
 The upper loss reads the states of the lower loss's observe pass (the official code runs a second observe pass
 with other latent samples; we do not).  Gaussian latents feed the weighter the posterior and prior *means*,
 categorical latents their logits, as the official code does.  Every number lives in
-:class:`recipes.config.TempoConfig`.
+:class:`recipes.dreamer.config.TempoConfig`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +26,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilevel import (
-    BatchNormalizer,
-    BilevelUpdate,
-    Implicit,
-    LevelOutputs,
-    Lookahead,
-    MetaWeighter,
-    Naive,
-    SameState,
-    Strategy,
-    Uniform,
-)
-from recipes import dreamerv2, rundir
-from recipes.config import TempoConfig
-from tasklosses import VVAML, make_task_loss
+from bilevel import BatchNormalizer, BilevelUpdate, LevelOutputs, MetaWeighter, Naive, Strategy, Uniform
+from bilevel import make_strategy as _make_strategy
+from recipes.dreamer import dreamerv2
+from recipes.dreamer.config import TempoConfig
+from recipes.run import loop, rundir
+from tasklosses import make_task_loss
 from worldmodels import ModelLoss
 
 
 def make_strategy(cfg: TempoConfig) -> Strategy:
-    """The hypergradient strategy named by ``cfg.strategy`` (η = ``meta_lr`` or the model's learning rate)."""
-    lr = cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr
-    if cfg.strategy == "same_state":
-        return SameState(lr, method=cfg.same_state_method, convention=cfg.convention, fd_eps=cfg.fd_eps)
-    if cfg.strategy == "lookahead":
-        return Lookahead(lr, cfg.lookahead_steps)
-    if cfg.strategy == "implicit":
-        return Implicit("cg", iters=cfg.implicit_iters, damping=cfg.implicit_damping)
-    if cfg.strategy == "naive":
-        return Naive(cfg.normalizer)
-    return Uniform()
+    """The hypergradient strategy named by ``cfg.strategy`` (:func:`bilevel.make_strategy`; η = ``meta_lr`` or the
+    model's learning rate)."""
+    return _make_strategy(cfg.strategy, lr=cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr,
+                          steps=cfg.lookahead_steps, method=cfg.same_state_method, convention=cfg.convention,
+                          fd_eps=cfg.fd_eps, iters=cfg.implicit_iters, damping=cfg.implicit_damping,
+                          normalizer=cfg.normalizer)
 
 
 class TempoAgent(dreamerv2.DreamerAgent):
@@ -100,15 +88,16 @@ class TempoAgent(dreamerv2.DreamerAgent):
         draw = torch.rand if rssm.classes else torch.randn
         return draw(shape, device=obs.device, dtype=dtype), draw(shape, device=obs.device, dtype=dtype)
 
-    def level_outputs(self, out: ModelLoss) -> tuple[LevelOutputs, dict[str, Tensor]]:
-        """ℓ, weighter features and the per-step upper loss from one observe pass; plus raw values for logging."""
+    def level_outputs(self, out: ModelLoss) -> LevelOutputs:
+        """ℓ, weighter features and the per-step upper loss from one observe pass; ``aux`` holds the pass's
+        :class:`worldmodels.ModelLoss` and the raw values (for logging)."""
         rssm = self.wm.rssm
         post, prior = out.states["post"], out.states["prior"]
         feat_post, feat_prior = out.states["feat"], rssm.features(prior)
         v_post, v_prior = self.value(feat_post), self.value(feat_prior)
-        if isinstance(self.task_loss, VVAML):
-            n_post, n_prior = self.task_loss.normalize(v_post, v_prior)
-            upper = (n_post - n_prior).pow(2)  # TEMPO eq. 4 on Algorithm 1's normalised values
+        value_loss = getattr(self.task_loss, "value_loss", None)
+        if value_loss is not None:  # a loss of the values alone (V-VAML, TEMPO eq. 4): reuse V_post, V_prior
+            upper, n_post, n_prior = value_loss(v_post, v_prior)
         else:
             upper = self.task_loss(feat_prior, feat_post, self.value)
             with torch.no_grad():  # Algorithm 1, line 5, for the weighter's inputs only
@@ -117,35 +106,31 @@ class TempoAgent(dreamerv2.DreamerAgent):
         parts = {"D": [post["deter"]], "S": [post[key].flatten(2), prior[key].flatten(2)],
                  "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)]}
         features = torch.cat([x.detach() for k in self.cfg.weighter_inputs for x in parts[k]], -1)
-        return LevelOutputs(loss=out.loss, features=features, upper=upper), {"value_post": v_post,
-                                                                              "value_prior": v_prior}
+        return LevelOutputs(loss=out.loss, features=features, upper=upper,
+                            aux=(out, {"value_post": v_post, "value_prior": v_prior}))
 
-    def world_model_forward(self, batch: dict[str, Tensor]) -> tuple[Any, dict[str, Any]]:
+    def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
         noise = self._noise(batch)
-        box: dict[str, Any] = {}
+        return lambda fn: self.level_outputs(fn(batch, noise))
 
-        def forward(fn: Any) -> LevelOutputs:
-            out = fn(batch, noise)
-            levels, values = self.level_outputs(out)
-            if "out" not in box:  # the first call is the real forward at θ
-                box.update(out=out, values=values)
-            return levels
-
-        return forward, box
+    def meta_due(self) -> bool:
+        return int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
-        forward, box = self.world_model_forward(batch)
-        meta = int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
-        metrics = {f"model/{k}": v for k, v in self.update.step(forward, meta=meta).items()}
-        for name, v in box["values"].items():
+        forward = self.world_model_forward(batch)
+        levels = forward(self.wm)  # the real forward at θ, reused by the update
+        metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=self.meta_due()).items()}
+        out, values = levels.aux
+        for name, v in values.items():
             metrics[f"tempo/{name}"] = float(v.detach().mean())
-        return metrics, box["out"]
+        return metrics, out
 
 
 def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a ``tempo`` run in ``logdir`` (see :func:`recipes.dreamerv2.train`); at the end also
+    """Train (or resume) a ``tempo`` run in ``logdir`` (:func:`recipes.run.loop.train`); at the end also
     ``diagnostics.png`` (:func:`plot_diagnostics`)."""
-    result = dreamerv2.train(cfg, logdir, force=force, progress=progress, recipe="tempo", agent_factory=TempoAgent)
+    result = loop.train(cfg, logdir, partial(dreamerv2.make_learner, agent_cls=TempoAgent), recipe="tempo",
+                        force=force, progress=progress)
     plot_diagnostics([logdir], logdir / "diagnostics.png", f"tempo on {cfg.env} (seed {cfg.seed})")
     return result
 
@@ -223,7 +208,6 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
     from scipy.stats import pearsonr
 
     from recipes.envs import make_env
-    from recipes.replay import Replay
 
     config_path = logdir / "config.json"
     if not config_path.exists():
@@ -235,18 +219,16 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
     ckpt = rundir.load_checkpoint(logdir)
     if ckpt is None:
         raise ValueError(f"logdir: no checkpoint in {logdir / 'checkpoints'}")
-    env = make_env(cfg.env, seed=cfg.seed, pixels=cfg.pixels, size=cfg.image_size, action_repeat=cfg.action_repeat,
-                   time_limit=cfg.time_limit)
+    env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
     agent = TempoAgent(cfg, env.obs_shape, env.action_dim, env.discrete)
     env.close()
     agent.load_state_dict(ckpt["agent"])
     agent.eval()
-    replay = Replay(logdir / "replay", seq_len=cfg.seq_len, capacity_steps=cfg.replay_capacity, seed=seed,
-                    boundary=cfg.replay_boundary)
+    replay = dreamerv2.make_replay(cfg, logdir, seed=seed)
     batch = {k: torch.as_tensor(v) for k, v in replay.sample(sequences).items()}
     torch.manual_seed(seed)
     with torch.no_grad():
-        forward, _ = agent.world_model_forward(batch)
+        forward = agent.world_model_forward(batch)
         levels = forward(agent.wm)
         meta = agent.weighter(levels.features)
         assert levels.upper is not None

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldmodels.rssm import RSSM, mlp
+from worldmodels.nets import mlp
+from worldmodels.rssm import RSSM
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:

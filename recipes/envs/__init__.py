@@ -1,0 +1,107 @@
+"""One environment interface for the Dreamer/TEMPO recipes (DreamerV2 conventions).
+
+``make_env(name, *, seed, pixels=None, size=64, action_repeat=None, time_limit=None) -> Env``
+
+Names (anything else raises ``ValueError`` naming it; the CLI turns that into exit code 2):
+
+* ``dmc:DOMAIN_TASK`` — DeepMind Control Suite, e.g. ``dmc:cartpole_swingup``, ``dmc:walker_walk``,
+  ``dmc:quadruped_walk`` (``dmc:cup_catch`` is accepted for ``ball_in_cup_catch``).
+  Action repeat 2 by default.  Episode length: the suite's own limit, 1000 env steps = 500 agent steps at
+  action repeat 2 (every suite task ends by time limit, so ``discount`` stays 1 there).  Pixels are ``size``×``size``
+  RGB from camera 0 (camera 2 for quadruped, as in DreamerV2), rendered with shadows and multisample
+  anti-aliasing off (an order of magnitude cheaper on Mesa's llvmpipe; see ``DMCEnv``).  Proprioceptive observations are
+  the suite's observation dict, every value flattened and concatenated in the dict's order, as float32.
+* ``atari:GAME`` — Arcade Learning Environment through ale-py + gymnasium, e.g. ``atari:pong``
+  (``atari:james_bond`` → rom ``jamesbond``).  Made as ``ALE/Game-v5`` with ``frameskip=1``; gymnasium's
+  ``AtariPreprocessing`` then repeats each action for 4 frames (max-pooling the last two), takes up to 30 random
+  no-ops at reset and resizes the grayscale screen to ``size``×``size`` (area interpolation).  Sticky actions
+  (``repeat_action_probability=0.25``), minimal action set (``full_action_space=False``), no terminal on life
+  loss.  Time limit 27000 agent steps = 108000 frames (30 minutes of play) — DreamerV2's
+  ``time_limit: 27000`` counted after the action repeat, the Machado et al. (2018) protocol; ALE's own frame cap
+  is switched off so this limit is the only one.
+* ``gym:ID`` — any registered gymnasium id, e.g. ``gym:Pendulum-v1``, ``gym:HalfCheetah-v5``: vector observations
+  (``gymnasium.spaces.flatten``, float32), or with ``pixels=True`` the ``rgb_array`` render resized to
+  ``size``×``size`` (MuJoCo envs render at that size directly, without shadows or anti-aliasing as for dmc;
+  classic-control frames need pygame).  Action repeat 1 by default; episode length is the id's own
+  ``max_episode_steps`` unless ``time_limit`` is given.
+
+Arguments:
+
+* ``seed`` seeds everything random in the env (dm_control's task RNG, gymnasium's ``reset(seed=...)`` on the first
+  reset, hence ALE's sticky actions and no-ops): the same seed and the same actions give the same observations.
+  Later resets continue the seeded streams, so a run of episodes is reproducible too.
+* ``pixels``: ``None`` picks the family default — False for ``dmc`` and ``gym``, True for ``atari``.  Recipes pass
+  it explicitly for ``dmc``.  ``atari`` with ``pixels=False`` observes the 128-byte RAM as float32.
+* ``size``: side of the square pixel observations.
+* ``action_repeat``: env steps per agent step (``None`` → 2 dmc, 4 atari, 1 gym); rewards are summed over it and
+  the repeat stops early when the episode ends.
+* ``time_limit``: in **agent** steps (after the action repeat), as DreamerV2's ``TimeLimit`` wrapper counts.
+  ``None`` → the family default (dmc: the suite's own 1000 env steps; atari: 27000; gym: the id's own limit).
+  When given it is the only limit: the underlying env's own limit is lifted.  Reaching it truncates the episode
+  (``is_last`` with ``discount`` 1).
+
+``Env`` objects have ``obs_shape`` ((C, H, W) uint8 channel-first for pixels, (O,) float32 for vectors),
+``action_dim``, ``discrete`` (discrete actions are one-hot vectors of length ``action_dim``; ``step`` takes their
+argmax, and also accepts an integer index), ``reset() -> dict``,
+``step(action) -> dict``, ``render() -> (H, W, 3) uint8`` (frames for episode videos) and ``close()``.
+
+Every step dict (DreamerV2 convention; the replay buffer and world model rely on it) holds
+
+* ``obs`` — the observation;
+* ``action`` — float32 [A], the action that led to this ``obs`` (zeros at reset; one-hot for discrete actions;
+  for continuous actions the value in [-1, 1]^A after clipping);
+* ``reward`` — float32 scalar, summed over the action repeat (0 at reset);
+* ``discount`` — float32, 0.0 if the episode *terminated* at this step (a true terminal), else 1.0 — a time-limit
+  truncation keeps 1.0;
+* ``is_first``, ``is_last`` (episode over: terminated or truncated), ``is_terminal`` — Python bools.
+
+Continuous actions live in [-1, 1]^A (clipped) and are rescaled to the env's bounds (dimensions with an infinite
+bound get the clipped value itself).
+
+Headless rendering: before dm_control (or a gymnasium MuJoCo env) is imported, ``MUJOCO_GL`` is set to ``egl``
+if unset — after checking in a subprocess that EGL really renders a frame — falling back to ``osmesa`` when it
+does not, and to ``disabled`` (proprioceptive envs still work; rendering raises) when neither does.  A value the
+user set is left alone.  ``make setup`` installs Debian's Mesa packages for both.
+"""
+
+from __future__ import annotations
+
+from recipes.envs.atari import ATARI_TIME_LIMIT, AtariEnv
+from recipes.envs.base import Env
+from recipes.envs.dmc import DMCEnv
+from recipes.envs.gl import ensure_headless_gl
+from recipes.envs.gym import GymEnv
+
+FAMILIES = ("dmc", "atari", "gym")
+DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1}
+DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False}
+
+
+def make_env(
+    name: str,
+    *,
+    seed: int,
+    pixels: bool | None = None,
+    size: int = 64,
+    action_repeat: int | None = None,
+    time_limit: int | None = None,
+) -> Env:
+    """Make ``dmc:DOMAIN_TASK``, ``atari:GAME`` or ``gym:ID`` (see the module docstring for every convention)."""
+    family, sep, task = name.partition(":")
+    if not sep or family not in FAMILIES or not task:
+        raise ValueError(f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME or gym:ID")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    repeat = DEFAULT_ACTION_REPEAT[family] if action_repeat is None else int(action_repeat)
+    if repeat < 1:
+        raise ValueError(f"action_repeat must be at least 1, got {action_repeat}")
+    if time_limit is not None and time_limit < 1:
+        raise ValueError(f"time_limit must be at least 1 agent step, got {time_limit}")
+    if family == "atari" and time_limit is None:
+        time_limit = ATARI_TIME_LIMIT
+    use_pixels = DEFAULT_PIXELS[family] if pixels is None else bool(pixels)
+    cls = {"dmc": DMCEnv, "atari": AtariEnv, "gym": GymEnv}[family]
+    return cls(task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit)
+
+
+__all__ = ["FAMILIES", "AtariEnv", "DMCEnv", "Env", "GymEnv", "ensure_headless_gl", "make_env"]

@@ -1,0 +1,91 @@
+"""The recipe registry: adding a recipe is one :class:`Recipe` entry in :data:`RECIPES`.
+
+The CLI (``reweigh run NAME``), ``reweigh compare`` and the benchmarks look recipes up here; nothing else lists
+them.  Training functions and report hooks are named as ``module:function`` and imported on use, so the CLI starts
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipes.dreamer.config import PRESETS as DREAMER_PRESETS
+from recipes.dreamer.config import TEMPO_PRESETS, DreamerConfig, TempoConfig
+from recipes.run.config import Presets, RunConfig
+from recipes.run.config import resolve as resolve_config
+
+
+def _load(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One runnable recipe.
+
+    Attributes:
+        name: what ``reweigh run NAME`` takes.
+        config: its pydantic config class (a :class:`recipes.run.config.RunConfig`).
+        presets: preset layers applied in order by :func:`recipes.run.config.resolve`.
+        train: ``"module:function"`` of ``train(cfg, logdir, *, force, progress) -> summary``.
+        report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
+            figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
+        summary: one line for ``reweigh run --help``.
+    """
+
+    name: str
+    config: type[RunConfig]
+    presets: tuple[Presets, ...]
+    train: str
+    report: str | None = None
+    summary: str = ""
+
+    def resolve(self, env: str, preset: str, overrides: dict[str, Any] | None = None, **run: Any) -> RunConfig:
+        """This recipe's config for ``env`` and ``preset`` (see :func:`recipes.run.config.resolve`)."""
+        return resolve_config(self.config, self.presets, env, preset, overrides, **run)
+
+    def run(self, cfg: RunConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+        """Train (or resume) one run; returns ``{"env_steps", "updates", "eval_return"}``."""
+        return _load(self.train)(cfg, logdir, force=force, progress=progress)
+
+    def make_report(self, logdirs: Sequence[Path], path: Path, title: str) -> Path | None:
+        """The recipe's own figure over ``logdirs`` at ``path`` (``None`` without a report hook or data)."""
+        return None if self.report is None else _load(self.report)(list(logdirs), path, title)
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("dreamerv2", DreamerConfig, (DREAMER_PRESETS,), "recipes.dreamer.dreamerv2:train",
+               summary="DreamerV2: RSSM world model (uniform weights) + actor-critic in imagination"),
+        Recipe("tempo", TempoConfig, (DREAMER_PRESETS, TEMPO_PRESETS), "recipes.dreamer.tempo:train",
+               report="recipes.dreamer.tempo:plot_diagnostics",
+               summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)"),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The registered recipe ``name``.
+
+    Raises:
+        ValueError: naming the field ``recipe`` and listing the known names.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"recipe: unknown {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2",
+            **run: Any) -> RunConfig:
+    """The config of ``recipe`` (see :meth:`Recipe.resolve`).
+
+    Raises:
+        ValueError: naming the offending field (or ``recipe``).
+    """
+    return get_recipe(recipe).resolve(env, preset, overrides, **run)

@@ -1,0 +1,124 @@
+"""The config every online recipe shares (:class:`RunConfig`), presets as data, and :func:`resolve`.
+
+The config is the only place a number lives.  A recipe's presets are dicts of overrides keyed by preset name
+(``cpu``, ``paper``) and environment family (``dmc``, ``atari``, ``gym``, ``meta``; ``dmc_pixels`` applies on top of
+``dmc`` when ``pixels`` is true); a recipe may stack several layers (``tempo`` = DreamerV2's presets, then its own).
+``--set key=value`` overrides come last.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: preset name → env family (or ``dmc_pixels``) → field overrides.
+Presets = dict[str, dict[str, dict[str, Any]]]
+
+
+class RunConfig(BaseModel):
+    """What every online recipe's run needs, whatever the algorithm: the environment, the budget, the seed, the
+    device and the cadences of the run loop (:mod:`recipes.run.loop`).  Environment steps (agent steps × action
+    repeat) everywhere."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # run
+    env: str = "dmc:cartpole_swingup"
+    steps: int = Field(100_000, ge=1, description="environment steps to train for")
+    seed: int = 0
+    preset: Literal["cpu", "paper"] = "cpu"
+    device: str = "cpu"
+    threads: int = Field(1, ge=1, description="torch threads (count env workers and renderers too)")
+
+    # environment
+    pixels: bool = False
+    image_size: Literal[32, 64] = 64
+    action_repeat: int = Field(2, ge=1)
+    time_limit: int | None = Field(None, ge=1, description="agent steps per episode (default: the env own limit)")
+
+    # loop cadences
+    prefill: int = Field(5_000, ge=0, description="env steps of random actions before training")
+    train_every: int = Field(10, ge=1, description="env steps between training calls")
+    train_steps: int = Field(1, ge=1, description="gradient updates per training call")
+    eval_every: int = Field(10_000, ge=1)
+    eval_episodes: int = Field(1, ge=1)
+    log_every: int = Field(1_000, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1)
+    video: bool = True
+
+    @model_validator(mode="after")
+    def _check_env(self) -> RunConfig:
+        from recipes.envs import FAMILIES
+
+        family = self.env.split(":", 1)[0]
+        if family not in FAMILIES:
+            raise ValueError(f"env: unknown family {family!r} in {self.env!r}; use "
+                             + ", ".join(f"{f}:" for f in FAMILIES))
+        return self
+
+    def env_kwargs(self, *, evaluation: bool = False) -> dict[str, Any]:
+        """Keyword arguments of :func:`recipes.envs.make_env` for the training (or evaluation) environment."""
+        return {"pixels": self.pixels, "size": self.image_size, "action_repeat": self.action_repeat,
+                "time_limit": self.time_limit}
+
+
+def parse_value(raw: str) -> Any:
+    """``--set`` values: JSON when it parses (numbers, true/false, null, lists), else the raw string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` → ``{key: parsed value}``.
+
+    Raises:
+        ValueError: for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = parse_value(raw)
+    return out
+
+
+def resolve(cls: type[RunConfig], presets: Sequence[Presets], env: str, preset: str,
+            overrides: dict[str, Any] | None = None, **run: Any) -> RunConfig:
+    """Build a config: ``cls`` defaults ← each preset layer for the env family ← run arguments ← ``overrides``.
+
+    Args:
+        cls: the recipe's config class.
+        presets: layers of :data:`Presets`, applied in order; the first layer's keys are the valid preset names.
+        env: the environment name (its family selects the preset entries).
+        preset: the preset name.
+        overrides: ``--set`` values, applied last.
+        run: further fields (``steps``, ``seed``, ...), applied before ``overrides``.
+
+    Raises:
+        ValueError: naming the offending field, for unknown keys, bad values or an unknown preset.
+    """
+    names = sorted(presets[0]) if presets else []
+    if preset not in names:
+        raise ValueError(f"preset: unknown {preset!r}; choose one of {names}")
+    family = env.split(":", 1)[0]
+    overrides = dict(overrides or {})
+    values: dict[str, Any] = {}
+    for layer in presets:
+        entries = layer.get(preset, {})
+        values.update(entries.get(family, {}))
+        if overrides.get("pixels", values.get("pixels", False)) and f"{family}_pixels" in entries:
+            values.update(entries[f"{family}_pixels"])
+    values.update({"env": env, "preset": preset, **run})
+    values.update(overrides)
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(x) for x in first["loc"]) or "config"
+        raise ValueError(f"{field}: {first['msg']}") from None
