@@ -46,11 +46,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = resolve(args.env, args.preset, overrides, recipe=args.recipe)
-    env = make_env(cfg.env, seed=0, pixels=cfg.pixels, size=cfg.image_size, action_repeat=cfg.action_repeat,
-                   time_limit=cfg.time_limit)
+    env = make_env(
+        cfg.env,
+        seed=0,
+        pixels=cfg.pixels,
+        size=cfg.image_size,
+        action_repeat=cfg.action_repeat,
+        time_limit=cfg.time_limit,
+    )
     torch.manual_seed(0)
-    agent = (TempoAgent if args.recipe == "tempo" else DreamerAgent)(cfg, env.obs_shape, env.action_dim,
-                                                                      env.discrete)
+    agent = (TempoAgent if args.recipe == "tempo" else DreamerAgent)(cfg, env.obs_shape, env.action_dim, env.discrete)
     # acting: env step + filtering + policy
     step, state = env.reset(), None
     obs_seq, act_seq, rew_seq, first_seq = [], [], [], []
@@ -74,9 +79,13 @@ def main() -> None:
     def batch() -> dict[str, torch.Tensor]:
         starts = rng.integers(0, len(obs) - t, b)
         idx = starts[:, None] + np.arange(t)[None]
-        return {"obs": torch.as_tensor(obs[idx]), "action": torch.as_tensor(act[idx]),
-                "reward": torch.as_tensor(rew[idx], dtype=torch.float32), "is_first": torch.as_tensor(first[idx]),
-                "discount": torch.ones(b, t)}
+        return {
+            "obs": torch.as_tensor(obs[idx]),
+            "action": torch.as_tensor(act[idx]),
+            "reward": torch.as_tensor(rew[idx], dtype=torch.float32),
+            "is_first": torch.as_tensor(first[idx]),
+            "discount": torch.ones(b, t),
+        }
 
     for _ in range(3):
         agent.train_step(batch())
@@ -87,12 +96,20 @@ def main() -> None:
         agent.train_step(data)
         times.append(time.perf_counter() - t0)
     per_update = statistics.mean(times)
-    result = {"recipe": args.recipe, "env": cfg.env, "preset": args.preset, "pixels": cfg.pixels,
-              "image_size": cfg.image_size if cfg.pixels else None, "threads": args.threads,
-              "env_steps_per_s_acting": env_steps_per_s, "seconds_per_update": per_update,
-              "updates_per_s": 1.0 / per_update, "train_every_env_steps": cfg.train_every,
-              "predicted_hours_per_100k": (100_000 / env_steps_per_s
-                                           + (100_000 - cfg.prefill) / cfg.train_every * per_update) / 3600}
+    result = {
+        "recipe": args.recipe,
+        "env": cfg.env,
+        "preset": args.preset,
+        "pixels": cfg.pixels,
+        "image_size": cfg.image_size if cfg.pixels else None,
+        "threads": args.threads,
+        "env_steps_per_s_acting": env_steps_per_s,
+        "seconds_per_update": per_update,
+        "updates_per_s": 1.0 / per_update,
+        "train_every_env_steps": cfg.train_every,
+        "predicted_hours_per_100k": (100_000 / env_steps_per_s + (100_000 - cfg.prefill) / cfg.train_every * per_update)
+        / 3600,
+    }
     print(json.dumps(result, indent=1))
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"throughput_{args.recipe}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

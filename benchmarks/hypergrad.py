@@ -109,9 +109,11 @@ def methods(kind: str) -> dict[str, Callable[[], Any]]:
     def strategy(s: B.Strategy) -> Callable[[], Tensor]:
         return lambda: B.hypergradient(s, psl, up, params, w0)
 
-    out: dict[str, Callable[[], Any]] = {"plain_step": plain_step,
-                                         "same_state": strategy(B.SameState(LR)),
-                                         "same_state_jvp": strategy(B.SameState(LR, method="jvp"))}
+    out: dict[str, Callable[[], Any]] = {
+        "plain_step": plain_step,
+        "same_state": strategy(B.SameState(LR)),
+        "same_state_jvp": strategy(B.SameState(LR, method="jvp")),
+    }
     for k in (1, 2, 4, 8):
         out[f"lookahead_k{k}"] = strategy(B.Lookahead(LR, k))
     for it in (5, 10, 20, 40):
@@ -164,12 +166,20 @@ def update_methods(kind: str) -> dict[str, Callable[[], Any]]:
         return B.LevelOutputs(loss=loss, features=loss.detach().unsqueeze(-1), upper=upper(f))
 
     out: dict[str, Callable[[], Any]] = {}
-    for name, s in [("update_uniform", B.Uniform()), ("update_same_state", B.SameState(LR)),
-                    ("update_same_state_jvp", B.SameState(LR, method="jvp")), ("update_lookahead_k1", B.Lookahead(LR))]:
+    for name, s in [
+        ("update_uniform", B.Uniform()),
+        ("update_same_state", B.SameState(LR)),
+        ("update_same_state_jvp", B.SameState(LR, method="jvp")),
+        ("update_lookahead_k1", B.Lookahead(LR)),
+    ]:
         weighter = B.MetaWeighter(1, layers=2, hidden=64)
-        upd = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=1e-6), s,
-                              weighter if s.trains_weighter else None,
-                              torch.optim.Adam(weighter.parameters()) if s.trains_weighter else None)
+        upd = B.BilevelUpdate(
+            model,
+            torch.optim.SGD(model.parameters(), lr=1e-6),
+            s,
+            weighter if s.trains_weighter else None,
+            torch.optim.Adam(weighter.parameters()) if s.trains_weighter else None,
+        )
         out[name] = lambda upd=upd: upd.step(forward)
     return out
 
@@ -230,8 +240,13 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/hypergrad.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    result: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
-                              "machine": platform.processor() or platform.machine(), "models": {}}
+    result: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "machine": platform.processor() or platform.machine(),
+        "models": {},
+    }
     for kind in args.models.split(","):
         times = time_all(kind, args.rounds)
         mem = {} if args.no_memory else memory_all(kind, list(times), args.threads)
@@ -241,10 +256,14 @@ def main() -> None:
         print(f"{'method':<20} {'ms':>9} {'× plain step':>13} {'peak RSS MiB':>13} {'Δ RSS MiB':>10}")
         for name, t in times.items():
             m = mem.get(name, {})
-            print(f"{name:<20} {t:9.1f} {t / plain:13.2f} {m.get('peak_rss_mib', float('nan')):13.0f} "
-                  f"{m.get('delta_rss_mib', float('nan')):10.0f}")
-        checks = {"same_state_over_plain_step": times["same_state"] / plain,
-                  "update_same_state_over_update_uniform": times["update_same_state"] / times["update_uniform"]}
+            print(
+                f"{name:<20} {t:9.1f} {t / plain:13.2f} {m.get('peak_rss_mib', float('nan')):13.0f} "
+                f"{m.get('delta_rss_mib', float('nan')):10.0f}"
+            )
+        checks = {
+            "same_state_over_plain_step": times["same_state"] / plain,
+            "update_same_state_over_update_uniform": times["update_same_state"] / times["update_uniform"],
+        }
         for ref in ("higher_k1", "torchopt_k1"):
             if ref in times:
                 checks[f"lookahead_k1_over_{ref}"] = times["lookahead_k1"] / times[ref]

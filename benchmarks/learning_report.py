@@ -28,10 +28,18 @@ def summarize(run: Path) -> dict:
     steps = max(evals) if evals else 0
     config = json.loads((run / "config.json").read_text())
     updates = max(0, (steps - config["prefill"]) // config["train_every"]) * config["train_steps"]
-    return {"run": str(run), "recipe": config.get("recipe"), "seed": config["seed"], "env_steps": steps,
-            "eval_curve": evals, "final_eval_return": evals.get(steps), "wall_clock_min": wall / 60,
-            "updates": updates, "env_steps_per_s_overall": steps / wall if wall else None,
-            "updates_per_s_overall": updates / wall if wall else None}
+    return {
+        "run": str(run),
+        "recipe": config.get("recipe"),
+        "seed": config["seed"],
+        "env_steps": steps,
+        "eval_curve": evals,
+        "final_eval_return": evals.get(steps),
+        "wall_clock_min": wall / 60,
+        "updates": updates,
+        "env_steps_per_s_overall": steps / wall if wall else None,
+        "updates_per_s_overall": updates / wall if wall else None,
+    }
 
 
 def main() -> None:
@@ -42,12 +50,17 @@ def main() -> None:
     rows = [summarize(Path(r)) for r in args.runs]
     for row in rows:
         curve = " ".join(f"{v:.0f}" for _, v in sorted(row["eval_curve"].items()))
-        print(f"{row['run']}: seed {row['seed']}, {row['env_steps']} env steps, final {row['final_eval_return']:.1f}, "
-              f"{row['wall_clock_min']:.1f} min, {row['env_steps_per_s_overall']:.1f} env steps/s and "
-              f"{row['updates_per_s_overall']:.2f} updates/s overall\n    eval curve: {curve}")
+        print(
+            f"{row['run']}: seed {row['seed']}, {row['env_steps']} env steps, final {row['final_eval_return']:.1f}, "
+            f"{row['wall_clock_min']:.1f} min, {row['env_steps_per_s_overall']:.1f} env steps/s and "
+            f"{row['updates_per_s_overall']:.2f} updates/s overall\n    eval curve: {curve}"
+        )
     finals = [r["final_eval_return"] for r in rows if r["final_eval_return"] is not None]
-    summary = {"runs": rows, "final_mean": statistics.mean(finals),
-               "final_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0}
+    summary = {
+        "runs": rows,
+        "final_mean": statistics.mean(finals),
+        "final_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+    }
     print(f"final eval return: {summary['final_mean']:.1f} ± {summary['final_std']:.1f} over {len(finals)} runs")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))

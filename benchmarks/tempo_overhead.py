@@ -34,8 +34,14 @@ from recipes.registry import resolve  # noqa: E402
 from recipes.run.config import parse_value  # noqa: E402
 
 DEFAULT_VARIANTS = {
-    "cpu": ["dreamerv2", "tempo", "tempo+meta_every=1", "tempo+meta_every=8", "tempo+meta_every=1+strategy=naive",
-            "tempo+meta_every=1+strategy=lookahead"],
+    "cpu": [
+        "dreamerv2",
+        "tempo",
+        "tempo+meta_every=1",
+        "tempo+meta_every=8",
+        "tempo+meta_every=1+strategy=naive",
+        "tempo+meta_every=1+strategy=lookahead",
+    ],
     "paper": ["dreamerv2", "tempo"],
 }
 SHAPES = {False: (5,)}  # cartpole proprio; pixels: (3, size, size) channel-first uint8
@@ -54,10 +60,17 @@ def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict
     agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, 1, False)
     gen = torch.Generator().manual_seed(seed)
     b, t = cfg.batch_size, cfg.seq_len
-    obs = (torch.randint(0, 255, (b, t, *obs_shape), generator=gen, dtype=torch.uint8) if cfg.pixels
-           else torch.randn(b, t, *obs_shape, generator=gen))
-    batch = {"obs": obs, "action": torch.rand(b, t, 1, generator=gen) * 2 - 1,
-             "reward": torch.rand(b, t, generator=gen), "is_first": torch.zeros(b, t, dtype=torch.bool)}
+    obs = (
+        torch.randint(0, 255, (b, t, *obs_shape), generator=gen, dtype=torch.uint8)
+        if cfg.pixels
+        else torch.randn(b, t, *obs_shape, generator=gen)
+    )
+    batch = {
+        "obs": obs,
+        "action": torch.rand(b, t, 1, generator=gen) * 2 - 1,
+        "reward": torch.rand(b, t, generator=gen),
+        "is_first": torch.zeros(b, t, dtype=torch.bool),
+    }
     batch["is_first"][:, 0] = True
     return agent, batch, getattr(cfg, "meta_every", 1)
 
@@ -114,8 +127,14 @@ def main() -> None:
                 agent.train_step(batch)
             samples[n].append((time.perf_counter() - t0) / steps)
     base = names[0]
-    result: dict[str, Any] = {"preset": args.preset, "env": args.env, "threads": args.threads,
-                              "rounds": args.rounds, "steps_per_round": steps, "variants": {}}
+    result: dict[str, Any] = {
+        "preset": args.preset,
+        "env": args.env,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "steps_per_round": steps,
+        "variants": {},
+    }
     med = {n: statistics.median(v) for n, v in samples.items()}
     memory: dict[str, tuple[float, float]] = {}
     if not args.no_memory:
@@ -126,17 +145,19 @@ def main() -> None:
             proc.start()
             memory[n] = q.get()
             proc.join()
-    print(f"preset={args.preset} env={args.env} threads={args.threads} rounds={args.rounds} "
-          f"steps/round={steps}")
+    print(f"preset={args.preset} env={args.env} threads={args.threads} rounds={args.rounds} steps/round={steps}")
     print(f"{'variant':<58} {'s/step':>8} {'× base':>7} {'peak MiB':>9} {'×':>6} {'step MiB':>9} {'×':>6}")
     for n in names:
-        row: dict[str, Any] = {"seconds_per_step": med[n], "time_ratio": med[n] / med[base],
-                               "samples": samples[n]}
+        row: dict[str, Any] = {"seconds_per_step": med[n], "time_ratio": med[n] / med[base], "samples": samples[n]}
         line = f"{n:<58} {med[n]:8.3f} {med[n] / med[base]:7.3f}"
         if n in memory:
             peak, delta = memory[n]
-            row.update(peak_rss_mib=peak, step_rss_mib=delta, peak_ratio=peak / memory[base][0],
-                       step_rss_ratio=delta / max(memory[base][1], 1e-9))
+            row.update(
+                peak_rss_mib=peak,
+                step_rss_mib=delta,
+                peak_ratio=peak / memory[base][0],
+                step_rss_ratio=delta / max(memory[base][1], 1e-9),
+            )
             line += f" {peak:9.0f} {row['peak_ratio']:6.3f} {delta:9.1f} {row['step_rss_ratio']:6.2f}"
         result["variants"][n] = row
         print(line)

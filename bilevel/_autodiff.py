@@ -33,9 +33,7 @@ def grads(
     needs = [p for p in inputs if p.requires_grad]
     if not output.requires_grad or not needs:
         return [torch.zeros_like(p) for p in inputs]
-    found = torch.autograd.grad(
-        output, needs, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True
-    )
+    found = torch.autograd.grad(output, needs, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     it = iter(found)
     out: TensorList = []
     for p in inputs:
@@ -46,8 +44,10 @@ def grads(
 
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """Σ_k ⟨x_k, y_k⟩ over two tensor lists of equal shapes, as a 0-dim tensor."""
-    return sum(((x * y).sum() for x, y in zip(xs, ys, strict=True)), start=torch.zeros((), dtype=xs[0].dtype,
-                                                                                         device=xs[0].device))
+    return sum(
+        ((x * y).sum() for x, y in zip(xs, ys, strict=True)),
+        start=torch.zeros((), dtype=xs[0].dtype, device=xs[0].device),
+    )
 
 
 def axpy(a: float, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> TensorList:
@@ -117,9 +117,7 @@ def unflatten(vec: Tensor, like: Sequence[Tensor]) -> TensorList:
     return out
 
 
-def conjugate_gradient(
-    matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: int, tol: float = 0.0
-) -> Tensor:
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: int, tol: float = 0.0) -> Tensor:
     """Solve ``A x = b`` for symmetric positive (semi-)definite ``A`` by conjugate gradients from x₀ = 0.
 
     Hestenes & Stiefel (1952).  ``matvec`` maps a flat vector to ``A`` times it; ``iters`` bounds the number of
@@ -172,8 +170,15 @@ def minimize(
     Returns detached tensors.
     """
     xs = [x.detach().clone().requires_grad_(True) for x in x0]
-    opt = torch.optim.LBFGS(xs, lr=1.0, max_iter=iters, tolerance_grad=1e-12, tolerance_change=1e-20,
-                            history_size=50, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        xs,
+        lr=1.0,
+        max_iter=iters,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-20,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()

@@ -79,8 +79,10 @@ def _assert_deterministic(prob: BilevelProblem) -> None:
         a, b = prob.loss_at(prob.tensors), prob.loss_at(prob.tensors)
         u, v = prob.upper_at(prob.tensors), prob.upper_at(prob.tensors)
     if not torch.equal(a, b):
-        raise ValueError("per_sample_loss is not deterministic in params (two calls differ): fix latent samples, "
-                         "dropout masks and other noise outside the closure before checking hypergradients")
+        raise ValueError(
+            "per_sample_loss is not deterministic in params (two calls differ): fix latent samples, "
+            "dropout masks and other noise outside the closure before checking hypergradients"
+        )
     if not torch.equal(u, v):
         raise ValueError("upper_loss is not deterministic in params (two calls differ): fix its noise first")
 
@@ -92,8 +94,10 @@ def _stationarity(strategy: Implicit, base: BilevelProblem, at: BilevelProblem, 
     grads = torch.autograd.grad(value, [t for t in theta if t.requires_grad])
     anchors = [t for t in base.tensors if t.requires_grad]
     frees = [t for t in theta if t.requires_grad]
-    return max(float((g + strategy.damping * (x.detach() - a.detach())).abs().max())
-               for g, x, a in zip(grads, frees, anchors, strict=True))
+    return max(
+        float((g + strategy.damping * (x.detach() - a.detach())).abs().max())
+        for g, x, a in zip(grads, frees, anchors, strict=True)
+    )
 
 
 def check_hypergradient(
@@ -155,9 +159,14 @@ def check_hypergradient(
         if isinstance(strategy, Implicit):
             # θ̂ solves the (proximal, if damped) lower problem anchored at params; the IFT holds there.
             theta_hat = strategy.solve(base, weights)
-            at = BilevelProblem(base.per_sample_loss, base.upper_loss,
-                                {k: t.requires_grad_(p.requires_grad)
-                                 for k, t, p in zip(base.names, theta_hat, base.tensors, strict=True)})
+            at = BilevelProblem(
+                base.per_sample_loss,
+                base.upper_loss,
+                {
+                    k: t.requires_grad_(p.requires_grad)
+                    for k, t, p in zip(base.names, theta_hat, base.tensors, strict=True)
+                },
+            )
             stationarity = _stationarity(strategy, base, at, weights)
             note = f", at θ* (|∇|={stationarity:.1e})"
             if stationarity > 1e-8:
@@ -181,8 +190,9 @@ def check_hypergradient(
         rel = float((analytic - fd).norm()) / max(fd_norm, 1e-300)
         cos = float(torch.nn.functional.cosine_similarity(analytic.flatten(), fd.flatten(), dim=0))
         how = f"{n} coordinates" if dirs is None else f"{len(dirs)} random directions"
-        rows.append(CheckRow(repr(strategy), rel, cos, an_norm, fd_norm, seconds, rel <= tol, tol,
-                             f"{how}, eps={step:g}{note}"))
+        rows.append(
+            CheckRow(repr(strategy), rel, cos, an_norm, fd_norm, seconds, rel <= tol, tol, f"{how}, eps={step:g}{note}")
+        )
     return rows
 
 
@@ -192,6 +202,8 @@ def format_report(rows: Sequence[CheckRow]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         verdict = "ok" if r.passed else f"FAIL (tol {r.tolerance:g})"
-        lines.append(f"{r.strategy:<62} {r.rel_error:9.2e} {r.cosine:9.6f} {r.analytic_norm:10.3e} "
-                     f"{1e3 * r.seconds:8.1f}  {verdict}  [{r.note}]")
+        lines.append(
+            f"{r.strategy:<62} {r.rel_error:9.2e} {r.cosine:9.6f} {r.analytic_norm:10.3e} "
+            f"{1e3 * r.seconds:8.1f}  {verdict}  [{r.note}]"
+        )
     return "\n".join(lines)

@@ -374,8 +374,10 @@ class Implicit(Strategy):
         self.normal_equations, self.alpha, self.tol, self.inner_iters = normal_equations, alpha, tol, inner_iters
 
     def __repr__(self) -> str:
-        return (f"Implicit(solver={self.solver!r}, iters={self.iters}, damping={self.damping}, "
-                f"normal_equations={self.normal_equations})")
+        return (
+            f"Implicit(solver={self.solver!r}, iters={self.iters}, damping={self.damping}, "
+            f"normal_equations={self.normal_equations})"
+        )
 
     def compute(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:
         w = _leaf(weights)
@@ -422,8 +424,9 @@ class Implicit(Strategy):
         def f(free: list[Tensor]) -> Tensor:
             value = ad.lower_objective(problem.loss_at(assemble(free)), weights.detach())
             if self.damping:
-                value = value + 0.5 * self.damping * sum(((x - a) ** 2).sum() for x, a in zip(free, anchor,
-                                                                                             strict=True))
+                value = value + 0.5 * self.damping * sum(
+                    ((x - a) ** 2).sum() for x, a in zip(free, anchor, strict=True)
+                )
             return value
 
         return assemble(ad.minimize(f, init, iters=self.inner_iters))
@@ -446,8 +449,9 @@ class Naive(Strategy):
     trains_weighter: ClassVar[bool] = False
     needs_upper: ClassVar[bool] = True
 
-    def __init__(self, normalizer: Literal["batch", "moving"] = "batch", *, momentum: float = 0.01,
-                 floor: float | None = None) -> None:
+    def __init__(
+        self, normalizer: Literal["batch", "moving"] = "batch", *, momentum: float = 0.01, floor: float | None = None
+    ) -> None:
         self.normalizer = make_normalizer(normalizer, momentum=momentum)
         self.floor = floor
 
@@ -457,8 +461,9 @@ class Naive(Strategy):
     def rule_weights(self, loss: Tensor, per_sample_upper: Tensor | None) -> Tensor:
         if per_sample_upper is None or per_sample_upper.shape != loss.shape:
             got = None if per_sample_upper is None else tuple(per_sample_upper.shape)
-            raise ValueError(f"Naive weights need a per-sample upper loss of the lower loss's shape "
-                             f"{tuple(loss.shape)}, got {got}")
+            raise ValueError(
+                f"Naive weights need a per-sample upper loss of the lower loss's shape {tuple(loss.shape)}, got {got}"
+            )
         w = 1.0 + self.normalizer(per_sample_upper.detach())
         return w if self.floor is None else w.clamp_min(self.floor)
 
@@ -519,8 +524,8 @@ def make_strategy(
             option of the strategy itself.
     """
     key = name.strip()
-    if key.startswith("lookahead") and key[len("lookahead"):].isdigit():
-        key, steps = "lookahead", int(key[len("lookahead"):])
+    if key.startswith("lookahead") and key[len("lookahead") :].isdigit():
+        key, steps = "lookahead", int(key[len("lookahead") :])
     if key not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGY_NAMES)} (or lookaheadK)")
     if key in ("same_state", "lookahead") and lr is None:

@@ -70,8 +70,7 @@ class MetaWeighter(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
         if layers < 0 or hidden < 1 or in_features < 1:
-            raise ValueError(f"need layers >= 0, hidden >= 1, in_features >= 1; got {layers}, {hidden}, "
-                             f"{in_features}")
+            raise ValueError(f"need layers >= 0, hidden >= 1, in_features >= 1; got {layers}, {hidden}, {in_features}")
         self.in_features, self.scale, self.shift = in_features, float(scale), float(shift)
         blocks: list[nn.Module] = []
         width = in_features

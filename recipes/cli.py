@@ -57,8 +57,10 @@ def _strategies(names: str, lr: float, cg_iters: int, damping: float) -> list[An
     out = [make_strategy(name, lr=lr, iters=cg_iters, damping=damping) for name in names.split(",")]
     for name, strategy in zip(names.split(","), out, strict=True):
         if not strategy.trains_weighter:
-            raise ValueError(f"strategy {name.strip()!r} computes no hypergradient; check same_state, lookaheadK, "
-                             "implicit or implicit_normal")
+            raise ValueError(
+                f"strategy {name.strip()!r} computes no hypergradient; check same_state, lookaheadK, "
+                "implicit or implicit_normal"
+            )
     return out
 
 
@@ -68,8 +70,10 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
     if args.target is None:
         from recipes.examples.check_demo import problem
 
-        print("checking the built-in demo problem (recipes/examples/check_demo.py: GRU sequence model, "
-              "VAML-like upper loss)")
+        print(
+            "checking the built-in demo problem (recipes/examples/check_demo.py: GRU sequence model, "
+            "VAML-like upper loss)"
+        )
         spec = problem()
     else:
         spec = load_target(args.target)()
@@ -79,8 +83,14 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"target must return per_sample_loss, upper_loss, params, weights; missing {sorted(missing)}")
     strategies = _strategies(args.strategies, args.lr, args.cg_iters, args.damping)
-    rows = check_hypergradient(spec["per_sample_loss"], spec["upper_loss"], spec["params"], spec["weights"],
-                               strategies, directions=args.directions)
+    rows = check_hypergradient(
+        spec["per_sample_loss"],
+        spec["upper_loss"],
+        spec["params"],
+        spec["weights"],
+        strategies,
+        directions=args.directions,
+    )
     print(format_report(rows))
     dtype = spec["weights"].dtype
     if str(dtype) != "torch.float64":
@@ -106,8 +116,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = recipe.resolve(args.env, args.preset, parse_sets(args.set), steps=args.steps, seed=args.seed)
     make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()).close()  # validate before writing
     summary = recipe.run(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
-    print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, "
-          f"final eval return {summary['eval_return']:.1f} -> {args.logdir}")
+    print(
+        f"done: {summary['env_steps']} env steps, {summary['updates']} updates, "
+        f"final eval return {summary['eval_return']:.1f} -> {args.logdir}"
+    )
     return 0
 
 
@@ -116,8 +128,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     variants = [Variant.parse(x) for x in args.recipes.split(",") if x.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    compare(variants, seeds, env=args.env, steps=args.steps, logdir=Path(args.logdir), preset=args.preset,
-            sets=args.set or [], jobs=args.jobs, threads=args.threads, run=not args.no_run, name=args.name)
+    compare(
+        variants,
+        seeds,
+        env=args.env,
+        steps=args.steps,
+        logdir=Path(args.logdir),
+        preset=args.preset,
+        sets=args.set or [],
+        jobs=args.jobs,
+        threads=args.threads,
+        run=not args.no_run,
+        name=args.name,
+    )
     return 0
 
 
@@ -134,17 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     chk = sub.add_parser("check-hypergrad", help="check hypergradients of your losses against finite differences")
-    chk.add_argument("target", nargs="?", help="'module:function' or 'file.py:function' returning a dict with "
-                     "per_sample_loss, upper_loss, params, weights (default: a built-in demo)")
-    chk.add_argument("--strategies", default="same_state,lookahead1,lookahead3,implicit",
-                     help="comma list of same_state, lookaheadK, implicit, implicit_normal")
+    chk.add_argument(
+        "target",
+        nargs="?",
+        help="'module:function' or 'file.py:function' returning a dict with "
+        "per_sample_loss, upper_loss, params, weights (default: a built-in demo)",
+    )
+    chk.add_argument(
+        "--strategies",
+        default="same_state,lookahead1,lookahead3,implicit",
+        help="comma list of same_state, lookaheadK, implicit, implicit_normal",
+    )
     chk.add_argument("--lr", type=float, default=0.1, help="η of SameState/Lookahead (default 0.1)")
     chk.add_argument("--cg-iters", type=int, default=200)
-    chk.add_argument("--damping", type=float, default=1.0,
-                     help="λ of the implicit strategies (default 1.0: the proximal lower problem, well posed even "
-                     "where the Hessian is singular or indefinite)")
-    chk.add_argument("--directions", type=int, default=None,
-                     help="random directions to check (default: all coordinates when N <= 32)")
+    chk.add_argument(
+        "--damping",
+        type=float,
+        default=1.0,
+        help="λ of the implicit strategies (default 1.0: the proximal lower problem, well posed even "
+        "where the Hessian is singular or indefinite)",
+    )
+    chk.add_argument(
+        "--directions",
+        type=int,
+        default=None,
+        help="random directions to check (default: all coordinates when N <= 32)",
+    )
     chk.set_defaults(func=cmd_check_hypergrad)
 
     noisy = sub.add_parser("noisy-labels", help="Meta-Weight-Net on digits with 40%% label noise vs ERM")
@@ -158,8 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from recipes.registry import RECIPES
 
     run.add_argument("recipe", help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()))
-    run.add_argument("--env", default="dmc:cartpole_swingup",
-                     help="dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
+    run.add_argument("--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
     run.add_argument("--steps", type=int, default=100_000, help="environment steps (agent steps × action repeat)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--logdir", required=True)
@@ -170,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     cmp = sub.add_parser("compare", help="run or reuse several recipes over seeds; curves and Welch's t-test")
-    cmp.add_argument("--recipes", default="tempo,dreamerv2",
-                     help="comma list of RECIPE or RECIPE+key=value+...; the first is tested against the second")
+    cmp.add_argument(
+        "--recipes",
+        default="tempo,dreamerv2",
+        help="comma list of RECIPE or RECIPE+key=value+...; the first is tested against the second",
+    )
     cmp.add_argument("--env", default="dmc:cartpole_swingup")
     cmp.add_argument("--seeds", default="0,1,2")
     cmp.add_argument("--steps", type=int, default=100_000)

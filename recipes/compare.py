@@ -61,8 +61,19 @@ def _done(logdir: Path, steps: int) -> bool:
     return bool(curve) and max(curve) >= steps and (logdir / "checkpoints" / "latest.pt").exists()
 
 
-def run_all(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str,
-            sets: list[str], jobs: int, threads: int, progress: bool = True) -> None:
+def run_all(
+    variants: list[Variant],
+    seeds: list[int],
+    *,
+    env: str,
+    steps: int,
+    logdir: Path,
+    preset: str,
+    sets: list[str],
+    jobs: int,
+    threads: int,
+    progress: bool = True,
+) -> None:
     """Start or resume every missing run, ``jobs`` at a time; raises RuntimeError if any run fails."""
     todo = [(v, s) for v in variants for s in seeds if not _done(logdir / f"{v.slug}-s{s}", steps)]
     running: list[tuple[subprocess.Popen, str, Any]] = []
@@ -72,17 +83,39 @@ def run_all(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
         while todo and len(running) < jobs:
             variant, seed = todo.pop(0)
             run_dir = logdir / f"{variant.slug}-s{seed}"
-            cmd = [sys.executable, "-m", "recipes.cli", "run", variant.recipe, "--env", env, "--steps", str(steps),
-                   "--seed", str(seed), "--logdir", str(run_dir), "--preset", preset, "--no-progress",
-                   "--set", f"threads={threads}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "recipes.cli",
+                "run",
+                variant.recipe,
+                "--env",
+                env,
+                "--steps",
+                str(steps),
+                "--seed",
+                str(seed),
+                "--logdir",
+                str(run_dir),
+                "--preset",
+                preset,
+                "--no-progress",
+                "--set",
+                f"threads={threads}",
+            ]
             for item in [*sets, *variant.sets]:
                 cmd += ["--set", item]
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = (logdir / f"{variant.slug}-s{seed}.log").open("ab")
             if progress:
                 print(f"compare: starting {variant.label} seed {seed} -> {run_dir}", flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars),
-                            f"{variant.label} seed {seed}", log))
+            running.append(
+                (
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars),
+                    f"{variant.label} seed {seed}",
+                    log,
+                )
+            )
         time.sleep(1.0)
         for entry in list(running):
             proc, name, log = entry
@@ -115,9 +148,13 @@ def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: in
     table: dict[str, Any] = {"steps": common, "seeds": seeds, "variants": {}}
     for label, runs in curves.items():
         values = np.array([[c[s] for s in common] for c in runs])  # [seeds, evals]
-        table["variants"][label] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
-                                    "final_mean": float(values[:, -1].mean()), "final_std": float(values[:, -1].std()),
-                                    "per_seed_final": values[:, -1].tolist()}
+        table["variants"][label] = {
+            "mean": values.mean(0).tolist(),
+            "std": values.std(0).tolist(),
+            "final_mean": float(values[:, -1].mean()),
+            "final_std": float(values[:, -1].std()),
+            "per_seed_final": values[:, -1].tolist(),
+        }
     if len(variants) >= 2:
         first, second = variants[0].label, variants[1].label
         ts, ps = [], []
@@ -128,10 +165,17 @@ def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: in
             ts.append(t)
             ps.append(p)
         finite = [i for i, t in enumerate(ts) if math.isfinite(t)]
-        table["welch"] = {"a": first, "b": second, "alternative": f"{first} > {second}", "t": ts, "p": ps,
-                          "mean_t": float(np.mean([ts[i] for i in finite])) if finite else float("nan"),
-                          "mean_p": float(np.mean([ps[i] for i in finite])) if finite else float("nan"),
-                          "evaluations": len(finite), "skipped": len(common) - len(finite)}
+        table["welch"] = {
+            "a": first,
+            "b": second,
+            "alternative": f"{first} > {second}",
+            "t": ts,
+            "p": ps,
+            "mean_t": float(np.mean([ts[i] for i in finite])) if finite else float("nan"),
+            "mean_p": float(np.mean([ps[i] for i in finite])) if finite else float("nan"),
+            "evaluations": len(finite),
+            "skipped": len(common) - len(finite),
+        }
     return table
 
 
@@ -143,9 +187,12 @@ def format_table(table: dict[str, Any]) -> str:
         lines.append(f"| {label} | {row['final_mean']:.1f} ± {row['final_std']:.1f} | {seeds} |")
     if "welch" in table:
         w = table["welch"]
-        lines += ["", f"One-tailed Welch's t-test, H1: {w['alternative']}, at each of {w['evaluations']} evaluation "
-                  f"steps ({w['skipped']} skipped: zero variance): mean t = {w['mean_t']:.3f}, "
-                  f"mean p = {w['mean_p']:.3f}."]
+        lines += [
+            "",
+            f"One-tailed Welch's t-test, H1: {w['alternative']}, at each of {w['evaluations']} evaluation "
+            f"steps ({w['skipped']} skipped: zero variance): mean t = {w['mean_t']:.3f}, "
+            f"mean p = {w['mean_p']:.3f}.",
+        ]
     return "\n".join(lines)
 
 
@@ -175,9 +222,20 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
     return path
 
 
-def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, logdir: Path, preset: str = "cpu",
-            sets: list[str] | None = None, jobs: int = 2, threads: int = 1, run: bool = True,
-            name: str = "compare") -> dict[str, Any]:
+def compare(
+    variants: list[Variant],
+    seeds: list[int],
+    *,
+    env: str,
+    steps: int,
+    logdir: Path,
+    preset: str = "cpu",
+    sets: list[str] | None = None,
+    jobs: int = 2,
+    threads: int = 1,
+    run: bool = True,
+    name: str = "compare",
+) -> dict[str, Any]:
     """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``, and for
     every variant whose recipe has a report hook ``<name>-<variant>-diagnostics.png`` (tempo: TEMPO Fig. 9 over its
     seeds)."""
@@ -185,8 +243,17 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)
     if run:
-        run_all(variants, seeds, env=env, steps=steps, logdir=logdir, preset=preset, sets=sets or [], jobs=jobs,
-                threads=threads)
+        run_all(
+            variants,
+            seeds,
+            env=env,
+            steps=steps,
+            logdir=logdir,
+            preset=preset,
+            sets=sets or [],
+            jobs=jobs,
+            threads=threads,
+        )
     table = summarize(variants, seeds, logdir, steps)
     table.update(env=env, preset=preset, requested_steps=steps)
     (logdir / f"{name}.json").write_text(json.dumps(table, indent=1))
@@ -196,7 +263,10 @@ def compare(variants: list[Variant], seeds: list[int], *, env: str, steps: int, 
     from recipes.registry import get_recipe
 
     for v in variants:  # each recipe's own figure over its seeds (tempo: TEMPO Fig. 9)
-        get_recipe(v.recipe).make_report([logdir / f"{v.slug}-s{s}" for s in seeds],
-                                         logdir / f"{name}-{v.slug}-diagnostics.png", f"{v.label} on {env} ({preset})")
+        get_recipe(v.recipe).make_report(
+            [logdir / f"{v.slug}-s{s}" for s in seeds],
+            logdir / f"{name}-{v.slug}-diagnostics.png",
+            f"{v.label} on {env} ({preset})",
+        )
     print(text)
     return table

@@ -61,11 +61,21 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("dreamerv2", DreamerConfig, (DREAMER_PRESETS,), "recipes.dreamer.dreamerv2:train",
-               summary="DreamerV2: RSSM world model (uniform weights) + actor-critic in imagination"),
-        Recipe("tempo", TempoConfig, (DREAMER_PRESETS, TEMPO_PRESETS), "recipes.dreamer.tempo:train",
-               report="recipes.dreamer.tempo:plot_diagnostics",
-               summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)"),
+        Recipe(
+            "dreamerv2",
+            DreamerConfig,
+            (DREAMER_PRESETS,),
+            "recipes.dreamer.dreamerv2:train",
+            summary="DreamerV2: RSSM world model (uniform weights) + actor-critic in imagination",
+        ),
+        Recipe(
+            "tempo",
+            TempoConfig,
+            (DREAMER_PRESETS, TEMPO_PRESETS),
+            "recipes.dreamer.tempo:train",
+            report="recipes.dreamer.tempo:plot_diagnostics",
+            summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)",
+        ),
     )
 }
 
@@ -81,8 +91,9 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def resolve(env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2",
-            **run: Any) -> RunConfig:
+def resolve(
+    env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2", **run: Any
+) -> RunConfig:
     """The config of ``recipe`` (see :meth:`Recipe.resolve`).
 
     Raises:

@@ -78,8 +78,10 @@ def register_task_loss(name: str, *, replace: bool = False) -> Callable[[F], F]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"a task loss name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not replace:
-        raise ValueError(f"task loss {name!r} is already registered (by {_describe(_REGISTRY[name])}); "
-                         "choose another name or pass replace=True")
+        raise ValueError(
+            f"task loss {name!r} is already registered (by {_describe(_REGISTRY[name])}); "
+            "choose another name or pass replace=True"
+        )
 
     def decorator(factory: F) -> F:
         if not callable(factory):
@@ -130,6 +132,8 @@ def evaluate_value(value_fn: ValueFn, states: Tensor) -> Tensor:
     if value.shape == (*lead, 1):
         value = value.squeeze(-1)
     if value.shape != lead:
-        raise ValueError(f"value_fn must map states {tuple(states.shape)} to values {tuple(lead)} "
-                         f"(or {(*tuple(lead), 1)}), got {tuple(value.shape)}")
+        raise ValueError(
+            f"value_fn must map states {tuple(states.shape)} to values {tuple(lead)} "
+            f"(or {(*tuple(lead), 1)}), got {tuple(value.shape)}"
+        )
     return value

@@ -72,8 +72,10 @@ def vagram(predicted: Tensor, target: Tensor, value_grad: Tensor) -> Tensor:
     elif value_grad.dim() == target.dim() + 1 and value_grad.shape[1:] == target.shape:
         grads = value_grad.detach()
     else:
-        raise ValueError(f"value_grad must be shaped like target {tuple(target.shape)} or [C, *target.shape], "
-                         f"got {tuple(value_grad.shape)}")
+        raise ValueError(
+            f"value_grad must be shaped like target {tuple(target.shape)} or [C, *target.shape], "
+            f"got {tuple(value_grad.shape)}"
+        )
     error = predicted - target
     return torch.stack([(g * error).pow(2).sum(-1) for g in grads]).mean(0)
 

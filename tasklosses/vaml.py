@@ -18,8 +18,10 @@ def vaml(predicted: Tensor, target: Tensor, value_fn: ValueFn) -> Tensor:
     elif predicted.shape == target.shape:
         model_value = evaluate_value(value_fn, predicted)
     else:
-        raise ValueError(f"predicted must be [K, *target.shape] model samples or one prediction shaped like target; "
-                         f"got predicted {tuple(predicted.shape)} and target {tuple(target.shape)}")
+        raise ValueError(
+            f"predicted must be [K, *target.shape] model samples or one prediction shaped like target; "
+            f"got predicted {tuple(predicted.shape)} and target {tuple(target.shape)}"
+        )
     return (evaluate_value(value_fn, target) - model_value).pow(2)
 
 

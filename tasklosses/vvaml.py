@@ -79,8 +79,10 @@ class VVAML(nn.Module):
             ValueError: if the shapes differ or ``value_fn`` returns the wrong shape.
         """
         if predicted.shape != target.shape:
-            raise ValueError(f"prior features {tuple(predicted.shape)} and posterior features "
-                             f"{tuple(target.shape)} must have the same shape")
+            raise ValueError(
+                f"prior features {tuple(predicted.shape)} and posterior features "
+                f"{tuple(target.shape)} must have the same shape"
+            )
         return self.from_values(evaluate_value(value_fn, target), evaluate_value(value_fn, predicted))
 
     def from_values(self, value_post: Tensor, value_prior: Tensor) -> Tensor:
@@ -120,8 +122,10 @@ class VVAML(nn.Module):
             ValueError: if the shapes differ.
         """
         if value_post.shape != value_prior.shape:
-            raise ValueError(f"value_post {tuple(value_post.shape)} and value_prior {tuple(value_prior.shape)} "
-                             "must have the same shape")
+            raise ValueError(
+                f"value_post {tuple(value_post.shape)} and value_prior {tuple(value_prior.shape)} "
+                "must have the same shape"
+            )
         joint = self.normalizer(torch.stack([value_post, value_prior]))
         return joint[0], joint[1]
 

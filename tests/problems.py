@@ -37,8 +37,10 @@ def logistic_regression(n: int = 30, d: int = 3, seed: int = 0):
     x, xm = torch.randn(n, d, generator=g, dtype=D), torch.randn(10, d, generator=g, dtype=D)
     y = (torch.rand(n, generator=g, dtype=D) < 0.5).to(D)
     ym = (xm[:, 0] > 0).to(D)
-    params = {"w": torch.randn(d, generator=g, dtype=D, requires_grad=True),
-              "b": torch.zeros((), dtype=D, requires_grad=True)}
+    params = {
+        "w": torch.randn(d, generator=g, dtype=D, requires_grad=True),
+        "b": torch.zeros((), dtype=D, requires_grad=True),
+    }
     bce = nn.functional.binary_cross_entropy_with_logits
 
     def per_sample_loss(p):

@@ -38,8 +38,13 @@ def test_update_touches_only_actor_and_critic(discrete):
     torch.manual_seed(0)
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=discrete)
     ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, horizon=4, layers=1, units=8, slow_every=2)
-    batch = {"obs": torch.randn(2, 5, 4), "action": torch.randn(2, 5, 3), "reward": torch.randn(2, 5),
-             "discount": torch.ones(2, 5), "is_first": torch.zeros(2, 5, dtype=torch.bool)}
+    batch = {
+        "obs": torch.randn(2, 5, 4),
+        "action": torch.randn(2, 5, 3),
+        "reward": torch.randn(2, 5),
+        "discount": torch.ones(2, 5),
+        "is_first": torch.zeros(2, 5, dtype=torch.bool),
+    }
     post = wm.loss(batch).states["post"]
     wm_before = [p.detach().clone() for p in wm.parameters()]
     actor_before = [p.detach().clone() for p in ac.actor.parameters()]
@@ -63,8 +68,9 @@ def test_actor_learns_to_maximise_a_known_reward():
         head.weight.zero_()
         head.weight[0, wm.rssm.stoch_size] = 1.0  # reward = h_0
         head.bias.zero_()
-    ac = ActorCritic(wm.rssm, head, None, 2, False, horizon=5, layers=1, units=32, actor_lr=3e-3,
-                     critic_lr=3e-3, entropy=0.0)
+    ac = ActorCritic(
+        wm.rssm, head, None, 2, False, horizon=5, layers=1, units=32, actor_lr=3e-3, critic_lr=3e-3, entropy=0.0
+    )
     start = wm.rssm.initial(64)
     returns = [ac.update(start)["imag_reward"] for _ in range(60)]
     assert sum(returns[-10:]) / 10 > sum(returns[:10]) / 10 + 0.05

@@ -29,7 +29,7 @@ def test_check_hypergrad_demo_passes(capsys):
     assert out.count(" ok ") == 3
 
 
-USER_PROBLEM = textwrap.dedent('''
+USER_PROBLEM = textwrap.dedent("""
     import torch
 
     def make(bad=False):
@@ -50,14 +50,15 @@ USER_PROBLEM = textwrap.dedent('''
 
     def noisy():
         return make(bad=True)
-''')
+""")
 
 
 def test_check_hypergrad_user_file(tmp_path, capsys):
     f = tmp_path / "my_loss.py"
     f.write_text(USER_PROBLEM)
-    assert main(["check-hypergrad", f"{f}:make", "--strategies", "same_state,lookahead3,implicit",
-                 "--damping", "0"]) == 0
+    assert (
+        main(["check-hypergrad", f"{f}:make", "--strategies", "same_state,lookahead3,implicit", "--damping", "0"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count(" ok ") == 3, out
 

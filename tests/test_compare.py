@@ -38,8 +38,9 @@ def test_compare_reuses_finished_runs_and_reports(tmp_path, capsys):
     for seed in (0, 1, 2):
         _fake_run(tmp_path / f"tempo-s{seed}", tempo[seed])
         _fake_run(tmp_path / f"dreamerv2-s{seed}", base[seed])
-    rc = main(["compare", "--recipes", "tempo,dreamerv2", "--seeds", "0,1,2", "--steps", "3000", "--logdir",
-               str(tmp_path)])
+    rc = main(
+        ["compare", "--recipes", "tempo,dreamerv2", "--seeds", "0,1,2", "--steps", "3000", "--logdir", str(tmp_path)]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "compare: starting" not in out  # nothing re-run
@@ -65,13 +66,42 @@ def test_compare_rejects_unknown_recipe(tmp_path, capsys):
 
 
 def test_compare_runs_two_recipes_end_to_end(tmp_path):
-    tiny = ["deter=8", "stoch=2", "hidden=8", "mlp_layers=1", "mlp_units=8", "ac_layers=1", "ac_units=8",
-            "batch_size=2", "seq_len=4", "horizon=2", "prefill=50", "train_every=50", "eval_every=100",
-            "log_every=100", "checkpoint_every=100", "time_limit=50", "video=false", "eval_episodes=1"]
+    tiny = [
+        "deter=8",
+        "stoch=2",
+        "hidden=8",
+        "mlp_layers=1",
+        "mlp_units=8",
+        "ac_layers=1",
+        "ac_units=8",
+        "batch_size=2",
+        "seq_len=4",
+        "horizon=2",
+        "prefill=50",
+        "train_every=50",
+        "eval_every=100",
+        "log_every=100",
+        "checkpoint_every=100",
+        "time_limit=50",
+        "video=false",
+        "eval_episodes=1",
+    ]
     sets = [arg for item in tiny for arg in ("--set", item)]
     recipes = "tempo+weighter_layers=1+weighter_units=8,dreamerv2"
-    argv = ["compare", "--recipes", recipes, "--seeds", "0", "--steps", "200", "--logdir", str(tmp_path), *sets,
-            "--name", "tiny"]
+    argv = [
+        "compare",
+        "--recipes",
+        recipes,
+        "--seeds",
+        "0",
+        "--steps",
+        "200",
+        "--logdir",
+        str(tmp_path),
+        *sets,
+        "--name",
+        "tiny",
+    ]
     assert main(argv) == 0
     table = json.loads((tmp_path / "tiny.json").read_text())
     assert (tmp_path / "tiny.png").exists() and not (tmp_path / "compare.png").exists()

@@ -14,14 +14,41 @@ import pytest
 
 from recipes.cli import main
 
-TINY = ["deter=16", "stoch=4", "hidden=16", "mlp_layers=1", "mlp_units=16", "ac_layers=1", "ac_units=16",
-        "batch_size=4", "seq_len=8", "horizon=3", "depth=4", "prefill=100", "train_every=20", "eval_every=200",
-        "log_every=100", "checkpoint_every=100", "time_limit=100"]
+TINY = [
+    "deter=16",
+    "stoch=4",
+    "hidden=16",
+    "mlp_layers=1",
+    "mlp_units=16",
+    "ac_layers=1",
+    "ac_units=16",
+    "batch_size=4",
+    "seq_len=8",
+    "horizon=3",
+    "depth=4",
+    "prefill=100",
+    "train_every=20",
+    "eval_every=200",
+    "log_every=100",
+    "checkpoint_every=100",
+    "time_limit=100",
+]
 
 
 def _args(logdir: Path, steps: int, env: str = "dmc:cartpole_swingup", extra: tuple[str, ...] = ()) -> list[str]:
-    out = ["run", "dreamerv2", "--env", env, "--steps", str(steps), "--seed", "0", "--logdir", str(logdir),
-           "--no-progress"]
+    out = [
+        "run",
+        "dreamerv2",
+        "--env",
+        env,
+        "--steps",
+        str(steps),
+        "--seed",
+        "0",
+        "--logdir",
+        str(logdir),
+        "--no-progress",
+    ]
     for item in [*TINY, *extra]:
         out += ["--set", item]
     return out

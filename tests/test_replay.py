@@ -15,8 +15,17 @@ KEYS = ("obs", "action", "reward", "discount", "is_first", "is_last", "is_termin
 A = 3
 
 
-def episode(ep_id: int, length: int, *, last: bool = True, terminal: bool = True, discrete: bool = False,
-            pixels: bool = False, first: bool = True, seed: int = 0) -> list[dict]:
+def episode(
+    ep_id: int,
+    length: int,
+    *,
+    last: bool = True,
+    terminal: bool = True,
+    discrete: bool = False,
+    pixels: bool = False,
+    first: bool = True,
+    seed: int = 0,
+) -> list[dict]:
     """Steps whose obs encode (episode id, step index); rewards are nonzero so padding is recognisable."""
     rng = np.random.default_rng(1000 * ep_id + seed)
     steps = []
@@ -27,11 +36,23 @@ def episode(ep_id: int, length: int, *, last: bool = True, terminal: bool = True
             action = np.eye(A, dtype=np.float32)[rng.integers(A)]
         else:
             action = rng.uniform(-1, 1, A).astype(np.float32)
-        obs = (np.stack([np.full((4, 4), ep_id), np.full((4, 4), t)]).astype(np.uint8) if pixels
-               else np.array([ep_id, t], np.float32))
+        obs = (
+            np.stack([np.full((4, 4), ep_id), np.full((4, 4), t)]).astype(np.uint8)
+            if pixels
+            else np.array([ep_id, t], np.float32)
+        )
         end = last and t == length - 1
-        steps.append({"obs": obs, "action": action, "reward": float(t + 1), "discount": 0.0 if end and terminal
-                      else 1.0, "is_first": t == 0 and first, "is_last": end, "is_terminal": end and terminal})
+        steps.append(
+            {
+                "obs": obs,
+                "action": action,
+                "reward": float(t + 1),
+                "discount": 0.0 if end and terminal else 1.0,
+                "is_first": t == 0 and first,
+                "is_last": end,
+                "is_terminal": end and terminal,
+            }
+        )
     return steps
 
 
@@ -84,7 +105,7 @@ def test_sequence_within_one_episode_is_the_stored_slice(tmp_path):
         ep = r.episodes[e[row, 0]]
         s = k[row, 0]
         for key in KEYS:
-            np.testing.assert_array_equal(b[key][row], ep[key][s:s + 5])
+            np.testing.assert_array_equal(b[key][row], ep[key][s : s + 5])
 
 
 def test_concat_crosses_boundaries_with_is_first_exactly_there(tmp_path):
@@ -107,7 +128,6 @@ def test_concat_crosses_boundaries_with_is_first_exactly_there(tmp_path):
     assert not (b["discount"][~b["is_last"]] == 0).any()  # no padding in concat mode
 
 
-
 def test_concat_continues_only_into_episode_starts(tmp_path):
     r = Replay(tmp_path, seq_len=12, boundary="concat", seed=8)
     for step in episode(0, 3, first=False) + episode(1, 2) + episode(2, 4, first=False):
@@ -124,6 +144,7 @@ def test_concat_continues_only_into_episode_starts(tmp_path):
     np.testing.assert_array_equal(b["is_first"][:, 1:], k[:, 1:] == 0)
     assert set(e[:, 1:][k[:, 1:] == 0].tolist()) == {0, 1}
 
+
 def test_absorbing_padding_is_exact(tmp_path):
     lengths = [2, 5, 1, 4]
     r = Replay(tmp_path, seq_len=10, seed=1)
@@ -137,7 +158,7 @@ def test_absorbing_padding_is_exact(tmp_path):
         ep = r.episodes[e[row, 0]]
         assert k[row, last] == lengths[e[row, 0]] - 1
         for key in KEYS:  # real part = the stored slice
-            np.testing.assert_array_equal(b[key][row, :last + 1], ep[key][k[row, 0]:])
+            np.testing.assert_array_equal(b[key][row, : last + 1], ep[key][k[row, 0] :])
         pad = slice(last + 1, None)
         np.testing.assert_array_equal(b["obs"][row, pad], np.broadcast_to(ep["obs"][-1], b["obs"][row, pad].shape))
         assert (b["reward"][row, pad] == 0).all() and (b["discount"][row, pad] == 0).all()

@@ -14,13 +14,21 @@ SMALL = {"deter": 16, "stoch": 4, "hidden": 16, "mlp_layers": 1, "mlp_units": 16
 
 def _batch(obs_shape, b=3, t=6, a=2, pixels=False):
     g = torch.Generator().manual_seed(0)
-    obs = (torch.randint(0, 256, (b, t, *obs_shape), generator=g, dtype=torch.uint8) if pixels
-           else torch.randn(b, t, *obs_shape, generator=g))
+    obs = (
+        torch.randint(0, 256, (b, t, *obs_shape), generator=g, dtype=torch.uint8)
+        if pixels
+        else torch.randn(b, t, *obs_shape, generator=g)
+    )
     is_first = torch.zeros(b, t, dtype=torch.bool)
     is_first[:, 0] = True
     is_first[1, 3] = True
-    return {"obs": obs, "action": torch.randn(b, t, a, generator=g), "reward": torch.randn(b, t, generator=g),
-            "discount": torch.ones(b, t), "is_first": is_first}
+    return {
+        "obs": obs,
+        "action": torch.randn(b, t, a, generator=g),
+        "reward": torch.randn(b, t, generator=g),
+        "discount": torch.ones(b, t),
+        "is_first": is_first,
+    }
 
 
 @pytest.mark.parametrize("classes", [0, 5])
@@ -73,8 +81,9 @@ def test_kl_balancing_matches_formula():
     g = torch.Generator().manual_seed(1)
     q = {"mean": torch.randn(5, 3, generator=g, requires_grad=True), "std": torch.rand(5, 3, generator=g) + 0.5}
     p = {"mean": torch.randn(5, 3, generator=g, requires_grad=True), "std": torch.rand(5, 3, generator=g) + 0.5}
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(q["mean"], q["std"]),
-                                           torch.distributions.Normal(p["mean"], p["std"])).sum(-1)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(q["mean"], q["std"]), torch.distributions.Normal(p["mean"], p["std"])
+    ).sum(-1)
     value = rssm.kl(q, p, balance=0.8)
     torch.testing.assert_close(value, kl)  # value: both parts equal the KL
     # gradients: 0.8 of the KL's gradient reaches the prior, 0.2 the posterior
@@ -111,8 +120,11 @@ def test_balanced_kl_forward_mode_matches_reverse_mode(classes):
         x = torch.randn(*shape, generator=g, dtype=torch.float64)
         return x.abs() + 0.5 if positive else x
 
-    primals = ((rand(5, 2, 3), rand(5, 2, 3)) if classes else
-               (rand(5, 2), rand(5, 2, positive=True), rand(5, 2), rand(5, 2, positive=True)))
+    primals = (
+        (rand(5, 2, 3), rand(5, 2, 3))
+        if classes
+        else (rand(5, 2), rand(5, 2, positive=True), rand(5, 2), rand(5, 2, positive=True))
+    )
 
     def f(*x):
         return rssm.kl(*_states(classes, x), balance=0.8)
@@ -139,8 +151,9 @@ def test_categorical_kl_and_straight_through_sample():
     rssm = RSSM(embed=4, action_dim=1, deter=4, stoch=2, classes=3, hidden=4)
     lq = torch.randn(4, 2, 3, requires_grad=True)
     lp = torch.randn(4, 2, 3)
-    kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=lq),
-                                           torch.distributions.Categorical(logits=lp)).sum(-1)
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=lq), torch.distributions.Categorical(logits=lp)
+    ).sum(-1)
     torch.testing.assert_close(rssm.kl({"logits": lq}, {"logits": lp}), kl)
     sample = rssm._sample({"logits": lq}, None).reshape(4, 2, 3)
     assert torch.equal(sample.detach().sum(-1), torch.ones(4, 2))
@@ -167,12 +180,14 @@ def test_rssm_hypergradient_matches_finite_differences(classes):
     step moves argmax boundaries and finite differences of L_up(θ') measure jumps, not the ST surrogate.
     """
     torch.manual_seed(0)
-    model = RSSMWorldModel((3,), 1, deter=6, stoch=2, classes=classes, hidden=6, mlp_layers=1,
-                           mlp_units=6).double()
+    model = RSSMWorldModel((3,), 1, deter=6, stoch=2, classes=classes, hidden=6, mlp_layers=1, mlp_units=6).double()
     batch = {k: (v.double() if v.is_floating_point() else v) for k, v in _batch((3,), b=2, t=4, a=1).items()}
     shape = model.rssm.noise_shape(2, 4)
-    noise = (torch.rand(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64)) if classes else \
-        (torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64))
+    noise = (
+        (torch.rand(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64))
+        if classes
+        else (torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64))
+    )
     critic = torch.nn.Linear(model.rssm.feat_size, 1).double().requires_grad_(False)
 
     def _call(p):
@@ -189,6 +204,11 @@ def test_rssm_hypergradient_matches_finite_differences(classes):
         return ((v_post - v_prior) ** 2).mean()
 
     weights = 0.75 + 0.5 * torch.rand(2, 4, dtype=torch.float64)
-    rows = B.check_hypergradient(per_sample_loss, upper_loss, dict(model.named_parameters()), weights,
-                                 [B.SameState(0.1)] + ([] if classes else [B.Lookahead(0.1, 2)]))
+    rows = B.check_hypergradient(
+        per_sample_loss,
+        upper_loss,
+        dict(model.named_parameters()),
+        weights,
+        [B.SameState(0.1)] + ([] if classes else [B.Lookahead(0.1, 2)]),
+    )
     assert all(r.passed for r in rows), B.format_report(rows)

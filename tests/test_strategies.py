@@ -146,8 +146,11 @@ def test_implicit_matches_weighted_ridge_closed_form(solver, normal):
     wl = w.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(upper_of_w(wl), wl)  # autograd through torch.linalg.solve
     if solver == "neumann":
-        lam_max = float(torch.linalg.eigvalsh(torch.func.hessian(lambda t: (w * psl({"theta": t})).mean())(
-            params["theta"].detach())).max())
+        lam_max = float(
+            torch.linalg.eigvalsh(
+                torch.func.hessian(lambda t: (w * psl({"theta": t})).mean())(params["theta"].detach())
+            ).max()
+        )
         strategy = B.Implicit("neumann", iters=3000, alpha=1.0 / lam_max)
     else:
         strategy = B.Implicit("cg", iters=50, normal_equations=normal)
@@ -164,9 +167,13 @@ def test_implicit_matches_finite_differences_at_solution(factory):
 
 def test_implicit_damping_matches_proximal_problem_on_mlp():
     psl, up, params, w = mlp(n=40)
-    rows = B.check_hypergradient(psl, up, params, w, [B.Implicit("cg", iters=200, damping=0.5),
-                                                      B.Implicit("cg", iters=200, damping=0.5,
-                                                                 normal_equations=True)])
+    rows = B.check_hypergradient(
+        psl,
+        up,
+        params,
+        w,
+        [B.Implicit("cg", iters=200, damping=0.5), B.Implicit("cg", iters=200, damping=0.5, normal_equations=True)],
+    )
     for r in rows:
         assert r.rel_error <= 1e-4, B.format_report(rows)
 
@@ -245,8 +252,10 @@ def test_same_state_finite_difference_method_converges_to_the_exact_hypergradien
     """Central differences along ∇θL_up: O(ε²) error, so shrinking ε by 10 shrinks the error ~100×."""
     psl, up, params, w = ALL[name]()
     exact = B.hypergradient(B.SameState(0.1, method="double_backward"), psl, up, params, w)
-    errors = [rel(B.hypergradient(B.SameState(0.1, method="finite_difference", fd_eps=eps), psl, up, params, w),
-                  exact) for eps in (1e-2, 1e-3)]
+    errors = [
+        rel(B.hypergradient(B.SameState(0.1, method="finite_difference", fd_eps=eps), psl, up, params, w), exact)
+        for eps in (1e-2, 1e-3)
+    ]
     assert errors[1] <= 1e-5
     assert errors[1] <= max(errors[0] / 30, 1e-9)
 
@@ -268,8 +277,13 @@ def test_same_state_finite_difference_in_bilevel_update_matches_double_backward(
     results = []
     for method, eps in (("double_backward", 1e-2), ("finite_difference", 1e-4)):
         m, wt = copy.deepcopy(model), copy.deepcopy(weighter)
-        upd = B.BilevelUpdate(m, torch.optim.SGD(m.parameters(), 0.1), B.SameState(0.1, method=method, fd_eps=eps),
-                              wt, torch.optim.SGD(wt.parameters(), 0.5))
+        upd = B.BilevelUpdate(
+            m,
+            torch.optim.SGD(m.parameters(), 0.1),
+            B.SameState(0.1, method=method, fd_eps=eps),
+            wt,
+            torch.optim.SGD(wt.parameters(), 0.5),
+        )
         metrics = upd.step(forward)
         results.append((metrics, [p.detach().clone() for p in [*m.parameters(), *wt.parameters()]]))
     (m1, p1), (m2, p2) = results

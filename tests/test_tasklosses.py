@@ -212,8 +212,9 @@ def test_vagram_clip_quantile():
     torch.testing.assert_close(T.clip_gradient_norms(grads, 0.0), torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=D))
     torch.testing.assert_close(T.clip_gradient_norms(grads, 1.0), grads)
     pred, target = torch.ones(2, 2, dtype=D), torch.zeros(2, 2, dtype=D)
-    torch.testing.assert_close(T.VaGraM(clip_quantile=0.0)(pred, target, value_grad=grads),
-                               torch.tensor([1.0, 1.0], dtype=D))
+    torch.testing.assert_close(
+        T.VaGraM(clip_quantile=0.0)(pred, target, value_grad=grads), torch.tensor([1.0, 1.0], dtype=D)
+    )
     with pytest.raises(ValueError, match="clip_quantile"):
         T.VaGraM(clip_quantile=1.5)
 
@@ -343,8 +344,10 @@ def latent_problem(normalizer: str):
     g = torch.Generator().manual_seed(0)
     b, t, nx, no, nf = 3, 4, 3, 2, 4
     x, o = torch.randn(b, t, nx, generator=g, dtype=D), torch.randn(b, t, no, generator=g, dtype=D)
-    params = {k: (0.7 * torch.randn(*shape, generator=g, dtype=D)).requires_grad_(True)
-              for k, shape in {"W": (nx, nf), "U": (no, nf), "D": (nf, no)}.items()}
+    params = {
+        k: (0.7 * torch.randn(*shape, generator=g, dtype=D)).requires_grad_(True)
+        for k, shape in {"W": (nx, nf), "U": (no, nf), "D": (nf, no)}.items()
+    }
     critic = _critic(nf)
     loss = T.VVAML(normalizer)
     if normalizer == "moving":  # initialise the statistics, then freeze them: closures must be deterministic

@@ -13,8 +13,21 @@ from recipes.cli import main
 from recipes.dreamer.tempo import TempoAgent, make_strategy
 from recipes.registry import resolve
 
-TINY = {"deter": 12, "stoch": 3, "hidden": 12, "mlp_layers": 1, "mlp_units": 12, "ac_layers": 1, "ac_units": 12,
-        "batch_size": 3, "seq_len": 5, "horizon": 3, "weighter_layers": 2, "weighter_units": 8, "imag_starts": None}
+TINY = {
+    "deter": 12,
+    "stoch": 3,
+    "hidden": 12,
+    "mlp_layers": 1,
+    "mlp_units": 12,
+    "ac_layers": 1,
+    "ac_units": 12,
+    "batch_size": 3,
+    "seq_len": 5,
+    "horizon": 3,
+    "weighter_layers": 2,
+    "weighter_units": 8,
+    "imag_starts": None,
+}
 
 
 def _agent(seed: int = 0, dtype: torch.dtype = torch.float32, **over):
@@ -23,10 +36,12 @@ def _agent(seed: int = 0, dtype: torch.dtype = torch.float32, **over):
     agent = TempoAgent(cfg, (5,), 1, False).to(dtype)
     b, t = cfg.batch_size, cfg.seq_len
     gen = torch.Generator().manual_seed(seed + 1)
-    batch = {"obs": torch.randn(b, t, 5, generator=gen, dtype=dtype),
-             "action": torch.rand(b, t, 1, generator=gen, dtype=dtype) * 2 - 1,
-             "reward": torch.rand(b, t, generator=gen, dtype=dtype),
-             "is_first": torch.zeros(b, t, dtype=torch.bool)}
+    batch = {
+        "obs": torch.randn(b, t, 5, generator=gen, dtype=dtype),
+        "action": torch.rand(b, t, 1, generator=gen, dtype=dtype) * 2 - 1,
+        "reward": torch.rand(b, t, generator=gen, dtype=dtype),
+        "is_first": torch.zeros(b, t, dtype=torch.bool),
+    }
     batch["is_first"][:, 0] = True
     return agent, batch
 
@@ -49,8 +64,14 @@ def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy):
     out = forward(agent.wm)
     weights = agent.weighter(out.features).detach()
     params = dict(agent.wm.named_parameters())
-    rows = B.check_hypergradient(lambda p: forward(upd.view(p)).loss, lambda p: forward(upd.view(p)).upper.mean(),
-                                 params, weights, [make_strategy(agent.cfg)], directions=6)
+    rows = B.check_hypergradient(
+        lambda p: forward(upd.view(p)).loss,
+        lambda p: forward(upd.view(p)).upper.mean(),
+        params,
+        weights,
+        [make_strategy(agent.cfg)],
+        directions=6,
+    )
     assert len(rows) == 1 and rows[0].fd_norm > 0
     assert rows[0].passed, B.format_report(rows)
 
@@ -64,9 +85,16 @@ def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
     out = forward(agent.wm)
     w = agent.weighter(out.features).detach()
     params = dict(agent.wm.named_parameters())
-    grads = [B.hypergradient(B.SameState(1e-3, method=m), lambda p: forward(agent.update.view(p)).loss,
-                             lambda p: forward(agent.update.view(p)).upper.mean(), params, w)
-             for m in ("double_backward", "jvp")]
+    grads = [
+        B.hypergradient(
+            B.SameState(1e-3, method=m),
+            lambda p: forward(agent.update.view(p)).loss,
+            lambda p: forward(agent.update.view(p)).upper.mean(),
+            params,
+            w,
+        )
+        for m in ("double_backward", "jvp")
+    ]
     assert grads[0].norm() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
 
@@ -77,9 +105,18 @@ def test_weighter_strategies_train_the_weighter_and_weight_the_model(strategy):
     w_before, m_before = _snapshot(agent.weighter), _snapshot(agent.wm)
     metrics = agent.train_step(batch)
     assert _changed(w_before, agent.weighter) and _changed(m_before, agent.wm)
-    for key in ("model/lower_loss", "model/lower_loss_unweighted", "model/upper_loss", "model/weight_mean",
-                "model/weight_std", "model/weight_min", "model/weight_max", "model/hypergrad_norm",
-                "tempo/value_post", "tempo/value_prior"):
+    for key in (
+        "model/lower_loss",
+        "model/lower_loss_unweighted",
+        "model/upper_loss",
+        "model/weight_mean",
+        "model/weight_std",
+        "model/weight_min",
+        "model/weight_max",
+        "model/hypergrad_norm",
+        "tempo/value_post",
+        "tempo/value_prior",
+    ):
         assert key in metrics and metrics[key] == metrics[key], key
     assert 0.75 <= metrics["model/weight_min"] < metrics["model/weight_max"] <= 1.25
 
@@ -104,8 +141,13 @@ def test_official_convention_flips_the_hypergradient():
         out = forward(agent.wm)
         w = agent.weighter(out.features).detach()
         params = dict(agent.wm.named_parameters())
-        grads[convention] = B.hypergradient(agent.update.strategy, lambda p, f=forward, a=agent: f(
-            a.update.view(p)).loss, lambda p, f=forward, a=agent: f(a.update.view(p)).upper.mean(), params, w)
+        grads[convention] = B.hypergradient(
+            agent.update.strategy,
+            lambda p, f=forward, a=agent: f(a.update.view(p)).loss,
+            lambda p, f=forward, a=agent: f(a.update.view(p)).upper.mean(),
+            params,
+            w,
+        )
     eta = _agent()[0].cfg.model_lr
     torch.testing.assert_close(grads["official"], -grads["correct"] / eta)
 
@@ -154,11 +196,16 @@ def test_moving_normalizer_is_checkpointed():
     assert "weighter_opt" in agent.optimizers()
 
 
-@pytest.mark.parametrize(("over", "field"), [({"weighter_inputs": "DX"}, "weighter_inputs"),
-                                             ({"weighter_inputs": "DD"}, "weighter_inputs"),
-                                             ({"task_loss": "nope"}, "task_loss"),
-                                             ({"strategy": "magic"}, "strategy"),
-                                             ({"meta_every": 0}, "meta_every")])
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"weighter_inputs": "DX"}, "weighter_inputs"),
+        ({"weighter_inputs": "DD"}, "weighter_inputs"),
+        ({"task_loss": "nope"}, "task_loss"),
+        ({"strategy": "magic"}, "strategy"),
+        ({"meta_every": 0}, "meta_every"),
+    ],
+)
 def test_bad_tempo_config_names_the_field(over, field):
     with pytest.raises(ValueError, match=field):
         resolve("dmc:cartpole_swingup", "cpu", over, recipe="tempo")
@@ -196,17 +243,38 @@ def test_dreamerv2_refuses_tempo_keys():
 
 def test_paper_preset_is_tempo_table_1():
     cfg = resolve("dmc:cartpole_swingup", "paper", recipe="tempo")
-    assert (cfg.weighter_layers, cfg.weighter_units, cfg.weighter_activation, cfg.weighter_norm) == (5, 400, "elu",
-                                                                                                      "batch")
+    assert (cfg.weighter_layers, cfg.weighter_units, cfg.weighter_activation, cfg.weighter_norm) == (
+        5,
+        400,
+        "elu",
+        "batch",
+    )
     assert (cfg.weighter_lr, cfg.weighter_eps, cfg.weighter_clip, cfg.weighter_wd) == (1e-4, 1e-5, 100.0, 1e-6)
     assert cfg.strategy == "same_state" and cfg.meta_every == 1 and cfg.weighter_inputs == "DSV"
     assert (cfg.deter, cfg.stoch, cfg.model_lr, cfg.kl_scale) == (200, 32, 3e-4, 1.0)
 
 
-CLI_TINY = ["deter=16", "stoch=4", "hidden=16", "mlp_layers=1", "mlp_units=16", "ac_layers=1", "ac_units=16",
-            "batch_size=4", "seq_len=8", "horizon=3", "prefill=100", "train_every=20", "eval_every=200",
-            "log_every=100", "checkpoint_every=100", "time_limit=100", "weighter_layers=2", "weighter_units=16",
-            "eval_episodes=1"]
+CLI_TINY = [
+    "deter=16",
+    "stoch=4",
+    "hidden=16",
+    "mlp_layers=1",
+    "mlp_units=16",
+    "ac_layers=1",
+    "ac_units=16",
+    "batch_size=4",
+    "seq_len=8",
+    "horizon=3",
+    "prefill=100",
+    "train_every=20",
+    "eval_every=200",
+    "log_every=100",
+    "checkpoint_every=100",
+    "time_limit=100",
+    "weighter_layers=2",
+    "weighter_units=16",
+    "eval_episodes=1",
+]
 
 
 def _cli(logdir: Path, steps: int) -> list[str]:
@@ -227,8 +295,7 @@ def test_run_tempo_writes_metrics_and_resumes(tmp_path):
     ckpt = torch.load(logdir / "checkpoints" / "latest.pt", weights_only=False)
     assert "weighter_opt" in ckpt and any(k.startswith("weighter.") for k in ckpt["agent"])
     assert main(_cli(logdir, 400)) == 0
-    evals = [json.loads(x)["step"] for x in (logdir / "metrics.jsonl").read_text().splitlines()
-             if "eval_return" in x]
+    evals = [json.loads(x)["step"] for x in (logdir / "metrics.jsonl").read_text().splitlines() if "eval_return" in x]
     assert evals == [200, 300, 400]
     assert (logdir / "diagnostics.png").stat().st_size > 0  # TEMPO Fig. 9
 

@@ -28,8 +28,13 @@ def _setup(strategy, bn: bool = False, seed: int = 0):
     def upper(fn):
         return ((fn(xm).squeeze(-1) - ym) ** 2).mean()
 
-    upd = B.BilevelUpdate(model, opt, strategy, weighter if strategy.trains_weighter else None,
-                          opt_w if strategy.trains_weighter else None)
+    upd = B.BilevelUpdate(
+        model,
+        opt,
+        strategy,
+        weighter if strategy.trains_weighter else None,
+        opt_w if strategy.trains_weighter else None,
+    )
     return upd, model, weighter, forward, upper, (x, y, xm, ym)
 
 
@@ -65,8 +70,16 @@ def test_step_equals_manual_bilevel_update(strategy):
     for a, b in zip(weighter.parameters(), weighter_ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert metrics["hypergrad_norm"] == pytest.approx(float(g.norm()), rel=1e-4)
-    for key in ("lower_loss", "lower_loss_unweighted", "weight_mean", "weight_std", "weight_min", "weight_max",
-                "model_grad_norm", "weighter_grad_norm"):
+    for key in (
+        "lower_loss",
+        "lower_loss_unweighted",
+        "weight_mean",
+        "weight_std",
+        "weight_min",
+        "weight_max",
+        "model_grad_norm",
+        "weighter_grad_norm",
+    ):
         assert key in metrics
     assert 0.75 < metrics["weight_min"] <= metrics["weight_mean"] <= metrics["weight_max"] < 1.25
 
@@ -88,8 +101,14 @@ def test_shared_forward_upper_and_grad_clip():
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     weighter = B.MetaWeighter(2, layers=1, hidden=4)
-    upd = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1), weighter,
-                          torch.optim.Adam(weighter.parameters()), grad_clip=1e-3)
+    upd = B.BilevelUpdate(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        B.SameState(0.1),
+        weighter,
+        torch.optim.Adam(weighter.parameters()),
+        grad_clip=1e-3,
+    )
     x = 100 * torch.randn(20, 3)
 
     def forward(fn):
@@ -124,8 +143,13 @@ def test_update_errors():
     with pytest.raises(ValueError, match="trains a weighter"):
         B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1))
     weighter = B.MetaWeighter(1, layers=1, hidden=2)
-    upd = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.SameState(0.1), weighter,
-                          torch.optim.SGD(weighter.parameters(), lr=0.1))
+    upd = B.BilevelUpdate(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        B.SameState(0.1),
+        weighter,
+        torch.optim.SGD(weighter.parameters(), lr=0.1),
+    )
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="must return features"):
         upd.step(lambda fn: B.LevelOutputs(loss=fn(x).squeeze(-1) ** 2))
@@ -176,6 +200,9 @@ def test_outputs_passed_in_are_reused_and_give_the_same_step():
     metrics_ref = upd_ref.step(forward_ref, upper_ref)
     assert calls.count(True) == 1  # only the caller's own real forward
     assert metrics["upper_loss"] == pytest.approx(metrics_ref["upper_loss"])
-    for p, q in zip([*model.parameters(), *weighter.parameters()],
-                    [*model_ref.parameters(), *weighter_ref.parameters()], strict=True):
+    for p, q in zip(
+        [*model.parameters(), *weighter.parameters()],
+        [*model_ref.parameters(), *weighter_ref.parameters()],
+        strict=True,
+    ):
         torch.testing.assert_close(p, q)

@@ -84,8 +84,9 @@ class RSSM(nn.Module):
         self.img_in = nn.Sequential(nn.Linear(self.stoch_size + action_dim, hidden), nn.LayerNorm(hidden), nn.ELU())
         self.cell = LayerNormGRUCell(hidden, deter)
         self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.LayerNorm(hidden), nn.ELU(), nn.Linear(hidden, stats))
-        self.obs_out = nn.Sequential(nn.Linear(deter + embed, hidden), nn.LayerNorm(hidden), nn.ELU(),
-                                     nn.Linear(hidden, stats))
+        self.obs_out = nn.Sequential(
+            nn.Linear(deter + embed, hidden), nn.LayerNorm(hidden), nn.ELU(), nn.Linear(hidden, stats)
+        )
 
     @property
     def feat_size(self) -> int:
@@ -134,8 +135,9 @@ class RSSM(nn.Module):
         stats = self._stats(self.img_out(deter))
         return {"deter": deter, "stoch": self._sample(stats, noise), **stats}
 
-    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor,
-                 noise: tuple[Tensor, Tensor] | None = None) -> tuple[State, State]:
+    def obs_step(
+        self, state: State, action: Tensor, embed: Tensor, is_first: Tensor, noise: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[State, State]:
         """One filtering step: reset on ``is_first``, prior from (h, s, a), posterior from (h_t, embed_t)."""
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)
         state = {k: v * (keep.unsqueeze(-1) if v.dim() == 3 else keep) for k, v in state.items()}
@@ -144,8 +146,14 @@ class RSSM(nn.Module):
         post = {"deter": prior["deter"], "stoch": self._sample(stats, None if noise is None else noise[1]), **stats}
         return post, prior
 
-    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
-                noise: tuple[Tensor, Tensor] | None = None) -> tuple[State, State]:
+    def observe(
+        self,
+        embed: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        state: State | None = None,
+        noise: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[State, State]:
         """Posterior pass over sequences.
 
         Args:
@@ -227,7 +235,6 @@ class _BalancedGaussianKL(torch.autograd.Function):
     derivative), so a forward-mode JVP (``SameState(method="jvp")``) agrees with the double backward.
     """
 
-
     @staticmethod
     def forward(mq, sq, mp, sp, balance):  # type: ignore[override]
         return _gaussian_kl(mq, sq, mp, sp)
@@ -273,7 +280,6 @@ class _BalancedCategoricalKL(torch.autograd.Function):
 
     ``backward`` and ``jvp`` apply the same balanced partials, as in :class:`_BalancedGaussianKL`.
     """
-
 
     @staticmethod
     def forward(lq, lp, balance):  # type: ignore[override]
@@ -412,15 +418,19 @@ class RSSMWorldModel(nn.Module):
             raise ValueError(f"obs_shape must be (C, H, W) or (O,), got {self.obs_shape}")
         self.rssm = RSSM(embed, action_dim, deter, stoch, classes, hidden, min_std)
         feat = self.rssm.feat_size
-        self.decoder = (ConvDecoder(feat, self.obs_shape[0], self.obs_shape[1], depth) if self.pixels
-                        else mlp(feat, self.obs_shape[0], mlp_layers, mlp_units))
+        self.decoder = (
+            ConvDecoder(feat, self.obs_shape[0], self.obs_shape[1], depth)
+            if self.pixels
+            else mlp(feat, self.obs_shape[0], mlp_layers, mlp_units)
+        )
         self.reward = mlp(feat, 1, mlp_layers, mlp_units)
         self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
         self.obs_scale, self.reward_scale, self.discount_scale = obs_scale, reward_scale, discount_scale
 
-    def forward(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None,
-                state: State | None = None) -> ModelLoss:
+    def forward(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
+    ) -> ModelLoss:
         """Same as :meth:`loss` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
         return self.loss(batch, noise, state)
 
@@ -429,8 +439,9 @@ class RSSMWorldModel(nn.Module):
         dtype = next(self.parameters()).dtype
         return obs.to(dtype) / 255.0 - 0.5 if self.pixels else obs.to(dtype)
 
-    def loss(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None,
-             state: State | None = None) -> ModelLoss:
+    def loss(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
+    ) -> ModelLoss:
         """Per-step negative ELBO.
 
         Args:
@@ -445,8 +456,7 @@ class RSSMWorldModel(nn.Module):
         """
         obs = self.preprocess(batch["obs"])
         embed = self.encoder(obs)
-        post, prior = self.rssm.observe(embed, batch["action"].to(embed.dtype), batch["is_first"].bool(), state,
-                                        noise)
+        post, prior = self.rssm.observe(embed, batch["action"].to(embed.dtype), batch["is_first"].bool(), state, noise)
         feat = self.rssm.features(post)
         dims = tuple(range(2, obs.dim()))
         terms = {"obs": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}
@@ -454,10 +464,9 @@ class RSSMWorldModel(nn.Module):
         loss = self.obs_scale * terms["obs"] + self.reward_scale * terms["reward"]
         if self.discount is not None:
             terms["discount"] = F.binary_cross_entropy_with_logits(
-                self.discount(feat).squeeze(-1), batch["discount"].to(feat.dtype), reduction="none")
+                self.discount(feat).squeeze(-1), batch["discount"].to(feat.dtype), reduction="none"
+            )
             loss = loss + self.discount_scale * terms["discount"]
         terms["kl"] = self.rssm.kl(post, prior, self.kl_balance, self.kl_free)
         loss = loss + self.kl_scale * terms["kl"]
         return ModelLoss(loss=loss, terms=terms, states={"post": post, "prior": prior, "feat": feat})
-
-

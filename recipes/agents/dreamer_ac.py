@@ -46,8 +46,9 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -
 _LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
 
-def truncated_normal(mean: Tensor, std: Tensor, deterministic: bool = False, low: float = -1.0,
-                     high: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def truncated_normal(
+    mean: Tensor, std: Tensor, deterministic: bool = False, low: float = -1.0, high: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """A reparameterised sample of N(mean, std²) truncated to [low, high], its log-density and entropy.
 
     The sample is x = μ + σ Φ⁻¹(Φ(α) + u (Φ(β) − Φ(α))), u ~ U(0, 1), α = (low − μ)/σ, β = (high − μ)/σ, so
@@ -83,8 +84,16 @@ class Actor(nn.Module):
     Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
     """
 
-    def __init__(self, feat: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 400,
-                 min_std: float = 0.1, init_std: float = 0.0) -> None:
+    def __init__(
+        self,
+        feat: int,
+        action_dim: int,
+        discrete: bool,
+        layers: int = 4,
+        units: int = 400,
+        min_std: float = 0.1,
+        init_std: float = 0.0,
+    ) -> None:
         super().__init__()
         self.discrete, self.action_dim, self.min_std, self.init_std = discrete, action_dim, min_std, init_std
         self.net = mlp(feat, action_dim if discrete else 2 * action_dim, layers, units)
@@ -94,8 +103,11 @@ class Actor(nn.Module):
         if self.discrete:
             logp_all = out.log_softmax(-1)
             probs = logp_all.exp()
-            index = probs.argmax(-1) if deterministic else torch.multinomial(probs.reshape(-1, self.action_dim), 1
-                                                                              ).reshape(probs.shape[:-1])
+            index = (
+                probs.argmax(-1)
+                if deterministic
+                else torch.multinomial(probs.reshape(-1, self.action_dim), 1).reshape(probs.shape[:-1])
+            )
             onehot = F.one_hot(index, self.action_dim).to(probs)
             action = onehot + probs - probs.detach()
             log_prob = (onehot * logp_all).sum(-1)
@@ -178,8 +190,7 @@ class ActorCritic(nn.Module):
             is_terminal: optional [...] bool, the start states that are terminal (their γ_0 is 0).
         """
         rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
-        start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:])
-                 for k, v in start.items()}
+        start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:]) for k, v in start.items()}
         if is_terminal is not None:
             is_terminal = is_terminal.reshape(-1)
         n = start["deter"].shape[0]
@@ -238,10 +249,14 @@ class ActorCritic(nn.Module):
         if int(self.updates) % self.slow_every == 0:
             self.slow_critic.load_state_dict(self.critic.state_dict())
         return {
-            "actor_loss": float(actor_loss.detach()), "critic_loss": float(critic_loss.detach()),
-            "imag_reward": float(reward[1:].detach().mean()), "imag_value": float(value_slow.detach().mean()),
-            "imag_return": float(target.detach().mean()), "actor_entropy": float(ent.detach().mean()),
-            "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
+            "actor_loss": float(actor_loss.detach()),
+            "critic_loss": float(critic_loss.detach()),
+            "imag_reward": float(reward[1:].detach().mean()),
+            "imag_value": float(value_slow.detach().mean()),
+            "imag_return": float(target.detach().mean()),
+            "actor_entropy": float(ent.detach().mean()),
+            "actor_grad_norm": actor_norm,
+            "critic_grad_norm": critic_norm,
         }
 
     def _wm_params(self) -> list[nn.Parameter]:

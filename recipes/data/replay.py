@@ -113,9 +113,16 @@ class Replay:
         boundary: ``"absorbing"`` pads past an episode's end, ``"concat"`` continues into another episode.
     """
 
-    def __init__(self, directory: str | Path, *, seq_len: int, capacity_steps: int | None = None, seed: int = 0,
-                 action_sampler: ActionSampler | None = None,
-                 boundary: Literal["absorbing", "concat"] = "absorbing") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        seq_len: int,
+        capacity_steps: int | None = None,
+        seed: int = 0,
+        action_sampler: ActionSampler | None = None,
+        boundary: Literal["absorbing", "concat"] = "absorbing",
+    ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if capacity_steps is not None and capacity_steps < 1:
@@ -132,8 +139,8 @@ class Replay:
         self._episodes: list[Episode] = []
         self._paths: list[Path] = []
         self._lengths: list[int] = []
-        self._starts_first: list[bool] = []   # first step has is_first
-        self._ends_last: list[bool] = []      # last step has is_last (a finished episode, not a chunk)
+        self._starts_first: list[bool] = []  # first step has is_first
+        self._ends_last: list[bool] = []  # last step has is_last (a finished episode, not a chunk)
         self._action_kind: list[tuple[bool, bool]] = []  # (has one-hot rows, has other rows), is_first rows excluded
         self._pending: dict[int, list[dict[str, np.ndarray]]] = {}
         self._steps = 0
@@ -167,8 +174,12 @@ class Replay:
     @property
     def stats(self) -> dict[str, int]:
         """``episodes``, ``steps`` (stored), ``added`` (this session), ``pending`` (unfinished)."""
-        return {"episodes": self.num_episodes, "steps": self.num_steps, "added": self.steps_added,
-                "pending": self.num_pending}
+        return {
+            "episodes": self.num_episodes,
+            "steps": self.num_steps,
+            "added": self.steps_added,
+            "pending": self.num_pending,
+        }
 
     @property
     def episodes(self) -> tuple[Episode, ...]:
@@ -179,8 +190,10 @@ class Replay:
         return self._steps
 
     def __repr__(self) -> str:
-        return (f"Replay({str(self.directory)!r}, seq_len={self.seq_len}, boundary={self.boundary!r}, "
-                f"episodes={self.num_episodes}, steps={self.num_steps})")
+        return (
+            f"Replay({str(self.directory)!r}, seq_len={self.seq_len}, boundary={self.boundary!r}, "
+            f"episodes={self.num_episodes}, steps={self.num_steps})"
+        )
 
     # ------------------------------------------------------------------ random state
 
@@ -224,8 +237,10 @@ class Replay:
         return {k: v.astype(DTYPES[k], copy=False) if k in DTYPES else v for k, v in episode.items()}
 
     def _store(self, episode: Episode) -> None:
-        name = (f"{self._next_index:09d}-{len(episode['is_first']):06d}-"
-                f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.npz")
+        name = (
+            f"{self._next_index:09d}-{len(episode['is_first']):06d}-"
+            f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}.npz"
+        )
         self._next_index += 1
         path = self.directory / name
         tmp = self.directory / f".{name}.tmp"
@@ -253,9 +268,11 @@ class Replay:
         if self._episodes:
             ref = self._episodes[0]
             if episode.keys() != ref.keys() or any(episode[k].shape[1:] != ref[k].shape[1:] for k in ref):
-                raise ValueError(f"episode {path.name} has keys/shapes "
-                                 f"{ {k: v.shape[1:] for k, v in episode.items()} }, the replay holds "
-                                 f"{ {k: v.shape[1:] for k, v in ref.items()} }")
+                raise ValueError(
+                    f"episode {path.name} has keys/shapes "
+                    f"{ {k: v.shape[1:] for k, v in episode.items()} }, the replay holds "
+                    f"{ {k: v.shape[1:] for k, v in ref.items()} }"
+                )
         for arr in episode.values():
             arr.flags.writeable = False
         first = episode["is_first"]
@@ -274,8 +291,14 @@ class Replay:
         while self.capacity_steps is not None and self._steps > self.capacity_steps and len(self._episodes) > 1:
             self._paths[0].unlink(missing_ok=True)
             self._steps -= self._lengths[0]
-            for seq in (self._episodes, self._paths, self._lengths, self._starts_first, self._ends_last,
-                        self._action_kind):
+            for seq in (
+                self._episodes,
+                self._paths,
+                self._lengths,
+                self._starts_first,
+                self._ends_last,
+                self._action_kind,
+            ):
                 del seq[0]
             self._cache = None
 
@@ -301,8 +324,12 @@ class Replay:
             except Exception as err:  # a damaged file must not stop a resume
                 warnings.warn(f"replay: skipping unreadable episode {path.name}: {err!r}", stacklevel=3)
                 continue
-            if ("is_first" not in episode or "is_last" not in episode
-                    or any(len(v) != length for v in episode.values()) or length == 0):
+            if (
+                "is_first" not in episode
+                or "is_last" not in episode
+                or any(len(v) != length for v in episode.values())
+                or length == 0
+            ):
                 warnings.warn(f"replay: skipping inconsistent episode {path.name}", stacklevel=3)
                 continue
             self._insert(episode, path)
@@ -353,7 +380,7 @@ class Replay:
                 ep = eps[i]
                 n = min(T - t, lengths[i] - s)
                 for k, arr in items:
-                    arr[b, t:t + n] = ep[k][s:s + n]
+                    arr[b, t : t + n] = ep[k][s : s + n]
                 if s == 0 and t > 0:
                     out["is_first"][b, t] = True
                 t += n
@@ -366,12 +393,18 @@ class Replay:
                     break
                 i, s = int(continue_into[self._rng.integers(0, len(continue_into))]), 0
         if padded.any():
-            for key, value in (("reward", 0), ("discount", 0), ("is_first", False), ("is_last", False),
-                               ("is_terminal", True)):
+            for key, value in (
+                ("reward", 0),
+                ("discount", 0),
+                ("is_first", False),
+                ("is_last", False),
+                ("is_terminal", True),
+            ):
                 if key in out:
                     out[key][padded] = value
             if "action" in out:
                 act = out["action"]
-                out["action"][padded] = self._random_actions(int(padded.sum()), int(np.prod(act.shape[2:])),
-                                                             act.dtype).reshape(-1, *act.shape[2:])
+                out["action"][padded] = self._random_actions(
+                    int(padded.sum()), int(np.prod(act.shape[2:])), act.dtype
+                ).reshape(-1, *act.shape[2:])
         return out

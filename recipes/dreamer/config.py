@@ -43,8 +43,11 @@ class DreamerConfig(RunConfig):
     entropy: float = Field(1e-4, ge=0.0)
     actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
     slow_every: int = Field(100, ge=1)
-    imag_starts: int | None = Field(None, ge=1, description="imagine from this many random posterior states "
-                                    "(None: all batch_size × seq_len, as DreamerV2)")
+    imag_starts: int | None = Field(
+        None,
+        ge=1,
+        description="imagine from this many random posterior states (None: all batch_size × seq_len, as DreamerV2)",
+    )
     ac_layers: int = Field(4, ge=0)
     ac_units: int = Field(400, ge=1)
     actor_lr: float = Field(8e-5, gt=0.0)
@@ -70,17 +73,24 @@ class TempoConfig(DreamerConfig):
 
     strategy: Literal["same_state", "lookahead", "implicit", "naive", "uniform"] = "same_state"
     convention: Literal["correct", "official"] = Field(
-        "correct", description="sign of SameState's hypergradient: 'correct' (−η ∂/∂w ⟨∇θL_low, ∇θL_up⟩, the "
-        "descent direction of eq. 9) or 'official' (the official code's +∂/∂w ⟨∇θL_low, ∇θL_up⟩)")
+        "correct",
+        description="sign of SameState's hypergradient: 'correct' (−η ∂/∂w ⟨∇θL_low, ∇θL_up⟩, the "
+        "descent direction of eq. 9) or 'official' (the official code's +∂/∂w ⟨∇θL_low, ∇θL_up⟩)",
+    )
     same_state_method: Literal["auto", "double_backward", "jvp", "finite_difference"] = Field(
-        "auto", description="how SameState forms its mixed product (bilevel.SameState; auto = double backward here)")
+        "auto", description="how SameState forms its mixed product (bilevel.SameState; auto = double backward here)"
+    )
     fd_eps: float = Field(1e-2, gt=0.0, description="perturbation norm of same_state_method=finite_difference")
     task_loss: str = Field("vvaml", description="upper-level loss by registry name (tasklosses)")
     task_loss_kwargs: dict[str, Any] = Field(default_factory=dict)
-    normalizer: Literal["batch", "moving"] = Field("batch", description="value normaliser of V-VAML and of the "
-                                                   "Naive weights")
-    weighter_inputs: str = Field("DSV", description="meta-weighter inputs (TEMPO Fig. 5b): any of D (h_t), "
-                                 "S (posterior and prior statistics), V (normalised V(s_post), V(s_prior))")
+    normalizer: Literal["batch", "moving"] = Field(
+        "batch", description="value normaliser of V-VAML and of the Naive weights"
+    )
+    weighter_inputs: str = Field(
+        "DSV",
+        description="meta-weighter inputs (TEMPO Fig. 5b): any of D (h_t), "
+        "S (posterior and prior statistics), V (normalised V(s_post), V(s_prior))",
+    )
     weighter_layers: int = Field(5, ge=0)
     weighter_units: int = Field(400, ge=1)
     weighter_activation: str = "elu"
@@ -89,8 +99,11 @@ class TempoConfig(DreamerConfig):
     weighter_eps: float = Field(1e-5, gt=0.0)
     weighter_clip: float = Field(100.0, gt=0.0)
     weighter_wd: float = Field(1e-6, ge=0.0)
-    meta_every: int = Field(1, ge=1, description="update the weighter every this many model updates (the "
-                            "weights are applied at every update)")
+    meta_every: int = Field(
+        1,
+        ge=1,
+        description="update the weighter every this many model updates (the weights are applied at every update)",
+    )
     meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
     lookahead_steps: int = Field(1, ge=1)
     implicit_iters: int = Field(5, ge=1)
@@ -100,12 +113,17 @@ class TempoConfig(DreamerConfig):
     def _check_tempo(self) -> TempoConfig:
         from tasklosses import available_task_losses
 
-        if not self.weighter_inputs or set(self.weighter_inputs) - set("DSV") or \
-                len(set(self.weighter_inputs)) != len(self.weighter_inputs):
+        if (
+            not self.weighter_inputs
+            or set(self.weighter_inputs) - set("DSV")
+            or len(set(self.weighter_inputs)) != len(self.weighter_inputs)
+        ):
             raise ValueError(f"weighter_inputs: {self.weighter_inputs!r} must be a non-empty subset of 'DSV'")
         if self.same_state_method == "finite_difference":
-            raise ValueError("same_state_method: 'finite_difference' differentiates the loss values, but the RSSM "
-                             "trains with a surrogate gradient (KL balancing); use 'auto' or 'double_backward'")
+            raise ValueError(
+                "same_state_method: 'finite_difference' differentiates the loss values, but the RSSM "
+                "trains with a surrogate gradient (KL balancing); use 'auto' or 'double_backward'"
+            )
         if self.task_loss not in available_task_losses():
             raise ValueError(f"task_loss: unknown {self.task_loss!r}; registered: {available_task_losses()}")
         return self
@@ -117,35 +135,125 @@ class TempoConfig(DreamerConfig):
 PRESETS: Presets = {
     "paper": {
         # DreamerV2 configs.yaml (dmc / atari) and TEMPO Table 1.
-        "dmc": {"pixels": True, "image_size": 64, "action_repeat": 2, "deter": 200, "stoch": 32, "classes": 0,
-                "hidden": 200, "depth": 48, "mlp_layers": 4, "mlp_units": 400, "kl_free": 1.0, "kl_scale": 1.0,
-                "model_lr": 3e-4, "actor_lr": 8e-5, "critic_lr": 8e-5, "entropy": 1e-4, "discount_head": False,
-                "batch_size": 16, "seq_len": 50, "prefill": 1000, "train_every": 10, "train_steps": 1,
-                "eval_every": 10_000, "eval_episodes": 10, "replay_capacity": 2_000_000,
-                "replay_boundary": "concat"},
-        "atari": {"pixels": True, "image_size": 64, "action_repeat": 4, "deter": 600, "stoch": 32, "classes": 32,
-                  "hidden": 600, "depth": 48, "mlp_layers": 4, "mlp_units": 400, "kl_free": 0.0, "kl_scale": 0.1,
-                  "discount_head": True, "discount_scale": 5.0, "model_lr": 2e-4, "actor_lr": 4e-5,
-                  "critic_lr": 1e-4, "entropy": 1e-3, "batch_size": 16, "seq_len": 50, "prefill": 200_000,
-                  "train_every": 16, "train_steps": 1, "eval_every": 100_000, "eval_episodes": 1,
-                  "replay_capacity": 2_000_000},
+        "dmc": {
+            "pixels": True,
+            "image_size": 64,
+            "action_repeat": 2,
+            "deter": 200,
+            "stoch": 32,
+            "classes": 0,
+            "hidden": 200,
+            "depth": 48,
+            "mlp_layers": 4,
+            "mlp_units": 400,
+            "kl_free": 1.0,
+            "kl_scale": 1.0,
+            "model_lr": 3e-4,
+            "actor_lr": 8e-5,
+            "critic_lr": 8e-5,
+            "entropy": 1e-4,
+            "discount_head": False,
+            "batch_size": 16,
+            "seq_len": 50,
+            "prefill": 1000,
+            "train_every": 10,
+            "train_steps": 1,
+            "eval_every": 10_000,
+            "eval_episodes": 10,
+            "replay_capacity": 2_000_000,
+            "replay_boundary": "concat",
+        },
+        "atari": {
+            "pixels": True,
+            "image_size": 64,
+            "action_repeat": 4,
+            "deter": 600,
+            "stoch": 32,
+            "classes": 32,
+            "hidden": 600,
+            "depth": 48,
+            "mlp_layers": 4,
+            "mlp_units": 400,
+            "kl_free": 0.0,
+            "kl_scale": 0.1,
+            "discount_head": True,
+            "discount_scale": 5.0,
+            "model_lr": 2e-4,
+            "actor_lr": 4e-5,
+            "critic_lr": 1e-4,
+            "entropy": 1e-3,
+            "batch_size": 16,
+            "seq_len": 50,
+            "prefill": 200_000,
+            "train_every": 16,
+            "train_steps": 1,
+            "eval_every": 100_000,
+            "eval_episodes": 1,
+            "replay_capacity": 2_000_000,
+        },
         "gym": {"pixels": False, "action_repeat": 1},
     },
     "cpu": {
         # Vector observations, a smaller RSSM and MLPs; sized by measurement on 2 cores (see the closing notes).
-        "dmc": {"pixels": False, "action_repeat": 2, "deter": 128, "stoch": 32, "classes": 0, "hidden": 128,
-                "mlp_layers": 2, "mlp_units": 128, "ac_layers": 2, "ac_units": 128, "imag_starts": 256,
-                "kl_free": 1.0, "model_lr": 6e-4, "actor_lr": 2e-4, "critic_lr": 2e-4, "batch_size": 16,
-                "seq_len": 50, "prefill": 5_000, "train_every": 10, "train_steps": 1, "eval_every": 10_000,
-                "eval_episodes": 5, "replay_boundary": "concat"},
+        "dmc": {
+            "pixels": False,
+            "action_repeat": 2,
+            "deter": 128,
+            "stoch": 32,
+            "classes": 0,
+            "hidden": 128,
+            "mlp_layers": 2,
+            "mlp_units": 128,
+            "ac_layers": 2,
+            "ac_units": 128,
+            "imag_starts": 256,
+            "kl_free": 1.0,
+            "model_lr": 6e-4,
+            "actor_lr": 2e-4,
+            "critic_lr": 2e-4,
+            "batch_size": 16,
+            "seq_len": 50,
+            "prefill": 5_000,
+            "train_every": 10,
+            "train_steps": 1,
+            "eval_every": 10_000,
+            "eval_episodes": 5,
+            "replay_boundary": "concat",
+        },
         "dmc_pixels": {"pixels": True, "image_size": 32, "depth": 16},
-        "atari": {"pixels": True, "image_size": 32, "action_repeat": 4, "deter": 200, "stoch": 16, "classes": 16,
-                  "hidden": 200, "depth": 16, "mlp_layers": 2, "mlp_units": 256, "ac_layers": 2, "ac_units": 256,
-                  "kl_free": 0.0, "kl_scale": 0.1, "discount_head": True, "discount_scale": 5.0, "model_lr": 3e-4,
-                  "actor_lr": 8e-5, "critic_lr": 1e-4, "entropy": 1e-3, "prefill": 10_000, "train_every": 16,
-                  "eval_every": 20_000},
-        "gym": {"pixels": False, "action_repeat": 1, "mlp_layers": 2, "mlp_units": 256, "ac_layers": 2,
-                "ac_units": 256},
+        "atari": {
+            "pixels": True,
+            "image_size": 32,
+            "action_repeat": 4,
+            "deter": 200,
+            "stoch": 16,
+            "classes": 16,
+            "hidden": 200,
+            "depth": 16,
+            "mlp_layers": 2,
+            "mlp_units": 256,
+            "ac_layers": 2,
+            "ac_units": 256,
+            "kl_free": 0.0,
+            "kl_scale": 0.1,
+            "discount_head": True,
+            "discount_scale": 5.0,
+            "model_lr": 3e-4,
+            "actor_lr": 8e-5,
+            "critic_lr": 1e-4,
+            "entropy": 1e-3,
+            "prefill": 10_000,
+            "train_every": 16,
+            "eval_every": 20_000,
+        },
+        "gym": {
+            "pixels": False,
+            "action_repeat": 1,
+            "mlp_layers": 2,
+            "mlp_units": 256,
+            "ac_layers": 2,
+            "ac_units": 256,
+        },
     },
 }
 

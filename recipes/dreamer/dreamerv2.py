@@ -28,23 +28,56 @@ from worldmodels import ModelLoss, RSSMWorldModel
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
 
-    def __init__(self, cfg: DreamerConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool,
-                 strategy: Strategy | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DreamerConfig,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        discrete: bool,
+        strategy: Strategy | None = None,
+    ) -> None:
         super().__init__()
         self.cfg, self.discrete, self.action_dim = cfg, discrete, action_dim
         self.wm = RSSMWorldModel(
-            obs_shape, action_dim, deter=cfg.deter, stoch=cfg.stoch, classes=cfg.classes, hidden=cfg.hidden,
-            depth=cfg.depth, mlp_layers=cfg.mlp_layers, mlp_units=cfg.mlp_units, discount_head=cfg.discount_head,
-            kl_balance=cfg.kl_balance, kl_free=cfg.kl_free, kl_scale=cfg.kl_scale, discount_scale=cfg.discount_scale)
+            obs_shape,
+            action_dim,
+            deter=cfg.deter,
+            stoch=cfg.stoch,
+            classes=cfg.classes,
+            hidden=cfg.hidden,
+            depth=cfg.depth,
+            mlp_layers=cfg.mlp_layers,
+            mlp_units=cfg.mlp_units,
+            discount_head=cfg.discount_head,
+            kl_balance=cfg.kl_balance,
+            kl_free=cfg.kl_free,
+            kl_scale=cfg.kl_scale,
+            discount_scale=cfg.discount_scale,
+        )
         self.ac = ActorCritic(
-            self.wm.rssm, self.wm.reward, self.wm.discount, action_dim, discrete, horizon=cfg.horizon,
-            gamma=cfg.gamma, lam=cfg.lam, entropy=cfg.entropy,
-            actor_grad=None if cfg.actor_grad == "auto" else cfg.actor_grad, slow_every=cfg.slow_every,
+            self.wm.rssm,
+            self.wm.reward,
+            self.wm.discount,
+            action_dim,
+            discrete,
+            horizon=cfg.horizon,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            entropy=cfg.entropy,
+            actor_grad=None if cfg.actor_grad == "auto" else cfg.actor_grad,
+            slow_every=cfg.slow_every,
             imag_starts=cfg.imag_starts,
-            layers=cfg.ac_layers, units=cfg.ac_units, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
-            eps=cfg.model_eps, clip=cfg.model_clip, weight_decay=cfg.model_wd)
-        self.model_opt = torch.optim.AdamW(self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps,
-                                           weight_decay=cfg.model_wd)
+            layers=cfg.ac_layers,
+            units=cfg.ac_units,
+            actor_lr=cfg.actor_lr,
+            critic_lr=cfg.critic_lr,
+            eps=cfg.model_eps,
+            clip=cfg.model_clip,
+            weight_decay=cfg.model_wd,
+        )
+        self.model_opt = torch.optim.AdamW(
+            self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd
+        )
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -84,8 +117,9 @@ class DreamerAgent(nn.Module):
 
     # -- acting ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, step: dict[str, np.ndarray], state: dict[str, Tensor] | None, *, explore: bool
-            ) -> tuple[np.ndarray, dict[str, Tensor]]:
+    def act(
+        self, step: dict[str, np.ndarray], state: dict[str, Tensor] | None, *, explore: bool
+    ) -> tuple[np.ndarray, dict[str, Tensor]]:
         """Filter one observation into the latent state and pick the next action (numpy, shape [A])."""
         device = next(self.parameters()).device
         obs = self.wm.preprocess(torch.as_tensor(np.asarray(step["obs"]), device=device)[None])
@@ -128,9 +162,11 @@ class DreamerLearner(loop.Learner):
         return self.cfg.train_steps, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"agent": self.agent.state_dict(),
-                **{name: opt.state_dict() for name, opt in self.agent.optimizers().items()},
-                "replay": self.replay.state_dict()}
+        return {
+            "agent": self.agent.state_dict(),
+            **{name: opt.state_dict() for name, opt in self.agent.optimizers().items()},
+            "replay": self.replay.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -144,12 +180,18 @@ class DreamerLearner(loop.Learner):
 
 def make_replay(cfg: DreamerConfig, logdir: Path, seed: int | None = None) -> Replay:
     """The run's on-disk replay in ``logdir/replay``."""
-    return Replay(logdir / "replay", seq_len=cfg.seq_len, capacity_steps=cfg.replay_capacity,
-                  seed=cfg.seed if seed is None else seed, boundary=cfg.replay_boundary)
+    return Replay(
+        logdir / "replay",
+        seq_len=cfg.seq_len,
+        capacity_steps=cfg.replay_capacity,
+        seed=cfg.seed if seed is None else seed,
+        boundary=cfg.replay_boundary,
+    )
 
 
-def make_learner(cfg: DreamerConfig, env: Env, logdir: Path,
-                 agent_cls: Callable[..., DreamerAgent] = DreamerAgent) -> DreamerLearner:
+def make_learner(
+    cfg: DreamerConfig, env: Env, logdir: Path, agent_cls: Callable[..., DreamerAgent] = DreamerAgent
+) -> DreamerLearner:
     """The learner of a ``dreamerv2`` run (``agent_cls``: the agent class, e.g. ``tempo``'s)."""
     agent = agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete).to(cfg.device)
     return DreamerLearner(cfg, agent, make_replay(cfg, logdir))

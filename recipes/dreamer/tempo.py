@@ -38,10 +38,17 @@ from worldmodels import ModelLoss
 def make_strategy(cfg: TempoConfig) -> Strategy:
     """The hypergradient strategy named by ``cfg.strategy`` (:func:`bilevel.make_strategy`; η = ``meta_lr`` or the
     model's learning rate)."""
-    return _make_strategy(cfg.strategy, lr=cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr,
-                          steps=cfg.lookahead_steps, method=cfg.same_state_method, convention=cfg.convention,
-                          fd_eps=cfg.fd_eps, iters=cfg.implicit_iters, damping=cfg.implicit_damping,
-                          normalizer=cfg.normalizer)
+    return _make_strategy(
+        cfg.strategy,
+        lr=cfg.meta_lr if cfg.meta_lr is not None else cfg.model_lr,
+        steps=cfg.lookahead_steps,
+        method=cfg.same_state_method,
+        convention=cfg.convention,
+        fd_eps=cfg.fd_eps,
+        iters=cfg.implicit_iters,
+        damping=cfg.implicit_damping,
+        normalizer=cfg.normalizer,
+    )
 
 
 class TempoAgent(dreamerv2.DreamerAgent):
@@ -62,16 +69,26 @@ class TempoAgent(dreamerv2.DreamerAgent):
         rssm = self.wm.rssm
         stats = rssm.stoch_size  # Gaussian: the mean (S); categorical: the logits (S·C)
         sizes = {"D": rssm.deter_size, "S": 2 * stats, "V": 2}
-        self.weighter = MetaWeighter(sum(sizes[k] for k in cfg.weighter_inputs), layers=cfg.weighter_layers,
-                                     hidden=cfg.weighter_units, activation=cfg.weighter_activation,
-                                     norm=cfg.weighter_norm)
-        self.weighter_opt = torch.optim.AdamW(self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps,
-                                              weight_decay=cfg.weighter_wd)
+        self.weighter = MetaWeighter(
+            sum(sizes[k] for k in cfg.weighter_inputs),
+            layers=cfg.weighter_layers,
+            hidden=cfg.weighter_units,
+            activation=cfg.weighter_activation,
+            norm=cfg.weighter_norm,
+        )
+        self.weighter_opt = torch.optim.AdamW(
+            self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps, weight_decay=cfg.weighter_wd
+        )
         strategy = make_strategy(cfg)
-        self.update = BilevelUpdate(self.wm, self.model_opt, strategy,
-                                    self.weighter if strategy.trains_weighter else None,
-                                    self.weighter_opt if strategy.trains_weighter else None,
-                                    grad_clip=cfg.model_clip, weighter_grad_clip=cfg.weighter_clip)
+        self.update = BilevelUpdate(
+            self.wm,
+            self.model_opt,
+            strategy,
+            self.weighter if strategy.trains_weighter else None,
+            self.weighter_opt if strategy.trains_weighter else None,
+            grad_clip=cfg.model_clip,
+            weighter_grad_clip=cfg.weighter_clip,
+        )
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {**super().optimizers(), "weighter_opt": self.weighter_opt}
@@ -103,11 +120,15 @@ class TempoAgent(dreamerv2.DreamerAgent):
             with torch.no_grad():  # Algorithm 1, line 5, for the weighter's inputs only
                 n_post, n_prior = BatchNormalizer()(torch.stack([v_post, v_prior]))
         key = "logits" if rssm.classes else "mean"
-        parts = {"D": [post["deter"]], "S": [post[key].flatten(2), prior[key].flatten(2)],
-                 "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)]}
+        parts = {
+            "D": [post["deter"]],
+            "S": [post[key].flatten(2), prior[key].flatten(2)],
+            "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)],
+        }
         features = torch.cat([x.detach() for k in self.cfg.weighter_inputs for x in parts[k]], -1)
-        return LevelOutputs(loss=out.loss, features=features, upper=upper,
-                            aux=(out, {"value_post": v_post, "value_prior": v_prior}))
+        return LevelOutputs(
+            loss=out.loss, features=features, upper=upper, aux=(out, {"value_post": v_post, "value_prior": v_prior})
+        )
 
     def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
         noise = self._noise(batch)
@@ -129,8 +150,14 @@ class TempoAgent(dreamerv2.DreamerAgent):
 def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a ``tempo`` run in ``logdir`` (:func:`recipes.run.loop.train`); at the end also
     ``diagnostics.png`` (:func:`plot_diagnostics`)."""
-    result = loop.train(cfg, logdir, partial(dreamerv2.make_learner, agent_cls=TempoAgent), recipe="tempo",
-                        force=force, progress=progress)
+    result = loop.train(
+        cfg,
+        logdir,
+        partial(dreamerv2.make_learner, agent_cls=TempoAgent),
+        recipe="tempo",
+        force=force,
+        progress=progress,
+    )
     plot_diagnostics([logdir], logdir / "diagnostics.png", f"tempo on {cfg.env} (seed {cfg.seed})")
     return result
 
@@ -233,8 +260,11 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
         meta = agent.weighter(levels.features)
         assert levels.upper is not None
         naive = Naive("batch").rule_weights(levels.loss, levels.upper)
-    rows = {"meta": meta.tolist(), "naive": naive.tolist(),
-            "pearson": [float(pearsonr(m, n).statistic) for m, n in zip(meta.numpy(), naive.numpy(), strict=True)]}
+    rows = {
+        "meta": meta.tolist(),
+        "naive": naive.tolist(),
+        "pearson": [float(pearsonr(m, n).statistic) for m, n in zip(meta.numpy(), naive.numpy(), strict=True)],
+    }
     print(f"{'set':>3}  {'type':<5}  weights (w_1:{show} of {cfg.seq_len})" + " " * max(0, 6 * show - 24) + "  r")
     for i in range(sequences):
         for kind in ("meta", "naive"):

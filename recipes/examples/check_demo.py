@@ -48,5 +48,9 @@ def problem(seed: int = 0, batch: int = 4, length: int = 8) -> dict[str, Any]:
         return (critic(predict(params)) - critic(obs[:, 1:])).pow(2).mean()
 
     weights = 0.75 + 0.5 * torch.rand(batch, length, generator=gen, dtype=torch.float64)
-    return {"per_sample_loss": per_sample_loss, "upper_loss": upper_loss,
-            "params": dict(model.named_parameters()), "weights": weights}
+    return {
+        "per_sample_loss": per_sample_loss,
+        "upper_loss": upper_loss,
+        "params": dict(model.named_parameters()),
+        "weights": weights,
+    }

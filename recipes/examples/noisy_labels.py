@@ -77,10 +77,14 @@ def load_noisy_digits(cfg: NoisyLabelsConfig) -> dict[str, Tensor]:
         return torch.as_tensor(a, dtype=dtype)
 
     return {
-        "x_train": t((x_train - mean) / std), "y_train": t(y_noisy, torch.long),
-        "y_train_true": t(y_true, torch.long), "noisy": t(noisy, torch.bool),
-        "x_meta": t((x_rest[meta_idx] - mean) / std), "y_meta": t(y_rest[meta_idx], torch.long),
-        "x_test": t((x_test - mean) / std), "y_test": t(y_test, torch.long),
+        "x_train": t((x_train - mean) / std),
+        "y_train": t(y_noisy, torch.long),
+        "y_train_true": t(y_true, torch.long),
+        "noisy": t(noisy, torch.bool),
+        "x_meta": t((x_rest[meta_idx] - mean) / std),
+        "y_meta": t(y_rest[meta_idx], torch.long),
+        "x_test": t((x_test - mean) / std),
+        "y_test": t(y_test, torch.long),
     }
 
 
@@ -106,8 +110,15 @@ def run(cfg: NoisyLabelsConfig, *, progress: bool = False) -> dict[str, Any]:
     strategy = make_strategy(cfg.strategy, lr=cfg.lr, iters=10, damping=1.0)  # implicit: 10 CG steps, λ = 1
     weighter = opt_w = None
     if strategy.trains_weighter:
-        weighter = MetaWeighter(1, layers=cfg.weighter_layers, hidden=cfg.weighter_hidden, activation="relu",
-                                norm="none", scale=1.0, shift=0.0)
+        weighter = MetaWeighter(
+            1,
+            layers=cfg.weighter_layers,
+            hidden=cfg.weighter_hidden,
+            activation="relu",
+            norm="none",
+            scale=1.0,
+            shift=0.0,
+        )
         opt_w = torch.optim.Adam(weighter.parameters(), lr=cfg.weighter_lr, weight_decay=1e-4)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     update = BilevelUpdate(model, opt, strategy, weighter, opt_w)
@@ -135,8 +146,12 @@ def run(cfg: NoisyLabelsConfig, *, progress: bool = False) -> dict[str, Any]:
 
             metrics = update.step(forward, upper=lambda fn: ce(fn(x_meta), y_meta))
         history.append({"epoch": epoch + 1, "test_acc": evaluate(model, data), **metrics})
-    result: dict[str, Any] = {"config": cfg.model_dump(), "test_acc": history[-1]["test_acc"],
-                              "seconds": time.perf_counter() - t0, "history": history}
+    result: dict[str, Any] = {
+        "config": cfg.model_dump(),
+        "test_acc": history[-1]["test_acc"],
+        "seconds": time.perf_counter() - t0,
+        "history": history,
+    }
     result["auroc"] = float("nan")
     if weighter is not None:
         model.eval()
@@ -159,8 +174,9 @@ def evaluate(model: nn.Module, data: dict[str, Tensor]) -> float:
     return acc
 
 
-def compare(seeds: list[int], strategy: StrategyName = "lookahead", out: Path | None = None,
-            **overrides: Any) -> dict[str, Any]:
+def compare(
+    seeds: list[int], strategy: StrategyName = "lookahead", out: Path | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Meta-weighted ``strategy`` vs ERM over ``seeds``; prints a table, optionally writes JSON to ``out``."""
     rows: dict[str, list[dict[str, Any]]] = {strategy: [], "uniform": []}
     for seed in seeds:
@@ -180,8 +196,10 @@ def compare(seeds: list[int], strategy: StrategyName = "lookahead", out: Path | 
     print(f"noisy digits, {overrides.get('noise', 0.4):.0%} label noise, seeds {seeds}")
     print(f"{'method':<12} {'test acc':>16} {'AUROC(clean>noisy)':>20} {'s/run':>7}")
     for name, s in summary.items():
-        print(f"{name:<12} {s['test_acc_mean']:8.4f} ± {s['test_acc_std']:.4f} {s['auroc_mean']:20.3f} "
-              f"{s['seconds_mean']:7.1f}")
+        print(
+            f"{name:<12} {s['test_acc_mean']:8.4f} ± {s['test_acc_std']:.4f} {s['auroc_mean']:20.3f} "
+            f"{s['seconds_mean']:7.1f}"
+        )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"summary": summary, "runs": rows}, indent=1))

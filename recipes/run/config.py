@@ -55,14 +55,19 @@ class RunConfig(BaseModel):
 
         family = self.env.split(":", 1)[0]
         if family not in FAMILIES:
-            raise ValueError(f"env: unknown family {family!r} in {self.env!r}; use "
-                             + ", ".join(f"{f}:" for f in FAMILIES))
+            raise ValueError(
+                f"env: unknown family {family!r} in {self.env!r}; use " + ", ".join(f"{f}:" for f in FAMILIES)
+            )
         return self
 
     def env_kwargs(self, *, evaluation: bool = False) -> dict[str, Any]:
         """Keyword arguments of :func:`recipes.envs.make_env` for the training (or evaluation) environment."""
-        return {"pixels": self.pixels, "size": self.image_size, "action_repeat": self.action_repeat,
-                "time_limit": self.time_limit}
+        return {
+            "pixels": self.pixels,
+            "size": self.image_size,
+            "action_repeat": self.action_repeat,
+            "time_limit": self.time_limit,
+        }
 
 
 def parse_value(raw: str) -> Any:
@@ -88,8 +93,14 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def resolve(cls: type[RunConfig], presets: Sequence[Presets], env: str, preset: str,
-            overrides: dict[str, Any] | None = None, **run: Any) -> RunConfig:
+def resolve(
+    cls: type[RunConfig],
+    presets: Sequence[Presets],
+    env: str,
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    **run: Any,
+) -> RunConfig:
     """Build a config: ``cls`` defaults ← each preset layer for the env family ← run arguments ← ``overrides``.
 
     Args:

@@ -83,8 +83,15 @@ def evaluate(learner: Learner, env: Env, episodes: int, *, record: bool = False)
     return float(np.mean(returns)), frames
 
 
-def train(cfg: RunConfig, logdir: Path, make_learner: Callable[[RunConfig, Env, Path], Learner], *, recipe: str,
-          force: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    logdir: Path,
+    make_learner: Callable[[RunConfig, Env, Path], Learner],
+    *,
+    recipe: str,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
 
     Args:
@@ -109,8 +116,15 @@ def train(cfg: RunConfig, logdir: Path, make_learner: Callable[[RunConfig, Env, 
     eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, **cfg.env_kwargs(evaluation=True))
     learner = make_learner(cfg, env, logdir)
     logger = rundir.Logger(logdir)
-    counters = {"env_steps": 0, "updates": 0, "episodes": 0, "last_train": 0, "last_eval": 0, "last_log": 0,
-                "last_ckpt": 0}
+    counters = {
+        "env_steps": 0,
+        "updates": 0,
+        "episodes": 0,
+        "last_train": 0,
+        "last_eval": 0,
+        "last_log": 0,
+        "last_ckpt": 0,
+    }
     last_eval_return = float("nan")
     if resuming and (ckpt := rundir.load_checkpoint(logdir)) is not None:
         learner.load_state_dict(ckpt)
@@ -120,8 +134,15 @@ def train(cfg: RunConfig, logdir: Path, make_learner: Callable[[RunConfig, Env, 
 
     def checkpoint() -> None:
         learner.flush()
-        rundir.save_checkpoint(logdir, {**learner.state_dict(), "counters": counters, "rng": rundir.rng_state(),
-                                        "last_eval_return": last_eval_return})
+        rundir.save_checkpoint(
+            logdir,
+            {
+                **learner.state_dict(),
+                "counters": counters,
+                "rng": rundir.rng_state(),
+                "last_eval_return": last_eval_return,
+            },
+        )
         counters["last_ckpt"] = counters["env_steps"]
 
     bar = None
@@ -157,8 +178,11 @@ def train(cfg: RunConfig, logdir: Path, make_learner: Callable[[RunConfig, Env, 
         if counters["env_steps"] - counters["last_log"] >= cfg.log_every and metrics:
             counters["last_log"] = counters["env_steps"]
             elapsed = time.perf_counter() - t_start
-            logger.log(counters["env_steps"], **metrics,
-                       updates_per_s=(counters["updates"] - updates_start) / max(elapsed, 1e-9))
+            logger.log(
+                counters["env_steps"],
+                **metrics,
+                updates_per_s=(counters["updates"] - updates_start) / max(elapsed, 1e-9),
+            )
         if counters["env_steps"] - counters["last_eval"] >= cfg.eval_every:
             counters["last_eval"] = counters["env_steps"]
             last_eval_return, _ = evaluate(learner, eval_env, cfg.eval_episodes)
@@ -167,8 +191,10 @@ def train(cfg: RunConfig, logdir: Path, make_learner: Callable[[RunConfig, Env, 
             checkpoint()
         if bar is not None:
             elapsed = time.perf_counter() - t_start
-            bar.set_postfix(upd_s=f"{(counters['updates'] - updates_start) / max(elapsed, 1e-9):.1f}",
-                            eval=f"{last_eval_return:.0f}")
+            bar.set_postfix(
+                upd_s=f"{(counters['updates'] - updates_start) / max(elapsed, 1e-9):.1f}",
+                eval=f"{last_eval_return:.0f}",
+            )
     if counters["last_eval"] != counters["env_steps"]:
         last_eval_return, _ = evaluate(learner, eval_env, cfg.eval_episodes)
         counters["last_eval"] = counters["env_steps"]

@@ -41,8 +41,10 @@ def prepare(logdir: Path, config: dict[str, Any], *, force: bool = False) -> boo
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "steps")
         if diff and not force:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:5])
-            raise ConfigMismatchError(f"{logdir} holds a run with a different config ({shown}); use a new --logdir "
-                                      "or --force to resume with the new values")
+            raise ConfigMismatchError(
+                f"{logdir} holds a run with a different config ({shown}); use a new --logdir "
+                "or --force to resume with the new values"
+            )
     logdir.mkdir(parents=True, exist_ok=True)
     resuming = (logdir / "checkpoints" / "latest.pt").exists()
     _atomic_write(path, json.dumps(config, indent=1, sort_keys=True).encode())
