@@ -1,6 +1,18 @@
 """Lower-level maximum-likelihood models that return per-sample losses ℓ[B, T] and the states they produced."""
 
 from worldmodels.base import ModelLoss, WorldModel
+from worldmodels.ensemble import GaussianEnsemble, HistoryEnsemble, bootstrap_counts
 from worldmodels.rssm import RSSM, ConvDecoder, ConvEncoder, LayerNormGRUCell, RSSMWorldModel
 
-__all__ = ["RSSM", "ConvDecoder", "ConvEncoder", "LayerNormGRUCell", "ModelLoss", "RSSMWorldModel", "WorldModel"]
+__all__ = [
+    "RSSM",
+    "ConvDecoder",
+    "ConvEncoder",
+    "GaussianEnsemble",
+    "HistoryEnsemble",
+    "LayerNormGRUCell",
+    "ModelLoss",
+    "RSSMWorldModel",
+    "WorldModel",
+    "bootstrap_counts",
+]
