@@ -15,6 +15,8 @@ from typing import Any
 
 from recipes.dreamer.config import PRESETS as DREAMER_PRESETS
 from recipes.dreamer.config import TEMPO_PRESETS, DreamerConfig, TempoConfig
+from recipes.m3po.config import PRESETS as M3PO_PRESETS
+from recipes.m3po.config import SAC_PRESETS, M3POConfig, MBPOConfig, SACConfig
 from recipes.run.config import Presets, RunConfig
 from recipes.run.config import resolve as resolve_config
 
@@ -32,7 +34,8 @@ class Recipe:
         name: what ``reweigh run NAME`` takes.
         config: its pydantic config class (a :class:`recipes.run.config.RunConfig`).
         presets: preset layers applied in order by :func:`recipes.run.config.resolve`.
-        train: ``"module:function"`` of ``train(cfg, logdir, *, force, progress) -> summary``.
+        train: ``"module:function"`` of ``train(cfg, logdir, *, force, progress, recipe) -> summary`` (``recipe``
+            is this entry's name, so one function may serve several entries).
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
             figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
         summary: one line for ``reweigh run --help``.
@@ -51,7 +54,7 @@ class Recipe:
 
     def run(self, cfg: RunConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
         """Train (or resume) one run; returns ``{"env_steps", "updates", "eval_return"}``."""
-        return _load(self.train)(cfg, logdir, force=force, progress=progress)
+        return _load(self.train)(cfg, logdir, force=force, progress=progress, recipe=self.name)
 
     def make_report(self, logdirs: Sequence[Path], path: Path, title: str) -> Path | None:
         """The recipe's own figure over ``logdirs`` at ``path`` (``None`` without a report hook or data)."""
@@ -75,6 +78,27 @@ RECIPES: dict[str, Recipe] = {
             "recipes.dreamer.tempo:train",
             report="recipes.dreamer.tempo:plot_diagnostics",
             summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)",
+        ),
+        Recipe(
+            "m3po",
+            M3POConfig,
+            (M3PO_PRESETS,),
+            "recipes.m3po.m3po:train",
+            summary="M3PO: history-conditioned ensemble meta-model, SAC meta-policy, branched rollouts",
+        ),
+        Recipe(
+            "mbpo",
+            MBPOConfig,
+            (M3PO_PRESETS,),
+            "recipes.m3po.m3po:train",
+            summary="MBPO: M3PO without histories (L = 0) and with a constant real share",
+        ),
+        Recipe(
+            "sac",
+            SACConfig,
+            (M3PO_PRESETS, SAC_PRESETS),
+            "recipes.m3po.m3po:train",
+            summary="SAC: model-free, with M3PO's history-conditioned networks",
         ),
     )
 }

@@ -197,6 +197,8 @@ def make_learner(
     return DreamerLearner(cfg, agent, make_replay(cfg, logdir))
 
 
-def train(cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "dreamerv2"
+) -> dict[str, Any]:
     """Train (or resume) a ``dreamerv2`` run in ``logdir`` (:func:`recipes.run.loop.train`)."""
-    return loop.train(cfg, logdir, make_learner, recipe="dreamerv2", force=force, progress=progress)
+    return loop.train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)

@@ -147,14 +147,16 @@ class TempoAgent(dreamerv2.DreamerAgent):
         return metrics, out
 
 
-def train(cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "tempo"
+) -> dict[str, Any]:
     """Train (or resume) a ``tempo`` run in ``logdir`` (:func:`recipes.run.loop.train`); at the end also
     ``diagnostics.png`` (:func:`plot_diagnostics`)."""
     result = loop.train(
         cfg,
         logdir,
         partial(dreamerv2.make_learner, agent_cls=TempoAgent),
-        recipe="tempo",
+        recipe=recipe,
         force=force,
         progress=progress,
     )

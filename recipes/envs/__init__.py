@@ -19,6 +19,9 @@ Names (anything else raises ``ValueError`` naming it; the CLI turns that into ex
   loss.  Time limit 27000 agent steps = 108000 frames (30 minutes of play) — DreamerV2's
   ``time_limit: 27000`` counted after the action repeat, the Machado et al. (2018) protocol; ALE's own frame cap
   is switched off so this limit is the only one.
+* ``meta:FAMILY`` — a meta-RL task family on gymnasium MuJoCo v5 with a hidden task that may switch inside an
+  episode (M3PO §7): ``meta:halfcheetah-fwd-bwd``, ``meta:halfcheetah-pier``, ``meta:ant-crippled-leg``,
+  ``meta:walker-randomparams`` (:mod:`recipes.envs.metarl`; ``task_switch``, ``split``).  Action repeat 1.
 * ``gym:ID`` — any registered gymnasium id, e.g. ``gym:Pendulum-v1``, ``gym:HalfCheetah-v5``: vector observations
   (``gymnasium.spaces.flatten``, float32), or with ``pixels=True`` the ``rgb_array`` render resized to
   ``size``×``size`` (MuJoCo envs render at that size directly, without shadows or anti-aliasing as for dmc;
@@ -72,9 +75,10 @@ from recipes.envs.dmc import DMCEnv
 from recipes.envs.gl import ensure_headless_gl
 from recipes.envs.gym import GymEnv
 
-FAMILIES = ("dmc", "atari", "gym")
-DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1}
-DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False}
+#: The one list of environment families (configs validate against it).
+FAMILIES = ("dmc", "atari", "gym", "meta")
+DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1}
+DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False}
 
 
 def make_env(
@@ -85,11 +89,16 @@ def make_env(
     size: int = 64,
     action_repeat: int | None = None,
     time_limit: int | None = None,
+    task_switch: int | None = None,
+    split: str = "train",
 ) -> Env:
-    """Make ``dmc:DOMAIN_TASK``, ``atari:GAME`` or ``gym:ID`` (see the module docstring for every convention)."""
+    """Make ``dmc:DOMAIN_TASK``, ``atari:GAME``, ``gym:ID`` or ``meta:FAMILY`` (see the module docstring for every
+    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see :mod:`recipes.envs.metarl`)."""
     family, sep, task = name.partition(":")
     if not sep or family not in FAMILIES or not task:
-        raise ValueError(f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME or gym:ID")
+        raise ValueError(f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
+    if family != "meta" and (task_switch is not None or split != "train"):
+        raise ValueError(f"task_switch and split apply to meta: environments only, not {name!r}")
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     repeat = DEFAULT_ACTION_REPEAT[family] if action_repeat is None else int(action_repeat)
@@ -100,6 +109,19 @@ def make_env(
     if family == "atari" and time_limit is None:
         time_limit = ATARI_TIME_LIMIT
     use_pixels = DEFAULT_PIXELS[family] if pixels is None else bool(pixels)
+    if family == "meta":
+        from recipes.envs.metarl import make_meta_env
+
+        return make_meta_env(
+            task,
+            seed=seed,
+            pixels=use_pixels,
+            size=size,
+            action_repeat=repeat,
+            time_limit=time_limit,
+            task_switch=task_switch,
+            split=split,
+        )
     cls = {"dmc": DMCEnv, "atari": AtariEnv, "gym": GymEnv}[family]
     return cls(task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit)
 

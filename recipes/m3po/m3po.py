@@ -1,0 +1,326 @@
+"""Recipes ``m3po``, ``mbpo`` and ``sac``: M3PO's Algorithm 2 (Hiraoka et al. 2021) on the shared run loop.
+
+One training call at env step t (every ``train_every`` env steps, after ``prefill``)::
+
+    every F env steps: fit the meta-model p_θ(o', r | o, a, z) on D_env         (Alg. 2 line 3; early stopping
+                       and elites by hold-out loss; optionally bi-level weighted)
+    M·train_every branched rollouts of k steps from histories sampled from D_env  (lines 6–9)
+    G·train_every SAC updates on batches mixing D_env and D_model at real_ratio(t)  (lines 10–12; M3PO-h §7.1)
+
+``mbpo`` is the same with L = 0 and MBPO's constant mixture; ``sac`` has no model and trains on D_env alone.
+Every number lives in :class:`recipes.m3po.config.M3POConfig`.
+
+Option ``weighting`` (the framework's own, in no paper): a :class:`bilevel.MetaWeighter` weighs every training
+transition of the meta-model; the upper loss is a task loss from :mod:`tasklosses` (VaGraM by default) of the
+model's predicted next observations through the SAC critic's V(o', z'), and the weighter learns by any
+:mod:`bilevel` strategy — the same :class:`bilevel.BilevelUpdate` TEMPO uses, here with the ensemble's per-sample
+NLL ℓ[N] as the lower loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, Uniform, make_strategy
+from recipes.agents.sac import SAC
+from recipes.data.transitions import TransitionBuffer, next_history
+from recipes.envs import Env
+from recipes.m3po.config import M3POConfig
+from recipes.m3po.rollouts import branched_rollouts, termination_fn
+from recipes.run import loop
+from tasklosses import make_task_loss
+from worldmodels import HistoryEnsemble, bootstrap_counts
+from worldmodels.history import history_dim, roll_history
+
+
+class M3POLearner(loop.Learner):
+    """Meta-model, SAC meta-policy, D_env and D_model, as the run loop drives them.
+
+    Args:
+        cfg: the run's config.
+        obs_dim, action_dim: the environment's vector observation and action sizes.
+        max_transitions: capacity of D_env (the run's agent steps; D_env never wraps, see
+            :mod:`recipes.data.transitions`).
+    """
+
+    def __init__(
+        self, cfg: M3POConfig, obs_dim: int, action_dim: int, max_transitions: int, terminal: Any = None
+    ) -> None:
+        self.cfg, self.device = cfg, torch.device(cfg.device)
+        self.obs_dim, self.action_dim, self.terminal = obs_dim, action_dim, terminal
+        length = cfg.history_len
+        self.sac = SAC(
+            obs_dim,
+            action_dim,
+            history_len=length,
+            history_hidden=cfg.history_hidden,
+            layers=cfg.sac_layers,
+            units=cfg.sac_units,
+            gamma=cfg.gamma,
+            tau=cfg.tau,
+            lr=cfg.sac_lr,
+            alpha_lr=cfg.sac_lr,
+            target_entropy=cfg.target_entropy,
+        ).to(self.device)
+        f32 = torch.float32
+        env_fields = {
+            "obs": ((obs_dim,), f32),
+            "action": ((action_dim,), f32),
+            "reward": ((), f32),
+            "next_obs": ((obs_dim,), f32),
+            "done": ((), f32),
+            "pos": ((), torch.long),
+        }
+        self.d_env = TransitionBuffer(max_transitions, env_fields, self.device, wrap=False)
+        self.model: HistoryEnsemble | None = None
+        self.update: BilevelUpdate | None = None
+        self.weighter: MetaWeighter | None = None
+        self.counters = {"last_model": -1, "model_fits": 0, "normalized": 0, "model_updates": 0}
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.prev: dict[str, Any] | None = None  # the last observed step of the current episode
+        self.pos = 0
+        if cfg.model_based:
+            self.model = HistoryEnsemble(
+                obs_dim,
+                action_dim,
+                history_len=length,
+                history_hidden=cfg.history_hidden,
+                members=cfg.members,
+                elites=cfg.elites,
+                layers=cfg.model_layers,
+                units=cfg.model_units,
+            ).to(self.device)
+            self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
+            capacity = cfg.rollouts_per_step * cfg.rollout_length * cfg.model_retain
+            width = history_dim(obs_dim, action_dim)
+            self.d_model = TransitionBuffer(
+                capacity,
+                {
+                    **{k: v for k, v in env_fields.items() if k != "pos"},
+                    "history": ((length, width), f32),
+                    "history_mask": ((length,), f32),
+                },
+                self.device,
+            )
+            strategy = Uniform()
+            if cfg.weighting and self.model.encoder is not None:
+                self.model.encoder.cudnn = False  # hypergradients differentiate the GRU twice: cuDNN's cannot
+            if cfg.weighting:
+                strategy = make_strategy(cfg.strategy, lr=cfg.meta_lr or cfg.model_lr)
+                self.task_loss = make_task_loss(cfg.task_loss, **cfg.task_loss_kwargs)
+                if strategy.trains_weighter:
+                    features = 2 * obs_dim + action_dim + 2  # (o, a) and (Δo, r) normalised, and ℓ_i
+                    self.weighter = MetaWeighter(
+                        features, layers=cfg.weighter_layers, hidden=cfg.weighter_units, norm="none"
+                    ).to(self.device)
+                    self.weighter_opt = torch.optim.Adam(self.weighter.parameters(), cfg.weighter_lr)
+            self.update = BilevelUpdate(
+                self.model,
+                self.model_opt,
+                strategy,
+                self.weighter,
+                self.weighter_opt if self.weighter is not None else None,
+            )
+
+    # -- acting and storing ------------------------------------------------------------------------------------
+    def act(self, step: dict[str, Any], state: Any, *, explore: bool) -> tuple[np.ndarray, Any]:
+        """π(a | o, z) with z from the last L steps of this episode; ``state`` carries the window."""
+        obs = torch.as_tensor(np.asarray(step["obs"], np.float32), device=self.device)[None]
+        if state is None:
+            width = history_dim(self.obs_dim, self.action_dim)
+            hist = obs.new_zeros(1, self.cfg.history_len, width)
+            mask = obs.new_zeros(1, self.cfg.history_len)
+        else:
+            action = torch.as_tensor(np.asarray(step["action"], np.float32), device=self.device)[None]
+            reward = torch.as_tensor([float(step["reward"])], device=self.device)
+            hist, mask = roll_history(state["history"], state["mask"], state["obs"], action, reward)
+        action = self.sac.act(obs, hist, mask, deterministic=not explore)[0]
+        return action.cpu().numpy().astype(np.float32), {"history": hist, "mask": mask, "obs": obs}
+
+    def observe(self, step: dict[str, Any]) -> None:
+        if step["is_first"]:
+            self.prev, self.pos = step, 0
+            return
+        assert self.prev is not None, "observe() got a transition before its episode's first step"
+
+        def t(x: Any) -> Tensor:
+            return torch.as_tensor(np.asarray(x, np.float32), device=self.device)[None]
+
+        self.d_env.add(
+            obs=t(self.prev["obs"]),
+            action=t(step["action"]),
+            reward=t(step["reward"]),
+            next_obs=t(step["obs"]),
+            done=t(float(step["is_terminal"])),
+            pos=torch.tensor([self.pos], device=self.device),
+        )
+        self.prev, self.pos = step, self.pos + 1
+
+    def ready(self) -> bool:
+        return len(self.d_env) >= max(self.cfg.sac_batch, 2 * self.cfg.model_batch if self.cfg.model_based else 1)
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def env_batch(self, index: Tensor) -> dict[str, Tensor]:
+        """Rows of D_env with their windows before and after (``history``, ``next_history``, and masks)."""
+        batch = self.d_env.get(index)
+        batch["history"], batch["history_mask"] = self.d_env.history(index, self.cfg.history_len)
+        batch["next_history"], batch["next_history_mask"] = next_history(batch)
+        return batch
+
+    def sac_batch(self, env_steps: int) -> dict[str, Tensor]:
+        """A SAC batch: ``real_ratio(t)`` of it from D_env, the rest from D_model (all real while D_model is empty)."""
+        n = self.cfg.sac_batch
+        n_real = n if not self.cfg.model_based or len(self.d_model) == 0 else round(self.cfg.real_ratio(env_steps) * n)
+        parts = []
+        if n_real > 0:
+            batch = self.env_batch(self.d_env.sample_indices(n_real, self.generator))
+            batch.pop("pos")
+            parts.append(batch)
+        if n_real < n:
+            batch = self.d_model.get(self.d_model.sample_indices(n - n_real, self.generator))
+            batch["next_history"], batch["next_history_mask"] = next_history(batch)
+            parts.append(batch)
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def train(self, env_steps: int) -> tuple[int, dict[str, float]]:
+        cfg, metrics = self.cfg, {}
+        if cfg.model_based:
+            if self.counters["last_model"] < 0 or env_steps - self.counters["last_model"] >= cfg.model_every:
+                metrics.update(self.fit_model())
+                self.counters["last_model"] = env_steps
+            metrics.update(self.rollouts(cfg.rollouts_per_step * cfg.train_every))
+        updates = cfg.sac_updates * cfg.train_every
+        for _ in range(updates):
+            sac_metrics = self.sac.update(self.sac_batch(env_steps))
+        metrics.update({f"sac/{k}": v for k, v in sac_metrics.items()})
+        metrics["mix/real_ratio"] = cfg.real_ratio(env_steps)
+        return updates, metrics
+
+    def rollouts(self, n: int) -> dict[str, float]:
+        """M branched rollouts of k steps into D_model (Algorithm 2, lines 6–9)."""
+        assert self.model is not None
+        start = self.env_batch(self.d_env.sample_indices(n, self.generator))
+        rows, stats = branched_rollouts(
+            self.model, self.sac, start, self.cfg.rollout_length, self.terminal, generator=self.generator
+        )
+        self.d_model.add(**rows)
+        return {f"rollout/{k}": v for k, v in stats.items()}
+
+    def _model_forward(self, batch: dict[str, Tensor]) -> Any:
+        """The ``forward`` closure of the bi-level update: ℓ[N], and with ``weighting`` the weighter's features and
+        the per-sample task loss of the predicted next observations through V(o', z')."""
+        assert self.model is not None
+        weighted = self.cfg.weighting
+
+        def forward(fn: Any) -> LevelOutputs:
+            out = fn(batch)
+            if not weighted:
+                return LevelOutputs(loss=out.loss, aux=out)
+            value_fn = self.sac.value_fn(batch["next_history"], batch["next_history_mask"])
+            upper = self.task_loss(out.states["next_obs_mean"], batch["next_obs"], value_fn)
+            upper = upper.mean(0) if upper.dim() > 1 else upper  # VaGraM per member [E, N] → [N]
+            features = torch.cat([out.states["inputs"], out.states["targets"], out.loss.detach().unsqueeze(-1)], -1)
+            return LevelOutputs(loss=out.loss, features=features.detach(), upper=upper, aux=out)
+
+        return forward
+
+    def fit_model(self) -> dict[str, float]:
+        """Train the meta-model on D_env: a fresh hold-out split, per-member bootstrap counts, epochs of minibatches
+        until the hold-out MSE stops improving by 1% for ``model_patience`` epochs (or ``model_max_epochs``), the
+        best epoch's parameters kept, elites by hold-out MSE (mbrl-lib's ModelTrainer, Algorithm 2 line 3)."""
+        assert self.model is not None and self.update is not None
+        cfg, model = self.cfg, self.model
+        index = self.d_env.indices()
+        new = index[self.counters["normalized"] :]  # running normaliser: every row once
+        if len(new):
+            model.update_normalizer(self.env_batch(new))
+            self.counters["normalized"] = len(index)
+        perm = index[torch.randperm(len(index), generator=self.generator).to(self.device)]
+        n_hold = max(1, int(cfg.holdout_ratio * len(perm)))
+        hold, train = self.env_batch(perm[:n_hold]), perm[n_hold:]
+        counts = bootstrap_counts(cfg.members, len(train), generator=self.generator).to(self.device)
+        best, best_state, since, epochs = None, None, 0, 0
+        metrics: dict[str, float] = {}
+        while cfg.model_max_epochs is None or epochs < cfg.model_max_epochs:
+            order = torch.randperm(len(train), generator=self.generator).to(self.device)
+            for i in range(0, len(order) - cfg.model_batch + 1, cfg.model_batch):
+                pos = order[i : i + cfg.model_batch]
+                batch = {**self.env_batch(train[pos]), "bootstrap": counts[:, pos]}
+                forward = self._model_forward(batch)
+                meta = self.counters["model_updates"] % cfg.meta_every == 0
+                metrics = self.update.step(forward, meta=meta)
+                self.counters["model_updates"] += 1
+            epochs += 1
+            holdout = model.holdout_loss(hold)
+            improved = best is None or bool(((best - holdout) / best.abs().clamp_min(1e-12) > 0.01).any())
+            if improved:
+                best = holdout if best is None else torch.minimum(best, holdout)
+                best_state, since = copy.deepcopy(model.state_dict()), 0
+            else:
+                since += 1
+                if since >= cfg.model_patience:
+                    break
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        final = model.holdout_loss(hold)
+        model.select_elites(final)
+        self.counters["model_fits"] += 1
+        return {
+            "model/holdout_mse": float(final[model.elite_idx].mean()),
+            "model/epochs": float(epochs),
+            "model/fits": float(self.counters["model_fits"]),
+            **{f"model/{k}": v for k, v in metrics.items()},
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def modules(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sac": self.sac, **self.sac.optimizers()}
+        if self.model is not None:
+            out.update(model=self.model, model_opt=self.model_opt)
+        if self.weighter is not None:
+            out.update(weighter=self.weighter, weighter_opt=self.weighter_opt)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: m.state_dict() for name, m in self.modules().items()}
+        state.update(
+            d_env=self.d_env.state_dict(),
+            counters=dict(self.counters),
+            learner_rng=self.generator.get_state(),
+            prev=self.prev,
+            pos=self.pos,
+        )
+        if self.model is not None:
+            state["d_model"] = self.d_model.state_dict()
+        return {"learner": state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = state["learner"]
+        for name, m in self.modules().items():
+            m.load_state_dict(state[name])
+        self.d_env.load_state_dict(state["d_env"])
+        if self.model is not None:
+            self.d_model.load_state_dict(state["d_model"])
+        self.counters.update(state["counters"])
+        self.generator.set_state(state["learner_rng"])
+        self.prev, self.pos = state["prev"], state["pos"]
+
+
+def make_learner(cfg: M3POConfig, env: Env, logdir: Path) -> M3POLearner:
+    """The learner of an ``m3po``/``mbpo``/``sac`` run on ``env`` (vector observations)."""
+    return M3POLearner(
+        cfg, env.obs_shape[0], env.action_dim, cfg.steps // cfg.action_repeat + 1, terminal=termination_fn(cfg.env)
+    )
+
+
+def train(
+    cfg: M3POConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "m3po"
+) -> dict[str, Any]:
+    """Train (or resume) a run of the M3PO family in ``logdir`` (:func:`recipes.run.loop.train`)."""
+    return loop.train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)

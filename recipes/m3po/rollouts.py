@@ -1,0 +1,127 @@
+"""Branched rollouts in history space (M3PO §5.2 and Algorithm 2, lines 6–9; MBPO, Janner et al. 2019) and the
+termination functions the rollouts need.
+
+A branched rollout starts from a real window h_{L:t} sampled from D_env, acts with the meta-policy, steps the
+meta-model (a random elite member per sample and step, as MBPO) and rolls the window forward with the model's own
+samples; it runs k steps or until the termination function ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from worldmodels.history import roll_history
+
+#: ``next_obs [N, O] -> done [N]`` (bool), from the observation alone.
+TerminationFn = Callable[[Tensor], Tensor]
+
+
+def _healthy_z(low: float, high: float) -> TerminationFn:
+    """Ant-v5: done unless every entry is finite and low ≤ z ≤ high (z = obs[0], the torso height)."""
+
+    def done(obs: Tensor) -> Tensor:
+        healthy = torch.isfinite(obs).all(-1) & (obs[..., 0] >= low) & (obs[..., 0] <= high)
+        return ~healthy
+
+    return done
+
+
+def _walker(obs: Tensor) -> Tensor:
+    """Walker2d-v5: done unless 0.8 < z < 2.0 and −1 < angle < 1 (obs[0] height, obs[1] torso angle), finite."""
+    z, angle = obs[..., 0], obs[..., 1]
+    healthy = torch.isfinite(obs).all(-1) & (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
+    return ~healthy
+
+
+#: The termination function of each env the M3PO family knows (None: episodes end by time limit only).  The
+#: ranges are gymnasium v5's defaults (``healthy_z_range``, ``healthy_angle_range``) on the default observations.
+TERMINATIONS: dict[str, TerminationFn | None] = {
+    "meta:halfcheetah-fwd-bwd": None,
+    "meta:halfcheetah-pier": None,
+    "meta:ant-crippled-leg": _healthy_z(0.2, 1.0),
+    "meta:walker-randomparams": _walker,
+    "gym:HalfCheetah-v5": None,
+    "gym:Ant-v5": _healthy_z(0.2, 1.0),
+    "gym:Walker2d-v5": _walker,
+}
+
+
+def termination_fn(env: str) -> TerminationFn | None:
+    """The termination function of ``env`` for model rollouts.
+
+    Raises:
+        ValueError: naming ``env`` if no termination function is known for it (a model-based recipe would
+            otherwise roll through terminal states).
+    """
+    if env not in TERMINATIONS:
+        raise ValueError(
+            f"env: no termination function is known for {env!r} (needed by model rollouts); "
+            f"known: {', '.join(TERMINATIONS)}"
+        )
+    return TERMINATIONS[env]
+
+
+@torch.no_grad()
+def branched_rollouts(
+    model: Any,
+    policy: Any,
+    start: dict[str, Tensor],
+    length: int,
+    terminal: TerminationFn | None,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """k-step branched rollouts from real windows.
+
+    Args:
+        model: a meta-model with ``sample(obs, action, history, mask, generator=) -> (next_obs [N, O], reward
+            [N])`` (e.g. :class:`worldmodels.HistoryEnsemble`).
+        policy: with ``act(obs, history, mask) -> action [N, A]`` (sampling, e.g. :class:`recipes.agents.sac.SAC`).
+        start: ``obs`` [N, O], ``history`` [N, L, O + A + 1], ``history_mask`` [N, L] (rows of D_env).
+        length: k ≥ 1.
+        terminal: ends a rollout where it returns True (its transition is stored with ``done`` = 1).
+
+    Returns:
+        ``(rows, stats)``: ``rows`` are the model transitions for D_model — ``obs``, ``action``, ``reward``,
+        ``next_obs``, ``done``, ``history``, ``history_mask`` — at most N·k of them (rollouts stop at a
+        terminal); ``stats`` has ``reward_mean``, ``done_rate`` and ``transitions``.
+
+    Raises:
+        ValueError: if ``length < 1``.
+    """
+    if length < 1:
+        raise ValueError(f"rollout_length: k must be at least 1, got {length}")
+    obs, hist, mask = start["obs"], start["history"], start["history_mask"]
+    out: dict[str, list[Tensor]] = {
+        k: [] for k in ("obs", "action", "reward", "next_obs", "done", "history", "history_mask")
+    }
+    for _ in range(length):
+        if obs.shape[0] == 0:
+            break
+        action = policy.act(obs, hist, mask)
+        next_obs, reward = model.sample(obs, action, hist, mask, generator=generator)
+        done = terminal(next_obs) if terminal is not None else torch.zeros_like(reward, dtype=torch.bool)
+        for key, value in (
+            ("obs", obs),
+            ("action", action),
+            ("reward", reward),
+            ("next_obs", next_obs),
+            ("done", done.to(obs.dtype)),
+            ("history", hist),
+            ("history_mask", mask),
+        ):
+            out[key].append(value)
+        hist, mask = roll_history(hist, mask, obs, action, reward)
+        keep = ~done
+        obs, hist, mask = next_obs[keep], hist[keep], mask[keep]
+    rows = {k: torch.cat(v) for k, v in out.items()}
+    stats = {
+        "reward_mean": float(rows["reward"].mean()),
+        "done_rate": float(rows["done"].mean()),
+        "transitions": float(rows["reward"].shape[0]),
+    }
+    return rows, stats

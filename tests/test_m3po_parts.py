@@ -1,0 +1,177 @@
+"""The M3PO family's parts that need no trained network: histories, D_env windows, branched rollouts, the mixture
+schedule and bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recipes.data.transitions import TransitionBuffer, next_history
+from recipes.m3po.config import M3POConfig, MBPOConfig, SACConfig
+from recipes.m3po.rollouts import branched_rollouts, termination_fn
+from worldmodels.history import HistoryEncoder, history_dim, roll_history
+
+O, A = 3, 2
+
+
+def _env_buffer(episodes: list[int], capacity: int = 64) -> TransitionBuffer:
+    """D_env holding episodes of the given lengths in order; obs of row i is [i, i, i], reward i, action [i, -i]."""
+    f32 = torch.float32
+    buf = TransitionBuffer(
+        capacity,
+        {
+            "obs": ((O,), f32),
+            "action": ((A,), f32),
+            "reward": ((), f32),
+            "next_obs": ((O,), f32),
+            "done": ((), f32),
+            "pos": ((), torch.long),
+        },
+        wrap=False,
+    )
+    row = 0
+    for length in episodes:
+        for t in range(length):
+            buf.add(
+                obs=torch.full((1, O), float(row)),
+                action=torch.tensor([[row, -row]], dtype=f32),
+                reward=torch.tensor([float(row)]),
+                next_obs=torch.full((1, O), row + 1.0),
+                done=torch.zeros(1),
+                pos=torch.tensor([t]),
+            )
+            row += 1
+    return buf
+
+
+def test_history_windows_never_reach_into_the_previous_episode():
+    buf = _env_buffer([3, 4])  # rows 0–2 episode one, rows 3–6 episode two
+    hist, mask = buf.history(torch.tensor([0, 2, 3, 4, 6]), 3)
+    assert hist.shape == (5, 3, history_dim(O, A)) and mask.shape == (5, 3)
+    assert mask.tolist() == [[0, 0, 0], [0, 1, 1], [0, 0, 0], [0, 0, 1], [1, 1, 1]]
+    # row 6's window is rows 3, 4, 5 as (o, a, r), oldest first; masked slots hold zeros
+    assert hist[4, :, 0].tolist() == [3.0, 4.0, 5.0] and hist[4, :, -1].tolist() == [3.0, 4.0, 5.0]
+    assert hist[4, 0, O : O + A].tolist() == [3.0, -3.0]
+    assert hist[2].abs().sum() == 0 and hist[3, :2].abs().sum() == 0
+
+
+def test_next_history_is_the_window_of_the_next_row():
+    buf = _env_buffer([6])
+    index = torch.tensor([1, 2, 4])
+    batch = buf.get(index)
+    batch["history"], batch["history_mask"] = buf.history(index, 3)
+    rolled, rolled_mask = next_history(batch)
+    want, want_mask = buf.history(index + 1, 3)
+    torch.testing.assert_close(rolled, want)
+    torch.testing.assert_close(rolled_mask, want_mask)
+
+
+def test_buffer_wraps_fifo_or_refuses():
+    buf = TransitionBuffer(3, {"x": ((), torch.float32)})
+    buf.add(x=torch.arange(5.0))
+    assert len(buf) == 3 and sorted(buf.get(buf.indices())["x"].tolist()) == [2.0, 3.0, 4.0]
+    assert buf.get(buf.indices())["x"].tolist() == [2.0, 3.0, 4.0]  # oldest first
+    strict = TransitionBuffer(2, {"x": ((), torch.float32)}, wrap=False)
+    strict.add(x=torch.zeros(2))
+    with pytest.raises(RuntimeError, match="full"):
+        strict.add(x=torch.zeros(1))
+    with pytest.raises(KeyError):
+        buf.add(y=torch.zeros(1))
+    restored = TransitionBuffer(3, {"x": ((), torch.float32)})
+    restored.load_state_dict(buf.state_dict())
+    assert restored.get(restored.indices())["x"].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_history_encoder_ignores_padding_and_empty_windows_give_zero():
+    torch.manual_seed(0)
+    enc = HistoryEncoder(history_dim(O, A), 8)
+    hist = torch.randn(4, 5, history_dim(O, A))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    z = enc(hist, mask)
+    noisy = hist + 100 * torch.randn_like(hist) * (1 - mask).unsqueeze(-1)  # change only padded slots
+    torch.testing.assert_close(enc(noisy, mask), z)
+    assert z[3].abs().sum() == 0 and z[:3].abs().sum() > 0
+    # the code after 3 valid steps equals encoding exactly those 3 steps with no padding
+    torch.testing.assert_close(enc(hist[:1, 2:], torch.ones(1, 3)), z[:1])
+    assert enc(hist[:, :0], mask[:, :0]).shape == (4, 8)
+
+
+def test_roll_history_appends_and_keeps_left_padding():
+    hist, mask = torch.zeros(1, 3, history_dim(O, A)), torch.zeros(1, 3)
+    for k in range(4):
+        hist, mask = roll_history(hist, mask, torch.full((1, O), float(k)), torch.zeros(1, A), torch.tensor([k]))
+    assert mask.tolist() == [[1, 1, 1]] and hist[0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    h0, m0 = roll_history(hist[:, :0], mask[:, :0], torch.zeros(1, O), torch.zeros(1, A), torch.zeros(1))
+    assert h0.shape == (1, 0, history_dim(O, A)) and m0.shape == (1, 0)
+
+
+class _Model:
+    """next obs = obs + action[0]; reward = obs[0]."""
+
+    def sample(self, obs, action, history, mask, generator=None):
+        return obs + action[:, :1], obs[:, 0].clone()
+
+
+class _Policy:
+    def act(self, obs, history, mask):
+        return torch.ones(obs.shape[0], A)
+
+
+def test_branched_rollouts_shapes_windows_and_termination():
+    n, L = 4, 2
+    start = {
+        "obs": torch.tensor([[0.0] * O, [1.0] * O, [2.0] * O, [3.0] * O]),
+        "history": torch.zeros(n, L, history_dim(O, A)),
+        "history_mask": torch.zeros(n, L),
+    }
+    rows, stats = branched_rollouts(_Model(), _Policy(), start, 3, None)
+    assert rows["obs"].shape == (3 * n, O) and rows["history"].shape == (3 * n, L, history_dim(O, A))
+    # step 2's window holds step 1's (o, a, r): rollouts roll their histories with the model's own samples
+    assert rows["history_mask"][n : 2 * n].tolist() == [[0, 1]] * n
+    torch.testing.assert_close(rows["history"][n : 2 * n, -1, :O], rows["obs"][:n])
+    torch.testing.assert_close(rows["next_obs"][:n], rows["obs"][n : 2 * n])
+    assert stats["transitions"] == 3 * n and stats["done_rate"] == 0
+
+    def terminal(obs):  # ends the rollouts that pass 2.5
+        return obs[:, 0] > 2.5
+
+    rows, stats = branched_rollouts(_Model(), _Policy(), start, 3, terminal)
+    # obs 0 → 1 → 2 → 3 (done at step 3); 1 → 2 → 3 (done at 2); 2 → 3 (done at 1); 3 → 4 (done at 1)
+    assert rows["obs"].shape[0] == 4 + 2 + 1
+    assert rows["done"].tolist() == [0, 0, 1, 1, 0, 1, 1]
+    with pytest.raises(ValueError, match="rollout_length"):
+        branched_rollouts(_Model(), _Policy(), start, 0, None)
+
+
+def test_termination_functions_follow_gymnasium_v5_health_ranges():
+    walker = termination_fn("meta:walker-randomparams")
+    obs = torch.tensor([[1.2, 0.0, 0.0], [0.5, 0.0, 0.0], [1.2, 1.5, 0.0], [float("nan"), 0.0, 0.0]])
+    assert walker(obs).tolist() == [False, True, True, True]
+    ant = termination_fn("meta:ant-crippled-leg")
+    assert ant(torch.tensor([[0.5, 0.0], [1.5, 0.0], [0.1, 0.0]])).tolist() == [False, True, True]
+    assert termination_fn("meta:halfcheetah-fwd-bwd") is None
+    with pytest.raises(ValueError, match="env"):
+        termination_fn("gym:Hopper-v5")
+
+
+def test_real_share_schedule_rises_linearly_and_is_constant_outside():
+    cfg = M3POConfig(real_ratio_start=0.1, real_ratio_end=0.5, real_ratio_from=1000, real_ratio_until=3000)
+    assert [cfg.real_ratio(t) for t in (0, 1000, 2000, 3000, 10_000)] == pytest.approx([0.1, 0.1, 0.3, 0.5, 0.5])
+    assert MBPOConfig().real_ratio(0) == MBPOConfig().real_ratio(10**6) == 0.05
+    assert SACConfig().real_ratio(0) == 1.0 and SACConfig().history_len == M3POConfig().history_len
+    assert MBPOConfig().history_len == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"history_len": -1}, "history_len"),
+        ({"rollout_length": 0}, "rollout_length"),
+        ({"elites": 9}, "elites"),
+        ({"model_based": False, "weighting": True}, "weighting"),
+        ({"task_loss": "nope"}, "task_loss"),
+    ],
+)
+def test_bad_configs_name_the_field(values, field):
+    with pytest.raises(ValueError, match=field):
+        M3POConfig(**values)
