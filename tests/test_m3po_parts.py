@@ -175,3 +175,51 @@ def test_real_share_schedule_rises_linearly_and_is_constant_outside():
 def test_bad_configs_name_the_field(values, field):
     with pytest.raises(ValueError, match=field):
         M3POConfig(**values)
+
+
+@pytest.mark.parametrize(("task_loss", "history_len"), [("vagram", 2), ("vaml", 2), ("vagram", 0)])
+def test_weighting_hypergradient_matches_finite_differences(task_loss, history_len):
+    """The recipe's own bi-level forward (ensemble NLL ℓ[N], task loss through SAC's V(o', z')) in float64:
+    SameState and Lookahead hypergradients against central finite differences."""
+    from bilevel import Lookahead, SameState, check_hypergradient
+    from recipes.m3po.m3po import M3POLearner
+
+    torch.manual_seed(0)
+    cfg = M3POConfig(
+        weighting=True,
+        task_loss=task_loss,
+        history_len=history_len,
+        history_hidden=4,
+        members=3,
+        elites=2,
+        model_layers=1,
+        model_units=8,
+        sac_units=8,
+    )
+    learner = M3POLearner(cfg, O, A, 64)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(40):
+        step = {
+            "obs": torch.randn(O, generator=gen).numpy(),
+            "action": torch.rand(A, generator=gen).numpy(),
+            "reward": float(torch.randn((), generator=gen)),
+            "is_first": t % 20 == 0,
+            "is_terminal": False,
+        }
+        learner.observe(step)
+    learner.model.double()
+    learner.sac.double()
+    index = learner.d_env.indices()[:12]
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in learner.env_batch(index).items()}
+    learner.model.update_normalizer(batch)
+    forward = learner._model_forward(batch)
+    view = learner.update.view
+    rows = check_hypergradient(
+        lambda p: forward(view(p)).loss,
+        lambda p: forward(view(p)).upper.mean(),
+        dict(learner.model.named_parameters()),
+        torch.ones(12, dtype=torch.float64),
+        [SameState(0.1), Lookahead(0.1, 1)],
+    )
+    assert all(r.passed for r in rows), rows
+    assert forward(learner.model).upper.shape == (12,)

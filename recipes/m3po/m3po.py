@@ -216,13 +216,13 @@ class M3POLearner(loop.Learner):
         """The ``forward`` closure of the bi-level update: ℓ[N], and with ``weighting`` the weighter's features and
         the per-sample task loss of the predicted next observations through V(o', z')."""
         assert self.model is not None
-        weighted = self.cfg.weighting
+        if not self.cfg.weighting:
+            return lambda fn: LevelOutputs(loss=(out := fn(batch)).loss, aux=out)
+        # V(o', z') is built once per batch (its action noise fixed), so every pass sees the same upper loss
+        value_fn = self.sac.value_fn(batch["next_history"], batch["next_history_mask"])
 
         def forward(fn: Any) -> LevelOutputs:
             out = fn(batch)
-            if not weighted:
-                return LevelOutputs(loss=out.loss, aux=out)
-            value_fn = self.sac.value_fn(batch["next_history"], batch["next_history_mask"])
             upper = self.task_loss(out.states["next_obs_mean"], batch["next_obs"], value_fn)
             upper = upper.mean(0) if upper.dim() > 1 else upper  # VaGraM per member [E, N] → [N]
             features = torch.cat([out.states["inputs"], out.states["targets"], out.loss.detach().unsqueeze(-1)], -1)
