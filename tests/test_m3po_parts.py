@@ -80,6 +80,19 @@ def test_buffer_wraps_fifo_or_refuses():
     restored = TransitionBuffer(3, {"x": ((), torch.float32)})
     restored.load_state_dict(buf.state_dict())
     assert restored.get(restored.indices())["x"].tolist() == [2.0, 3.0, 4.0]
+    larger = TransitionBuffer(10, {"x": ((), torch.float32)}, wrap=False)  # a run resumed with more steps
+    larger.load_state_dict(buf.state_dict())
+    larger.add(x=torch.tensor([5.0]))
+    assert larger.get(larger.indices())["x"].tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_env_buffer_windows_survive_a_checkpoint_into_a_larger_buffer():
+    buf = _env_buffer([3, 4], capacity=7)
+    bigger = _env_buffer([], capacity=20)
+    bigger.load_state_dict(buf.state_dict())
+    index = torch.arange(7)
+    for a, b in zip(buf.history(index, 3), bigger.history(index, 3), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_history_encoder_ignores_padding_and_empty_windows_give_zero():

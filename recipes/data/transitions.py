@@ -131,12 +131,19 @@ class TransitionBuffer:
         return steps * mask.unsqueeze(-1), mask
 
     def state_dict(self) -> dict[str, Any]:
-        return {"data": {k: v[: self.capacity] for k, v in self.data.items()}, "size": self.size, "head": self.head}
+        """The held rows, oldest first (a checkpoint stores no empty capacity)."""
+        index = self.indices()
+        return {"rows": {k: v[index].cpu() for k, v in self.data.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state["data"].items():
-            self.data[k].copy_(v)
-        self.size, self.head = int(state["size"]), int(state["head"])
+        """Replace the content by ``state``'s rows, in order; the capacity may differ from the saved buffer's (a run
+        resumed with more steps has a larger D_env): only the newest rows are kept if they do not fit.
+
+        Raises:
+            RuntimeError: if a ``wrap=False`` buffer is too small for the saved rows.
+        """
+        self.size = self.head = 0
+        self.add(**state["rows"])
 
 
 def next_history(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
