@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from rundirs import eval_steps, kill_mid_run, records
 
 from recipes.cli import main
 
@@ -54,19 +50,15 @@ def _args(logdir: Path, steps: int, env: str = "dmc:cartpole_swingup", extra: tu
     return out
 
 
-def _records(logdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_run_writes_the_run_directory_and_resumes(tmp_path):
     logdir = tmp_path / "run"
     assert main(_args(logdir, 400)) == 0
     config = json.loads((logdir / "config.json").read_text())
     assert config["recipe"] == "dreamerv2" and config["deter"] == 16 and config["steps"] == 400
-    records = _records(logdir)
-    evals = [r for r in records if "eval_return" in r]
+    recs = records(logdir)
+    evals = [r for r in recs if "eval_return" in r]
     assert [r["step"] for r in evals] == [200, 400]
-    assert any("model/lower_loss" in r for r in records) and any("train_return" in r for r in records)
+    assert any("model/lower_loss" in r for r in recs) and any("train_return" in r for r in recs)
     assert (logdir / "checkpoints" / "latest.pt").exists()
     assert (logdir / "curve.png").stat().st_size > 0 and (logdir / "eval_episode.gif").stat().st_size > 0
     assert list((logdir / "replay").glob("*.npz"))
@@ -74,7 +66,7 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
 
     # same command with more steps: resumes from the checkpoint and continues to the new total
     assert main(_args(logdir, 600)) == 0
-    evals = [r["step"] for r in _records(logdir) if "eval_return" in r]
+    evals = [r["step"] for r in records(logdir) if "eval_return" in r]
     assert evals == [200, 400, 600]
 
 
@@ -112,36 +104,10 @@ def test_unknown_recipe(tmp_path, capsys):
 
 def test_sigkill_then_resume_loses_at_most_one_checkpoint_interval(tmp_path):
     logdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "recipes.cli", *_args(logdir, 100_000)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = logdir / "checkpoints" / "latest.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (ckpt.exists() and _max_step(logdir) >= 300):
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = _max_step(logdir)
-    assert killed_at >= 300, "the run never got going"
-    import torch
-
-    saved = torch.load(ckpt, weights_only=False)["counters"]["env_steps"]
+    killed_at, saved = kill_mid_run(logdir, _args(logdir, 100_000))
     assert killed_at - saved <= 100 + 20  # one checkpoint interval (+ a train call)
     assert main(_args(logdir, saved + 200)) == 0
-    evals = [r["step"] for r in _records(logdir) if "eval_return" in r]
-    assert evals[-1] == saved + 200
-
-
-def _max_step(logdir: Path) -> int:
-    path = logdir / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return max(steps, default=0)
+    assert eval_steps(logdir)[-1] == saved + 200
 
 
 @pytest.mark.parametrize(
@@ -154,4 +120,4 @@ def _max_step(logdir: Path) -> int:
 def test_smoke_pixels_and_atari(tmp_path, env, extra):
     logdir = tmp_path / "run"
     assert main(_args(logdir, 400, env, extra)) == 0
-    assert [r["step"] for r in _records(logdir) if "eval_return" in r][-1] == 400
+    assert [r["step"] for r in records(logdir) if "eval_return" in r][-1] == 400

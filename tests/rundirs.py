@@ -1,0 +1,57 @@
+"""Helpers for the tests of a recipe's run directory: its metrics, and a SIGKILL in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def records(logdir: Path) -> list[dict]:
+    """Every record of ``metrics.jsonl``."""
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_steps(logdir: Path) -> list[int]:
+    """The env steps of every evaluation, in order."""
+    return [r["step"] for r in records(logdir) if "eval_return" in r]
+
+
+def max_step(logdir: Path) -> int:
+    """The largest ``step`` logged so far (0 before any; a torn last line is skipped)."""
+    path = logdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return max(steps, default=0)
+
+
+def kill_mid_run(logdir: Path, argv: list[str], *, after: int = 300, timeout: float = 240) -> tuple[int, int]:
+    """Start ``reweigh ARGV`` in a subprocess, SIGKILL it once a checkpoint exists and ``after`` env steps are
+    logged; returns (the last logged step, the checkpoint's env steps).  Fails the test if the run never gets there."""
+    cmd = [sys.executable, "-m", "recipes.cli", *argv]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = logdir / "checkpoints" / "latest.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (ckpt.exists() and max_step(logdir) >= after):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max_step(logdir)
+    assert killed_at >= after, "the run never got going"
+    return killed_at, int(torch.load(ckpt, weights_only=False)["counters"]["env_steps"])
+
+
+ArgsFn = Callable[[Path, int], list[str]]
