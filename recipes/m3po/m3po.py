@@ -275,6 +275,7 @@ class M3POLearner(loop.Learner):
             "model/holdout_mse": float(final[model.elite_idx].mean()),
             "model/epochs": float(epochs),
             "model/fits": float(self.counters["model_fits"]),
+            "model/updates": float(self.counters["model_updates"]),
             **{f"model/{k}": v for k, v in metrics.items()},
         }
 
