@@ -7,6 +7,7 @@ L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
 
 from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
 from bilevel.functional import hypergradient
+from bilevel.implicit import ImplicitInfo, implicit_hypergradient
 from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normalizer
 from bilevel.strategies import (
     STRATEGY_NAMES,
@@ -31,6 +32,7 @@ __all__ = [
     "CheckRow",
     "HypergradientResult",
     "Implicit",
+    "ImplicitInfo",
     "LevelOutputs",
     "Lookahead",
     "MetaWeighter",
@@ -43,6 +45,7 @@ __all__ = [
     "finite_difference_gradient",
     "format_report",
     "hypergradient",
+    "implicit_hypergradient",
     "make_normalizer",
     "make_strategy",
 ]

@@ -15,6 +15,7 @@ and never a second model forward.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,15 +124,44 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: 
     Hestenes & Stiefel (1952).  ``matvec`` maps a flat vector to ``A`` times it; ``iters`` bounds the number of
     matrix-vector products; stops early when ‖r‖ ≤ tol·‖b‖.
     """
+    return cg_solve(matvec, b, iters=iters, tol=tol).x
+
+
+class CGResult(NamedTuple):
+    """What :func:`cg_solve` returns: the iterate ``x``, its squared residual ‖b − A x‖² as CG's recursion
+    tracks it (0-dim tensor) and the number of matrix-vector products spent."""
+
+    x: Tensor
+    residual: Tensor
+    matvecs: int
+
+
+def cg_solve(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    iters: int,
+    tol: float = 0.0,
+    least_residual: bool = False,
+) -> CGResult:
+    """Conjugate gradients on ``A x = b`` from x₀ = 0 (Hestenes & Stiefel 1952), with its residual.
+
+    Stops after ``iters`` products, when ‖r‖ ≤ tol·‖b‖, or when pᵀAp ≤ 0 (``A`` not positive definite along p).
+    ``least_residual=True`` returns the iterate of least recursive residual among x₀, …, x_J instead of the last
+    one (what AdMRL's code does: CG on an ill-conditioned normal system need not decrease ‖r‖ monotonically).
+    """
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = r.dot(r)
+    best_x, best_rs = x, rs
     stop = (tol * b.norm()) ** 2
+    n = 0
     for _ in range(iters):
         if rs <= stop or rs == 0:
             break
         ap = matvec(p)
+        n += 1
         pap = p.dot(ap)
         if pap <= 0:  # A not positive definite along p: stop with the current iterate
             break
@@ -141,7 +171,9 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: 
         rs_new = r.dot(r)
         p = r + (rs_new / rs) * p
         rs = rs_new
-    return x
+        if not least_residual or rs < best_rs:
+            best_x, best_rs = x, rs
+    return CGResult(best_x, best_rs, n)
 
 
 def neumann(matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: int, alpha: float) -> Tensor:
