@@ -22,6 +22,9 @@ Names (anything else raises ``ValueError`` naming it; the CLI turns that into ex
 * ``meta:FAMILY`` — a meta-RL task family on gymnasium MuJoCo v5 with a hidden task that may switch inside an
   episode (M3PO §7): ``meta:halfcheetah-fwd-bwd``, ``meta:halfcheetah-pier``, ``meta:ant-crippled-leg``,
   ``meta:walker-randomparams`` (:mod:`recipes.envs.metarl`; ``task_switch``, ``split``).  Action repeat 1.
+* ``admrl:FAMILY`` — AdMRL's reward families parameterised by ψ ∈ [−1, 1]^k, differentiable in ψ:
+  ``admrl:ant2d``, ``admrl:ant3d``, ``admrl:hopper2d``, ``admrl:walker2d``, ``admrl:halfcheetah-vel``,
+  ``admrl:cheetah-highdim`` (:mod:`recipes.envs.admrl`; ``set_task(psi)``).  Action repeat 1, vector observations.
 * ``gym:ID`` — any registered gymnasium id, e.g. ``gym:Pendulum-v1``, ``gym:HalfCheetah-v5``: vector observations
   (``gymnasium.spaces.flatten``, float32), or with ``pixels=True`` the ``rgb_array`` render resized to
   ``size``×``size`` (MuJoCo envs render at that size directly, without shadows or anti-aliasing as for dmc;
@@ -76,9 +79,9 @@ from recipes.envs.gl import ensure_headless_gl
 from recipes.envs.gym import GymEnv
 
 #: The one list of environment families (configs validate against it).
-FAMILIES = ("dmc", "atari", "gym", "meta")
-DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1}
-DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False}
+FAMILIES = ("dmc", "atari", "gym", "meta", "admrl")
+DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1, "admrl": 1}
+DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False, "admrl": False}
 
 
 def make_env(
@@ -96,7 +99,9 @@ def make_env(
     convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see :mod:`recipes.envs.metarl`)."""
     family, sep, task = name.partition(":")
     if not sep or family not in FAMILIES or not task:
-        raise ValueError(f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
+        raise ValueError(
+            f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY or admrl:FAMILY"
+        )
     if family != "meta" and (task_switch is not None or split != "train"):
         raise ValueError(f"task_switch and split apply to meta: environments only, not {name!r}")
     if size < 1:
@@ -121,6 +126,12 @@ def make_env(
             time_limit=time_limit,
             task_switch=task_switch,
             split=split,
+        )
+    if family == "admrl":
+        from recipes.envs.admrl import make_admrl_env
+
+        return make_admrl_env(
+            task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit
         )
     cls = {"dmc": DMCEnv, "atari": AtariEnv, "gym": GymEnv}[family]
     return cls(task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit)

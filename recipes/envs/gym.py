@@ -17,7 +17,15 @@ class GymEnv(Env):
     family = "gym"
 
     def __init__(
-        self, env_id: str, *, seed: int, pixels: bool, size: int, action_repeat: int, time_limit: int | None
+        self,
+        env_id: str,
+        *,
+        seed: int,
+        pixels: bool,
+        size: int,
+        action_repeat: int,
+        time_limit: int | None,
+        make_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import gymnasium as gym
         from gymnasium.envs.registration import load_env_creator
@@ -30,7 +38,7 @@ class GymEnv(Env):
         is_mujoco = "mujoco" in str(entry)
         if is_mujoco and os.environ.get("MUJOCO_GL") is None:
             ensure_headless_gl()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(make_kwargs or {})
         creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
         if "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", []):
             kwargs["render_mode"] = "rgb_array"
