@@ -1,0 +1,83 @@
+"""Config of the AdMRL family (``admrl``, ``mb-unif``, ``mb-gauss``): Lin et al. 2020, Algorithm 1 and App. C.
+
+Where the paper's appendix (which our copy lacks) and the official code are silent, the number is ours and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from recipes.run.config import RunConfig
+
+
+class AdmrlConfig(RunConfig):
+    """Every setting of an AdMRL-family run.  ``task_search`` picks the recipe: ``adversarial`` (AdMRL), ``uniform``
+    (``mb-unif``) or ``gauss`` (``mb-gauss``: ψ ~ N(0, 1) per coordinate, clipped to the box)."""
+
+    env: str = "admrl:halfcheetah-vel"
+    action_repeat: int = Field(1, ge=1)
+    task_search: Literal["adversarial", "uniform", "gauss"] = "adversarial"
+    initial_psi: list[float] | None = Field(
+        None, description="ψ of the first task (each in [−1, 1]; None: drawn uniformly, Algorithm 1 line 8)"
+    )
+
+    # Algorithm 1
+    n_tasks: int = Field(10, ge=1, description="training tasks (the paper runs 10 or 20)")
+    n_slbo: int = Field(5, ge=1, description="SLBO iterations per task (collect, fit, optimise in the model)")
+    n_collect: int = Field(2_000, ge=1, description="real env steps collected per SLBO iteration")
+    collect_noise: float = Field(0.1, ge=0.0, description="Gaussian action noise while collecting (ours)")
+    episode_len: int = Field(200, ge=1, description="real episode length in agent steps (ours, CPU-sized)")
+
+    # dynamics model: GaussianEnsemble over Δs (mbrl-lib sizes, as the M3PO family)
+    members: int = Field(5, ge=1)
+    elites: int = Field(3, ge=1)
+    model_layers: int = Field(3, ge=1)
+    model_units: int = Field(128, ge=1)
+    model_lr: float = Field(1e-3, gt=0.0)
+    model_wd: float = Field(1e-5, ge=0.0)
+    model_batch: int = Field(256, ge=1)
+    model_epochs: int = Field(20, ge=1, description="most epochs per fit (early stopping on the hold-out MSE)")
+    model_patience: int = Field(3, ge=1)
+    holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+
+    # VirtualTraining: PPO inside the model
+    virtual_iters: int = Field(20, ge=1, description="PPO updates per SLBO iteration (n_inner)")
+    zeroshot_iters: int = Field(40, ge=1, description="PPO updates of the zero-shot adaptation (n_zeroshot)")
+    virtual_envs: int = Field(64, ge=1, description="parallel model episodes per PPO update")
+    virtual_horizon: int = Field(50, ge=1, description="model steps per PPO update (branch length, ours)")
+    ppo_lr: float = Field(3e-4, gt=0.0)
+    ppo_epochs: int = Field(10, ge=1)
+    ppo_minibatch: int = Field(256, ge=1)
+    policy_units: int = Field(64, ge=1)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+
+    # the task gradient (§4.2) and the ascent on ψ (Algorithm 1, line 12)
+    hessian: Literal["trajectory", "per_step"] = Field(
+        "per_step", description="REINFORCE Hessian: eq. 7 over trajectories, or the official code's per-step GAE form"
+    )
+    ift_solver: Literal["cg", "normal_cg"] = Field("normal_cg", description="AdMRL's code: CG on the normal equations")
+    ift_iters: int = Field(200, ge=1, description="AdMRL's code: 200")
+    ift_damping: float = Field(0.1, ge=0.0, description="AdMRL's code: 0.1")
+    task_lr: float = Field(0.5, gt=0.0, description="α of the projected ascent on ψ ∈ [−1, 1]^k (ours)")
+    grad_episodes: int = Field(8, ge=1, description="real episodes per policy for eq. 3–4 (ours)")
+    grad_horizon: int = Field(100, ge=1, description="steps of the rollouts the task gradient uses (ours)")
+    grad_model_envs: int = Field(256, ge=1, description="model episodes for the Hessian and eq. 6 (ours)")
+
+    @model_validator(mode="after")
+    def _check_admrl(self) -> AdmrlConfig:
+        from recipes.envs.admrl import check_psi
+
+        if not self.env.startswith("admrl:"):
+            raise ValueError(f"env: the AdMRL recipes need an admrl: environment, got {self.env!r}")
+        family = self.env.split(":", 1)[1]
+        if self.initial_psi is not None:
+            try:
+                check_psi(family, self.initial_psi)
+            except ValueError as e:
+                raise ValueError(f"initial_psi: {e}") from e
+        if self.elites > self.members:
+            raise ValueError(f"elites: must be <= members ({self.members}), got {self.elites}")
+        return self

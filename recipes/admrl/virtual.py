@@ -1,0 +1,232 @@
+"""AdMRL's VirtualTraining (Lin et al. 2020, §4.3): fit a dynamics model on real data, then optimise a policy for
+task ψ inside it; plus the batched rollouts the task gradient differentiates (:mod:`recipes.admrl.taskgrad`).
+
+The model is a :class:`worldmodels.GaussianEnsemble` over Δs only (``learn_reward=False``): rewards come from the
+family's known r_ψ(s′, a) (:meth:`recipes.envs.admrl.AdmrlEnv.reward`, AdMRL's assumption that the reward
+parameterisation is known), and terminations from the v5 env's health checks applied to predicted states
+(:data:`TERMINATIONS`).  Model rollouts start from real states drawn from the data (SLBO and MBPO do the same).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from recipes.agents.ppo import PPO
+from recipes.envs.admrl import AdmrlEnv
+from worldmodels import GaussianEnsemble, bootstrap_counts
+
+
+def _hopper_done(s: Tensor) -> Tensor:  # Hopper-v5: healthy iff |s[1:]| < 100, z > 0.7, |angle| < 0.2
+    return ~((s[..., 1:].abs() < 100).all(-1) & (s[..., 0] > 0.7) & (s[..., 1].abs() < 0.2))
+
+
+def _walker_done(s: Tensor) -> Tensor:  # Walker2d-v5: healthy iff 0.8 < z < 2.0 and −1 < angle < 1
+    return ~((s[..., 0] > 0.8) & (s[..., 0] < 2.0) & (s[..., 1].abs() < 1.0))
+
+
+def _ant_done(s: Tensor) -> Tensor:  # Ant-v5: healthy iff the state is finite and 0.2 <= z <= 1.0
+    return ~(torch.isfinite(s).all(-1) & (s[..., 0] >= 0.2) & (s[..., 0] <= 1.0))
+
+
+def _never(s: Tensor) -> Tensor:
+    return torch.zeros(s.shape[:-1], dtype=torch.bool, device=s.device)
+
+
+#: Termination of predicted next states [..., O] per family (the v5 envs' default health checks on their
+#: observation layout: Hopper/Walker2d obs[0] = z, obs[1] = torso angle; Ant obs[0] = z).
+TERMINATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "ant2d": _ant_done,
+    "ant3d": _ant_done,
+    "hopper2d": _hopper_done,
+    "walker2d": _walker_done,
+    "halfcheetah-vel": _never,
+    "cheetah-highdim": _never,
+}
+
+
+@dataclass
+class Transitions:
+    """Real transitions as [N, ...] float32 tensors: ``obs``, ``action``, ``next_obs``, ``done`` (terminal)."""
+
+    obs: Tensor
+    action: Tensor
+    next_obs: Tensor
+    done: Tensor
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def cat(self, other: Transitions) -> Transitions:
+        return Transitions(*(torch.cat([a, b]) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.obs, self.action, self.next_obs, self.done
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        return {"obs": self.obs[idx], "action": self.action[idx], "next_obs": self.next_obs[idx]}
+
+
+def fit_model(
+    model: GaussianEnsemble,
+    opt: torch.optim.Optimizer,
+    data: Transitions,
+    *,
+    epochs: int,
+    batch: int,
+    holdout_ratio: float,
+    patience: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Fit the ensemble on all of ``data``: a fresh hold-out split, per-member bootstrap counts, at most ``epochs``
+    epochs of minibatches, stopping when no member's hold-out MSE improves by 1% for ``patience`` epochs; the best
+    epoch's parameters are kept and the elites chosen by hold-out MSE (mbrl-lib's ModelTrainer, as the M3PO recipe).
+    The caller feeds every new row to ``model.update_normalizer`` once, before the fit."""
+    n = len(data)
+    perm = torch.randperm(n, generator=generator)
+    n_hold = max(1, int(holdout_ratio * n))
+    hold, train = data.batch(perm[:n_hold]), perm[n_hold:]
+    counts = bootstrap_counts(model.members, len(train), generator=generator)
+    best, best_state, since, done_epochs = None, None, 0, 0
+    last = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for i in range(0, max(len(order) - batch + 1, 1), batch):
+            pos = order[i : i + batch]
+            out = model.loss({**data.batch(train[pos]), "bootstrap": counts[:, pos]})
+            loss = out.loss.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last = float(loss.detach())
+        done_epochs += 1
+        with torch.no_grad():
+            holdout = model.holdout_loss(hold)
+        if best is None or bool(((best - holdout) / best.abs().clamp_min(1e-12) > 0.01).any()):
+            best = holdout if best is None else torch.minimum(best, holdout)
+            best_state, since = copy.deepcopy(model.state_dict()), 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    with torch.no_grad():
+        final = model.holdout_loss(hold)
+    model.select_elites(final)
+    return {"model/holdout_mse": float(final[model.elite_idx].mean()), "model/epochs": done_epochs, "model/nll": last}
+
+
+class ModelEnv:
+    """B parallel episodes inside the learned model for one task ψ: s′ ~ a random elite, r = r_ψ(s′, a), done by
+    the family's health check.
+
+    Args:
+        model: the fitted ensemble (Δs only).  env: the real family env (its reward and name).
+        generator: RNG for elites and model noise.
+    """
+
+    def __init__(self, model: GaussianEnsemble, env: AdmrlEnv, generator: torch.Generator) -> None:
+        self.model, self.env, self.generator = model, env, generator
+        self.terminal = TERMINATIONS[env.admrl_family]
+
+    @torch.no_grad()
+    def step(self, obs: Tensor, action: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(next_obs [B, O], reward [B], done [B] float) for obs [B, O] and actions [B, A] (clipped to [−1, 1])."""
+        a = action.clamp(-1.0, 1.0)
+        next_obs, _ = self.model.sample(obs, a, generator=self.generator)
+        return next_obs, self.env.reward(next_obs, a, psi), self.terminal(next_obs).to(obs.dtype)
+
+
+@torch.no_grad()
+def model_rollouts(
+    ppo: PPO, model_env: ModelEnv, start: Tensor, psi: Tensor, horizon: int, *, deterministic: bool = False
+) -> dict[str, Tensor]:
+    """``horizon`` steps of B model episodes from ``start`` [B, O]; an episode that terminates restarts from its own
+    start state (so every column stays B long).  Returns ``obs``, ``action``, ``next_obs`` [T, B, ·], ``reward``,
+    ``done`` [T, B] and ``last_obs`` [B, O]."""
+    obs = start
+    out: dict[str, list[Tensor]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "done")}
+    for _ in range(horizon):
+        act = ppo.act(obs, deterministic=deterministic)
+        nxt, rew, done = model_env.step(obs, act, psi)
+        for k, v in zip(out, (obs, act, nxt, rew, done), strict=True):
+            out[k].append(v)
+        obs = torch.where(done[:, None] > 0, start, nxt)
+    res = {k: torch.stack(v) for k, v in out.items()}
+    res["last_obs"] = obs
+    return res
+
+
+def virtual_training(
+    ppo: PPO,
+    model_env: ModelEnv,
+    starts: Tensor,
+    psi: Tensor,
+    *,
+    iterations: int,
+    envs: int,
+    horizon: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """``iterations`` PPO updates on fresh model rollouts (B = ``envs`` episodes of ``horizon`` steps from real
+    states drawn from ``starts``): AdMRL's VirtualTraining policy phase.  Returns the last update's statistics and
+    the mean virtual return per episode-step batch."""
+    stats: dict[str, float] = {}
+    for _ in range(iterations):
+        idx = torch.randint(len(starts), (envs,), generator=generator)
+        roll = model_rollouts(ppo, model_env, starts[idx], psi, horizon)
+        stats = ppo.update(roll["obs"], roll["action"], roll["reward"], roll["done"], roll["last_obs"])
+        stats["virtual_return"] = float(roll["reward"].sum(0).mean())
+    return stats
+
+
+def real_rollouts(
+    ppo: PPO, env: AdmrlEnv, episodes: int, horizon: int, *, noise: float = 0.0, rng: np.random.Generator | None = None
+) -> tuple[dict[str, Tensor], Transitions, list[float]]:
+    """``episodes`` real episodes of at most ``horizon`` steps with π (plus Gaussian action noise ``noise``).
+
+    Returns the [T, B] batch (``obs``, ``action``, ``next_obs``, ``reward``, ``done``; steps after an episode's end
+    are padded with its last state, zero reward and ``done`` = 1 so that :mod:`recipes.admrl.taskgrad`'s alive mask
+    drops them), the flat :class:`Transitions` and the episode returns."""
+    rng = rng or np.random.default_rng()
+    cols: dict[str, list[list[np.ndarray]]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "done")}
+    flat: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+    returns = []
+    for _ in range(episodes):
+        step = env.reset()
+        col: dict[str, list[np.ndarray]] = {k: [] for k in cols}
+        total = 0.0
+        for t in range(horizon):
+            obs = step["obs"]
+            a = ppo.act(torch.as_tensor(obs)).numpy()
+            if noise:
+                a = a + noise * rng.standard_normal(a.shape).astype(np.float32)
+            a = np.clip(a, -1.0, 1.0)
+            step = env.step(a)
+            terminal = bool(step["is_terminal"])
+            end = bool(step["is_last"]) or t == horizon - 1
+            for k, v in zip(cols, (obs, a, step["obs"], step["reward"], float(terminal or end)), strict=True):
+                col[k].append(np.asarray(v, np.float32))
+            flat.append((obs, a, step["obs"], float(terminal)))
+            total += float(step["reward"])
+            if end:
+                break
+        while len(col["obs"]) < horizon:  # pad after the episode's end (masked out downstream)
+            for k in ("obs", "next_obs"):
+                col[k].append(col["next_obs"][-1])
+            col["action"].append(np.zeros_like(col["action"][-1]))
+            col["reward"].append(np.float32(0.0))
+            col["done"].append(np.float32(1.0))
+        for k in cols:
+            cols[k].append(col[k])
+        returns.append(total)
+    batch = {k: torch.as_tensor(np.stack([np.stack(c) for c in v], 1)) for k, v in cols.items()}
+    o, a, o2, d = (np.stack(x) for x in zip(*flat, strict=True))
+    trans = Transitions(*(torch.as_tensor(np.asarray(x, np.float32)) for x in (o, a, o2, d)))
+    return batch, trans, returns
