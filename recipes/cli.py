@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recipes.registry import RECIPES
 
     run.add_argument("recipe", help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()))
-    run.add_argument("--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME, gym:ID or meta:FAMILY")
+    run.add_argument(
+        "--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY or admrl:FAMILY"
+    )
     run.add_argument("--steps", type=int, default=100_000, help="environment steps (agent steps × action repeat)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--logdir", required=True)

@@ -51,9 +51,20 @@ class Variant:
         return Variant(text.strip(), recipe, sets)
 
 
-def eval_curve(logdir: Path) -> dict[int, float]:
-    """Evaluation return by environment step (the last record wins if a resumed run logged a step twice)."""
-    return {int(r["step"]): float(r["eval_return"]) for r in rundir.read_metrics(logdir) if "eval_return" in r}
+def eval_curve(logdir: Path, metric: str = "eval_return") -> dict[int, float]:
+    """``metric`` (default the evaluation return) by environment step (the last record wins if a resumed run logged
+    a step twice)."""
+    return {int(r["step"]): float(r[metric]) for r in rundir.read_metrics(logdir) if metric in r}
+
+
+def _metric(variants: list[Variant]) -> tuple[str, bool]:
+    """The metric the variants' recipes are compared on and whether higher is better; they must agree."""
+    from recipes.registry import get_recipe
+
+    found = {(get_recipe(v.recipe).metric, get_recipe(v.recipe).maximize) for v in variants}
+    if len(found) != 1:
+        raise ValueError(f"compare: these recipes are judged by different metrics {sorted(found)}; compare them apart")
+    return found.pop()
 
 
 def _done(logdir: Path, steps: int) -> bool:
@@ -139,13 +150,15 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: int) -> dict[str, Any]:
-    """Curves on the evaluation steps every run has, Welch's test of the first variant vs the second, finals."""
-    curves = {v.label: [eval_curve(logdir / f"{v.slug}-s{s}") for s in seeds] for v in variants}
+    """Curves on the evaluation steps every run has, Welch's test of the first variant vs the second (H1: the first
+    is better — higher, or lower for a metric to minimise such as AdMRL's worst-case gap), finals."""
+    metric, maximize = _metric(variants)
+    curves = {v.label: [eval_curve(logdir / f"{v.slug}-s{s}", metric) for s in seeds] for v in variants}
     common = sorted(set.intersection(*[set(c) for runs in curves.values() for c in runs]))
     common = [s for s in common if s <= steps]
     if not common:
         raise RuntimeError(f"no evaluation step is shared by all runs in {logdir}")
-    table: dict[str, Any] = {"steps": common, "seeds": seeds, "variants": {}}
+    table: dict[str, Any] = {"steps": common, "seeds": seeds, "variants": {}, "metric": metric, "maximize": maximize}
     for label, runs in curves.items():
         values = np.array([[c[s] for s in common] for c in runs])  # [seeds, evals]
         table["variants"][label] = {
@@ -161,14 +174,14 @@ def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: in
         for step in common:
             a = [c[step] for c in curves[first]]
             b = [c[step] for c in curves[second]]
-            t, p = welch(a, b)
+            t, p = welch(a, b) if maximize else welch(b, a)
             ts.append(t)
             ps.append(p)
         finite = [i for i, t in enumerate(ts) if math.isfinite(t)]
         table["welch"] = {
             "a": first,
             "b": second,
-            "alternative": f"{first} > {second}",
+            "alternative": f"{first} {'>' if maximize else '<'} {second}",
             "t": ts,
             "p": ps,
             "mean_t": float(np.mean([ts[i] for i in finite])) if finite else float("nan"),
@@ -181,7 +194,9 @@ def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: in
 
 def format_table(table: dict[str, Any]) -> str:
     """A Markdown table: final return mean ± std per variant, and the Welch summary."""
-    lines = ["| variant | final eval return (mean ± std) | per seed |", "|---|---|---|"]
+    metric = table.get("metric", "eval_return")
+    name = "eval return" if metric == "eval_return" else metric
+    lines = [f"| variant | final {name} (mean ± std) | per seed |", "|---|---|---|"]
     for label, row in table["variants"].items():
         seeds = ", ".join(f"{x:.0f}" for x in row["per_seed_final"])
         lines.append(f"| {label} | {row['final_mean']:.1f} ± {row['final_std']:.1f} | {seeds} |")
@@ -212,7 +227,9 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
     if "welch" in table:
         title += f"\nWelch one-tailed: mean t={table['welch']['mean_t']:.2f}, mean p={table['welch']['mean_p']:.3f}"
     ax.set_xlabel("environment steps")
-    ax.set_ylabel(f"eval return (mean ± std, {len(table['seeds'])} seeds)")
+    metric = table.get("metric", "eval_return")
+    name = "eval return" if metric == "eval_return" else metric
+    ax.set_ylabel(f"{name} (mean ± std, {len(table['seeds'])} seeds)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipes.admrl.config import PRESETS as ADMRL_PRESETS
+from recipes.admrl.config import AdmrlConfig, GaussTaskConfig, UniformTaskConfig
 from recipes.dreamer.config import PRESETS as DREAMER_PRESETS
 from recipes.dreamer.config import TEMPO_PRESETS, DreamerConfig, TempoConfig
 from recipes.m3po.config import PRESETS as M3PO_PRESETS
@@ -39,6 +41,8 @@ class Recipe:
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
             figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
         summary: one line for ``reweigh run --help``.
+        metric: the ``metrics.jsonl`` key ``reweigh compare`` judges runs by (``eval_return``; AdMRL: ``worst_gap``).
+        maximize: whether a higher ``metric`` is better.
     """
 
     name: str
@@ -47,6 +51,8 @@ class Recipe:
     train: str
     report: str | None = None
     summary: str = ""
+    metric: str = "eval_return"
+    maximize: bool = True
 
     def resolve(self, env: str, preset: str, overrides: dict[str, Any] | None = None, **run: Any) -> RunConfig:
         """This recipe's config for ``env`` and ``preset`` (see :func:`recipes.run.config.resolve`)."""
@@ -99,6 +105,33 @@ RECIPES: dict[str, Recipe] = {
             (M3PO_PRESETS, SAC_PRESETS),
             "recipes.m3po.m3po:train",
             summary="SAC: model-free, with M3PO's history-conditioned networks",
+        ),
+        Recipe(
+            "admrl",
+            AdmrlConfig,
+            (ADMRL_PRESETS,),
+            "recipes.admrl.run:train",
+            summary="AdMRL: adversarial task search by implicit task gradients over a learned model",
+            metric="worst_gap",
+            maximize=False,
+        ),
+        Recipe(
+            "mb-unif",
+            UniformTaskConfig,
+            (ADMRL_PRESETS,),
+            "recipes.admrl.run:train",
+            summary="AdMRL's baseline: the same model-based loop on uniformly drawn tasks",
+            metric="worst_gap",
+            maximize=False,
+        ),
+        Recipe(
+            "mb-gauss",
+            GaussTaskConfig,
+            (ADMRL_PRESETS,),
+            "recipes.admrl.run:train",
+            summary="AdMRL's baseline: the same model-based loop on Gaussian-drawn tasks",
+            metric="worst_gap",
+            maximize=False,
         ),
     )
 }

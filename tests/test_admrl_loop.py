@@ -15,7 +15,6 @@ from recipes.envs import make_env
 from recipes.envs.admrl import ADMRL_FAMILIES
 
 TINY = {
-    "n_tasks": 2,
     "n_slbo": 1,
     "n_collect": 120,
     "episode_len": 60,

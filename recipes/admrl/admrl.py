@@ -72,6 +72,11 @@ class AdmrlTrainer:
 
     # -- pieces -----------------------------------------------------------------------------------------------
 
+    @property
+    def env_steps(self) -> int:
+        """Real transitions in D (the run's budget counts these)."""
+        return 0 if self.data is None else len(self.data)
+
     def new_ppo(self) -> PPO:
         cfg = self.cfg
         return PPO(
@@ -170,6 +175,47 @@ class AdmrlTrainer:
         )
         gap = float(np.mean(ret_star) - np.mean(ret_hat))
         return grad.double().numpy(), {"gap_estimate": gap, "ift_residual": float(info["ift"].residual)}
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume between tasks: the model and its optimiser, D, ψ, the task counter, the records and
+        both random streams."""
+        return {
+            "model": self.model.state_dict(),
+            "model_opt": self.model_opt.state_dict(),
+            "data": None if self.data is None else self.data.astuple(),
+            "psi": self.psi.copy(),
+            "task": self.task,
+            "history": list(self.history),
+            "generator": self.generator.get_state(),
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.model_opt.load_state_dict(state["model_opt"])
+        self.data = None if state["data"] is None else Transitions(*state["data"])
+        self.psi = np.asarray(state["psi"], np.float64).copy()
+        self.task = int(state["task"])
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+
+    def evaluate_policy(self, ppo: PPO, episodes: int) -> float:
+        """Mean real return of the deterministic policy (its mean action) over ``episodes`` episodes of
+        ``episode_len`` steps, under the env's current task."""
+        returns = []
+        for _ in range(episodes):
+            step, total = self.env.reset(), 0.0
+            for _ in range(self.cfg.episode_len):
+                action = ppo.act(torch.as_tensor(step["obs"]), deterministic=True).numpy()
+                step = self.env.step(np.clip(action, -1.0, 1.0))
+                total += float(step["reward"])
+                if step["is_last"]:
+                    break
+            returns.append(total)
+        return float(np.mean(returns))
 
     # -- Algorithm 1 --------------------------------------------------------------------------------------------
 

@@ -5,11 +5,11 @@ Where the paper's appendix (which our copy lacks) and the official code are sile
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from recipes.run.config import RunConfig
+from recipes.run.config import Presets, RunConfig
 
 
 class AdmrlConfig(RunConfig):
@@ -23,8 +23,8 @@ class AdmrlConfig(RunConfig):
         None, description="ψ of the first task (each in [−1, 1]; None: drawn uniformly, Algorithm 1 line 8)"
     )
 
-    # Algorithm 1
-    n_tasks: int = Field(10, ge=1, description="training tasks (the paper runs 10 or 20)")
+    # Algorithm 1: tasks run until D holds ``steps`` real transitions (``tasks`` = ⌈steps / (n_slbo·n_collect)⌉;
+    # the paper: 10 or 20 tasks, 0.4M or 0.8M samples)
     n_slbo: int = Field(5, ge=1, description="SLBO iterations per task (collect, fit, optimise in the model)")
     n_collect: int = Field(2_000, ge=1, description="real env steps collected per SLBO iteration")
     collect_noise: float = Field(0.1, ge=0.0, description="Gaussian action noise while collecting (ours)")
@@ -66,6 +66,18 @@ class AdmrlConfig(RunConfig):
     grad_horizon: int = Field(100, ge=1, description="steps of the rollouts the task gradient uses (ours)")
     grad_model_envs: int = Field(256, ge=1, description="model episodes for the Hessian and eq. 6 (ours)")
 
+    # evaluation (§5.2): gaps over the test grid, at the end of the run
+    eval_adapt: int = Field(1, ge=0, description="SLBO iterations of test-time adaptation after zero-shot (A_1…A_n)")
+    reference_iters: int = Field(15, ge=1, description="SLBO iterations of the reference policy A*(ψ) (ours)")
+    reference_dir: str | None = Field(
+        None, description="cache of A*(ψ) shared by runs on one env (None: the run directory's reference/)"
+    )
+
+    @property
+    def tasks(self) -> int:
+        """Training tasks: ⌈steps / (n_slbo · n_collect)⌉."""
+        return -(-self.steps // (self.n_slbo * self.n_collect))
+
     @model_validator(mode="after")
     def _check_admrl(self) -> AdmrlConfig:
         from recipes.envs.admrl import check_psi
@@ -81,3 +93,41 @@ class AdmrlConfig(RunConfig):
         if self.elites > self.members:
             raise ValueError(f"elites: must be <= members ({self.members}), got {self.elites}")
         return self
+
+
+class UniformTaskConfig(AdmrlConfig):
+    """``mb-unif``: Algorithm 1's loop with ψ ~ U[−1, 1]^k for every task."""
+
+    task_search: Literal["adversarial", "uniform", "gauss"] = "uniform"
+
+
+class GaussTaskConfig(AdmrlConfig):
+    """``mb-gauss``: Algorithm 1's loop with ψ ~ N(0, I) clipped to [−1, 1]^k for every task."""
+
+    task_search: Literal["adversarial", "uniform", "gauss"] = "gauss"
+
+
+_CPU: dict[str, Any] = {}  # the field defaults are CPU-sized (halfcheetah-vel in minutes per task)
+#: ``paper``: Algorithm 1 at the paper's scale — 40k real samples per task (0.4M for 10 tasks), larger model and
+#: policy, longer virtual training (its App. C is not in our copy: SLBO's defaults where AdMRL's code keeps them).
+_PAPER: dict[str, Any] = {
+    "n_slbo": 20,
+    "n_collect": 2_000,
+    "episode_len": 500,
+    "members": 7,
+    "elites": 5,
+    "model_layers": 4,
+    "model_units": 200,
+    "virtual_iters": 40,
+    "zeroshot_iters": 200,
+    "virtual_envs": 128,
+    "virtual_horizon": 100,
+    "ppo_minibatch": 1024,
+    "policy_units": 64,
+    "grad_episodes": 16,
+    "grad_horizon": 500,
+    "grad_model_envs": 1024,
+    "eval_adapt": 3,
+    "reference_iters": 50,
+}
+PRESETS: Presets = {"cpu": {"admrl": _CPU}, "paper": {"admrl": _PAPER}}
