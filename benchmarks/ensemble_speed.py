@@ -29,12 +29,15 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_speed.py [--rounds 15] [--steps 20] [--profile]
 
-Writes ``benchmarks/results/ensemble_speed.json``.
+Writes ``benchmarks/results/ensemble_speed.json``.  Row ``GEMM floor``: the step's 14 batched matrix products
+alone (:func:`gemm_floor`), a lower bound for any fp32 implementation of the same step — the script prints whether
+0.7 × mbrl is below it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -214,6 +217,31 @@ def our_steps(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"steps": {"ours": plain, "ours BilevelUpdate": through_bilevel}, "params": params, "model": model}
 
 
+def gemm_floor(cfg: dict[str, Any]) -> tuple[Any, float]:
+    """The step's batched matrix products alone, on fixed random tensors of the same shapes: per layer one forward
+    ``bmm`` and the weight-gradient ``bmm``, and the input-gradient ``bmm`` for every layer but the first — 14 at
+    MBPO's size.  No activation, loss, normalisation or optimiser: a lower bound for *any* fp32 implementation of
+    the same step.  Returns the step function and its FLOPs."""
+    e, b = cfg["members"], cfg["batch"]
+    widths = [cfg["obs"] + cfg["act"], *([cfg["units"]] * cfg["layers"]), 2 * (cfg["obs"] + 1)]
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(e, b, w, generator=g) for w in widths[:-1]]
+    ws = [torch.randn(e, i, o, generator=g) / i**0.5 for i, o in itertools.pairwise(widths)]
+    dys = [torch.randn(e, b, o, generator=g) for o in widths[1:]]
+    flops = 0.0
+    for i, (inp, out) in enumerate(itertools.pairwise(widths)):
+        flops += 2 * e * b * inp * out * (2 if i == 0 else 3)
+
+    def step() -> None:
+        for i, (x, w, dy) in enumerate(zip(xs, ws, dys, strict=True)):
+            torch.bmm(x, w)
+            torch.bmm(x.transpose(1, 2), dy)
+            if i:
+                torch.bmm(dy, w.transpose(1, 2))
+
+    return step, flops
+
+
 def time_local(f: Any, k: int) -> float:
     t = time.perf_counter()
     for _ in range(k):
@@ -275,10 +303,12 @@ def main() -> None:
         worker.stdin.flush()  # type: ignore[union-attr]
         return float(json.loads(worker.stdout.readline())["seconds"])  # type: ignore[union-attr]
 
-    local = ours["steps"]
+    local = dict(ours["steps"])
+    floor_step, floor_flops = gemm_floor(cfg)
+    local["GEMM floor"] = floor_step
     for f in local.values():
         time_local(f, 5)
-    names = ["ours", "mbrl", "ours BilevelUpdate", "mbrl update()"]
+    names = ["ours", "mbrl", "ours BilevelUpdate", "mbrl update()", "GEMM floor"]
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -301,6 +331,13 @@ def main() -> None:
     for n in names:
         print(f"{n:<22} {1e3 * median[n]:15.2f} {1e3 * min(times[n]):8.2f} {1e3 * max(times[n]):8.2f}")
     print(f"ratio ours/mbrl: {ratio:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.7)")
+    floor = median["GEMM floor"]
+    print(
+        f"GEMM floor: {1e3 * floor:.2f} ms for {floor_flops / 1e9:.2f} GFLOP "
+        f"({floor_flops / floor / 1e9:.1f} GFLOP/s); "
+        f"ours spends {floor / median['ours']:.0%} of its step in these products; the target 0.7 x mbrl = "
+        f"{0.7e3 * median['mbrl']:.2f} ms is {'below' if 0.7 * median['mbrl'] < floor else 'above'} the floor"
+    )
     profile = None
     if args.profile:
         profile = profile_ours(local["ours"])
@@ -313,6 +350,7 @@ def main() -> None:
         "ratio_ours_over_mbrl": ratio,
         "median_round_ratio": statistics.median(ratios),
         "target_ratio": 0.7,
+        "gemm_floor": {"seconds": floor, "flops": floor_flops, "gflops_per_s": floor_flops / floor / 1e9},
         "params": ours["params"],
         "ours": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         "mbrl": {k: info[k] for k in ("torch", "cuda", "threads", "model")} | {"version": MBRL_PIN},
