@@ -120,4 +120,8 @@ def test_bad_input_raises():
     env = make_env("admrl:halfcheetah-vel", seed=0)
     with pytest.raises(ValueError, match="outside"):
         env.set_task([-1.01])
+    env.set_task([-1.5], out_of_box=True)  # evaluation's out-of-distribution tasks: goal −3 (beyond the box's −2)
+    np.testing.assert_allclose(env.goal(env.get_task()), [-3.0])
+    with pytest.raises(ValueError, match=r"outside \[-1.5, 1.5\]"):
+        env.set_task([1.6], out_of_box=True)
     env.close()

@@ -59,8 +59,10 @@ def test_run_directory_resume_and_shared_reference(tmp_path):
     gaps = json.loads((logdir / "gaps.json").read_text())
     assert len(gaps["rows"]) == 7 and len(gaps["rows"][0]["adapted"]) == 2  # A₀, A₁ on the 7-point grid
     assert gaps["worst_gap"][-1] == max(r["gaps"][-1] for r in gaps["rows"])
+    assert [r["psi"] for r in gaps["ood"]["rows"]] == [[-1.5], [-1.25], [1.25], [1.5]]  # AdMRL §5.3's OOD tasks
+    assert "worst_gap_ood" in final[0]
     cached = sorted(ref.glob("*.json"))
-    assert len(cached) == 7
+    assert len(cached) == 7 + 4
     # resuming a finished run trains and evaluates nothing more
     assert main(_args(logdir, "admrl", extra=(f"reference_dir={ref}",))) == 0
     assert len(records(logdir)) == len(recs)

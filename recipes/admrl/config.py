@@ -68,6 +68,7 @@ class AdmrlConfig(RunConfig):
 
     # evaluation (§5.2): gaps over the test grid, at the end of the run
     eval_adapt: int = Field(1, ge=0, description="SLBO iterations of test-time adaptation after zero-shot (A_1…A_n)")
+    eval_ood: bool = Field(True, description="also evaluate the out-of-distribution grid (AdMRL §5.3)")
     reference_iters: int = Field(15, ge=1, description="SLBO iterations of the reference policy A*(ψ) (ours)")
     reference_dir: str | None = Field(
         None, description="cache of A*(ψ) shared by runs on one env (None: the run directory's reference/)"

@@ -26,7 +26,7 @@ import torch
 
 from recipes.admrl.admrl import AdmrlTrainer
 from recipes.admrl.config import AdmrlConfig
-from recipes.envs.admrl import AdmrlEnv
+from recipes.envs.admrl import OOD_BOUND, AdmrlEnv
 
 
 def task_grid(env: AdmrlEnv) -> np.ndarray:
@@ -39,12 +39,25 @@ def task_grid(env: AdmrlEnv) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, k)
 
 
+def ood_grid(env: AdmrlEnv) -> np.ndarray:
+    """Out-of-distribution test tasks [G, k] (AdMRL §5.3): for 1-D families ψ ∈ {±1.25, ±1.5}; for 2-D ones the
+    points of a 7 × 7 grid on [−1.5, 1.5]² outside [−1, 1]²; none (shape [0, k]) for higher dimensions (ours)."""
+    k = env.task_dim
+    if k == 1:
+        return np.array([[-1.5], [-1.25], [1.25], [1.5]])
+    if k == 2:
+        axis = np.linspace(-OOD_BOUND, OOD_BOUND, 7)
+        pts = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+        return pts[np.abs(pts).max(1) > 1.0 + 1e-9]
+    return np.zeros((0, k))
+
+
 def adapt(trainer: AdmrlTrainer, psi: np.ndarray, iters: int, episodes: int) -> list[float]:
     """[A₀(ψ), …, A_iters(ψ)] from ``trainer``'s model and data, which are left as they were (a copy adapts)."""
     work = AdmrlTrainer(trainer.cfg, trainer.env)
     work.load_state_dict(trainer.state_dict())
     cfg, p = work.cfg, torch.as_tensor(psi, dtype=torch.float32)
-    work.env.set_task(psi)
+    work.env.set_task(psi, out_of_box=True)
     ppo = work.new_ppo()
     work.virtual(ppo, p, cfg.zeroshot_iters)
     returns = [work.evaluate_policy(ppo, episodes)]
@@ -67,9 +80,9 @@ def reference_return(cfg: AdmrlConfig, env: AdmrlEnv, psi: np.ndarray, cache: Pa
     path = None if cache is None else cache / f"{key[:16]}.json"
     if path is not None and path.exists():
         return float(json.loads(path.read_text())["return"])
-    ref_cfg = cfg.model_copy(update={"seed": cfg.seed + 1_000, "initial_psi": [float(x) for x in psi]})
+    ref_cfg = cfg.model_copy(update={"seed": cfg.seed + 1_000})
     ref = AdmrlTrainer(ref_cfg, env)
-    env.set_task(psi)
+    env.set_task(psi, out_of_box=True)
     ppo = ref.new_ppo()
     p = torch.as_tensor(psi, dtype=torch.float32)
     for _ in range(cfg.reference_iters):
@@ -83,24 +96,32 @@ def reference_return(cfg: AdmrlConfig, env: AdmrlEnv, psi: np.ndarray, cache: Pa
     return value
 
 
-def evaluate_gaps(trainer: AdmrlTrainer, cache: Path | None) -> dict[str, Any]:
-    """The gap table over :func:`task_grid`: per ψ, A₀…A_n, A* and G₀…G_n; plus worst-case and mean gaps."""
+def _gap_rows(trainer: AdmrlTrainer, grid: np.ndarray, cache: Path | None) -> dict[str, Any]:
     cfg, env = trainer.cfg, trainer.env
-    grid = task_grid(env)
     rows = []
     for psi in grid:
         adapted = adapt(trainer, psi, cfg.eval_adapt, cfg.eval_episodes)
         star = reference_return(cfg, env, psi, cache)
         rows.append({"psi": psi.tolist(), "adapted": adapted, "reference": star, "gaps": [star - a for a in adapted]})
-    gaps = np.array([r["gaps"] for r in rows])  # [G, n + 1]
-    env.set_task(trainer.psi)
-    return {
-        "grid": grid.tolist(),
-        "rows": rows,
-        "worst_gap": gaps.max(0).tolist(),
-        "mean_gap": gaps.mean(0).tolist(),
-        "adapted_mean": np.mean([r["adapted"] for r in rows], 0).tolist(),
-    }
+    out: dict[str, Any] = {"grid": grid.tolist(), "rows": rows}
+    if rows:
+        gaps = np.array([r["gaps"] for r in rows])  # [G, n + 1]
+        out.update(
+            worst_gap=gaps.max(0).tolist(),
+            mean_gap=gaps.mean(0).tolist(),
+            adapted_mean=np.mean([r["adapted"] for r in rows], 0).tolist(),
+        )
+    return out
+
+
+def evaluate_gaps(trainer: AdmrlTrainer, cache: Path | None) -> dict[str, Any]:
+    """The gap table over :func:`task_grid`: per ψ, A₀…A_n, A* and G₀…G_n; the worst-case and mean gaps; and with
+    ``eval_ood`` the same over :func:`ood_grid` under ``"ood"``."""
+    table = _gap_rows(trainer, task_grid(trainer.env), cache)
+    if trainer.cfg.eval_ood:
+        table["ood"] = _gap_rows(trainer, ood_grid(trainer.env), cache)
+    trainer.env.set_task(trainer.psi)
+    return table
 
 
 def plot_gaps(table: dict[str, Any], path: Path, title: str) -> Path:
@@ -115,10 +136,15 @@ def plot_gaps(table: dict[str, Any], path: Path, title: str) -> Path:
     gaps = np.array([r["gaps"] for r in table["rows"]])
     k = grid.shape[1]
     shown = [(0, "zero-shot G₀"), (gaps.shape[1] - 1, f"adapted G_{gaps.shape[1] - 1}")]
+    ood = table.get("ood", {})
     if k == 1:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for i, label in shown:
-            ax.plot(grid[:, 0], gaps[:, i], marker="o", label=label)
+            line = ax.plot(grid[:, 0], gaps[:, i], marker="o", label=label)[0]
+            if ood.get("rows"):
+                ogrid, ogaps = np.asarray(ood["grid"]), np.array([r["gaps"][i] for r in ood["rows"]])
+                ax.plot(ogrid[:, 0], ogaps, ls="none", marker="x", color=line.get_color(), label=label + " (OOD)")
+        ax.axvspan(-1, 1, color="0.9", zorder=0)
         ax.set_xlabel("ψ")
         ax.set_ylabel("suboptimality gap")
         ax.legend()

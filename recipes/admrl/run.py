@@ -120,6 +120,7 @@ def train(
             mean_gap=table["mean_gap"][-1],
             worst_gap_zeroshot=table["worst_gap"][0],
             eval_return=table["adapted_mean"][-1],
+            **({"worst_gap_ood": table["ood"]["worst_gap"][-1]} if table.get("ood", {}).get("rows") else {}),
         )
     plot_gaps(table, logdir / "gaps.png", f"{recipe} on {cfg.env}: suboptimality gaps")
     logger.close()

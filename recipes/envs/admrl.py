@@ -84,6 +84,8 @@ ADMRL_FAMILIES = tuple(FAMILIES)
 #: cheetah-highdim's state statistics: random-action states, this many env steps (episodes of 200), this seed.
 NORM_STEPS, NORM_EPISODE, NORM_SEED = 4000, 200, 0
 _NORM_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+#: Out-of-distribution tasks (AdMRL §5.3) may reach this far outside the training box [−1, 1]^k.
+OOD_BOUND = 1.5
 
 
 def _like(value: Any, ref: Any) -> Any:
@@ -147,13 +149,15 @@ class AdmrlEnv(GymEnv):
             raise ValueError(f"sample_tasks: n must be non-negative, got {n}")
         return [self._rng.uniform(-1.0, 1.0, self.task_dim) for _ in range(int(n))]
 
-    def set_task(self, psi: Any) -> None:
-        """Make ψ the task from the next step on.
+    def set_task(self, psi: Any, *, out_of_box: bool = False) -> None:
+        """Make ψ the task from the next step on; ``out_of_box`` allows |ψ_i| up to :data:`OOD_BOUND` (evaluation
+        of out-of-distribution tasks, AdMRL §5.3: the goal map extends affinely beyond the box).
 
         Raises:
-            ValueError: if ψ is not k finite numbers in [−1, 1] (the message names the family and the entry).
+            ValueError: if ψ is not k finite numbers in [−1, 1] (or the OOD bound; the message names the family
+                and the entry).
         """
-        self._psi = check_psi(self.admrl_family, psi)
+        self._psi = check_psi(self.admrl_family, psi, bound=OOD_BOUND if out_of_box else 1.0)
 
     def get_task(self) -> np.ndarray:
         """A copy of ψ."""
@@ -249,8 +253,8 @@ class AdmrlEnv(GymEnv):
         return mean.copy(), std.copy()
 
 
-def check_psi(family: str, psi: Any) -> np.ndarray:
-    """ψ as a float64 array of the family's k entries, each in [−1, 1].
+def check_psi(family: str, psi: Any, *, bound: float = 1.0) -> np.ndarray:
+    """ψ as a float64 array of the family's k entries, each in [−bound, bound] (the training box: 1).
 
     Raises:
         ValueError: naming the family and the offending entry, for a wrong length, a non-finite value or one
@@ -265,9 +269,9 @@ def check_psi(family: str, psi: Any) -> np.ndarray:
         raise ValueError(f"admrl:{family}: psi must be {k} numbers in [-1, 1], got {psi!r}") from e
     if arr.shape != (k,):
         raise ValueError(f"admrl:{family}: psi must have {k} entries, got {arr.size}")
-    bad = np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > 1.0))
+    bad = np.flatnonzero(~np.isfinite(arr) | (np.abs(arr) > bound))
     if bad.size:
-        raise ValueError(f"admrl:{family}: psi[{bad[0]}] = {arr[bad[0]]} is outside [-1, 1]")
+        raise ValueError(f"admrl:{family}: psi[{bad[0]}] = {arr[bad[0]]} is outside [-{bound:g}, {bound:g}]")
     return arr
 
 
@@ -288,4 +292,4 @@ def make_admrl_env(
     return AdmrlEnv(family, seed=seed, pixels=pixels, size=size, action_repeat=action_repeat, time_limit=time_limit)
 
 
-__all__ = ["ADMRL_FAMILIES", "FAMILIES", "AdmrlEnv", "RewardFamily", "check_psi", "make_admrl_env"]
+__all__ = ["ADMRL_FAMILIES", "FAMILIES", "OOD_BOUND", "AdmrlEnv", "RewardFamily", "check_psi", "make_admrl_env"]
