@@ -5,6 +5,7 @@ Notation: model parameters θ, weighter parameters α, per-sample lower losses �
 L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
 """
 
+from bilevel._autodiff import conjugate_gradient
 from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
 from bilevel.functional import hypergradient
 from bilevel.implicit import ImplicitInfo, implicit_hypergradient
@@ -42,6 +43,7 @@ __all__ = [
     "Strategy",
     "Uniform",
     "check_hypergradient",
+    "conjugate_gradient",
     "finite_difference_gradient",
     "format_report",
     "hypergradient",

@@ -37,10 +37,12 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("hessian", ["per_step", "trajectory"])
-def test_two_adversarial_tasks_ascend_the_task_gradient(hessian):
+@pytest.mark.parametrize(("hessian", "policy_opt"), [("per_step", "ppo"), ("trajectory", "ppo"), ("per_step", "trpo")])
+def test_two_adversarial_tasks_ascend_the_task_gradient(hessian, policy_opt):
     torch.manual_seed(0)
-    cfg = AdmrlConfig(env="admrl:halfcheetah-vel", seed=0, initial_psi=[0.2], hessian=hessian, **TINY)
+    cfg = AdmrlConfig(
+        env="admrl:halfcheetah-vel", seed=0, initial_psi=[0.2], hessian=hessian, policy_opt=policy_opt, **TINY
+    )
     env = make_env(cfg.env, seed=0)
     trainer = AdmrlTrainer(cfg, env)
     first = trainer.task_iteration()

@@ -58,3 +58,24 @@ def test_bad_config_raises():
         PPO(2, 2, clip=1.5)
     with pytest.raises(ValueError, match="epochs"):
         PPO(2, 2, epochs=0)
+
+
+def test_trpo_keeps_its_trust_region_and_learns():
+    from recipes.agents.trpo import TRPO
+
+    torch.manual_seed(0)
+    agent = TRPO(2, 2, max_kl=0.01, gamma=0.95)
+    before = float(_rollout(agent, 256, deterministic=True)[2].sum(0).mean())  # type: ignore[arg-type]
+    accepted = 0
+    for _ in range(60):
+        obs, act, rew, last = _rollout(agent)  # type: ignore[arg-type]
+        trunc = torch.zeros_like(rew)
+        trunc[-1] = 1.0
+        stats = agent.update(obs, act, rew, torch.zeros_like(rew), last, trunc)
+        assert stats["kl"] <= 0.015 + 1e-6  # the line search's acceptance bound 1.5 δ
+        accepted += int(stats["accepted"])
+    after = float(_rollout(agent, 256, deterministic=True)[2].sum(0).mean())  # type: ignore[arg-type]
+    assert accepted >= 40
+    assert after > before + 5, (before, after)
+    with pytest.raises(ValueError, match="max_kl"):
+        TRPO(2, 2, max_kl=0.0)

@@ -28,8 +28,17 @@ from recipes.admrl.taskgrad import (
     suboptimality_gap_gradient,
     trajectory_surrogate,
 )
-from recipes.admrl.virtual import ModelEnv, Transitions, fit_model, model_rollouts, real_rollouts, virtual_training
+from recipes.admrl.virtual import (
+    Agent,
+    ModelEnv,
+    Transitions,
+    fit_model,
+    model_rollouts,
+    real_rollouts,
+    virtual_training,
+)
 from recipes.agents.ppo import PPO
+from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
 from worldmodels import GaussianEnsemble
 
@@ -77,8 +86,18 @@ class AdmrlTrainer:
         """Real transitions in D (the run's budget counts these)."""
         return 0 if self.data is None else len(self.data)
 
-    def new_ppo(self) -> PPO:
+    def new_ppo(self) -> Agent:
+        """A fresh policy optimiser (``policy_opt``: PPO or TRPO)."""
         cfg = self.cfg
+        if cfg.policy_opt == "trpo":
+            return TRPO(
+                self.env.obs_shape[0],
+                self.env.action_dim,
+                units=cfg.policy_units,
+                max_kl=cfg.trpo_max_kl,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+            )
         return PPO(
             self.env.obs_shape[0],
             self.env.action_dim,
@@ -108,7 +127,7 @@ class AdmrlTrainer:
             generator=self.generator,
         )
 
-    def virtual(self, ppo: PPO, psi: Tensor, iterations: int) -> dict[str, float]:
+    def virtual(self, ppo: Agent, psi: Tensor, iterations: int) -> dict[str, float]:
         assert self.data is not None
         cfg = self.cfg
         return virtual_training(
@@ -122,7 +141,7 @@ class AdmrlTrainer:
             generator=self.generator,
         )
 
-    def collect(self, ppo: PPO, steps: int) -> list[float]:
+    def collect(self, ppo: Agent, steps: int) -> list[float]:
         """Real episodes with π_θ plus noise until ``steps`` env steps are in D; their returns."""
         cfg, got, returns = self.cfg, 0, []
         while got < steps:
@@ -134,7 +153,7 @@ class AdmrlTrainer:
 
     # -- the task gradient ---------------------------------------------------------------------------------------
 
-    def _surrogate(self, ppo: PPO, batch: dict[str, Tensor]) -> ReinforceSurrogate:
+    def _surrogate(self, ppo: Agent, batch: dict[str, Tensor]) -> ReinforceSurrogate:
         cfg, env, policy = self.cfg, self.env, ppo.policy
         theta = {k: v.detach().requires_grad_(True) for k, v in policy.named_parameters()}
         obs, act, nxt, done = batch["obs"], batch["action"], batch["next_obs"], batch["done"]
@@ -151,7 +170,7 @@ class AdmrlTrainer:
             values = ppo.values(torch.cat([obs, nxt[-1:]]))
         return per_step_surrogate(log_prob, theta, rewards, values, done, cfg.gamma, cfg.lam)
 
-    def task_gradient(self, ppo_hat: PPO, ppo_star: PPO) -> tuple[np.ndarray, dict[str, Any]]:
+    def task_gradient(self, ppo_hat: Agent, ppo_star: Agent) -> tuple[np.ndarray, dict[str, Any]]:
         """∂L/∂ψ at the current ψ from rollouts of π_θ̂ in the model and in the real env and of π_θ* in the real
         env (Algorithm 1, lines 9–11)."""
         assert self.data is not None
@@ -202,7 +221,7 @@ class AdmrlTrainer:
         self.generator.set_state(state["generator"])
         self.rng.bit_generator.state = state["rng"]
 
-    def evaluate_policy(self, ppo: PPO, episodes: int) -> float:
+    def evaluate_policy(self, ppo: Agent, episodes: int) -> float:
         """Mean real return of the deterministic policy (its mean action) over ``episodes`` episodes of
         ``episode_len`` steps, under the env's current task."""
         returns = []

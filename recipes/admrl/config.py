@@ -42,11 +42,15 @@ class AdmrlConfig(RunConfig):
     model_patience: int = Field(3, ge=1)
     holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
 
-    # VirtualTraining: PPO inside the model
-    virtual_iters: int = Field(20, ge=1, description="PPO updates per SLBO iteration (n_inner)")
-    zeroshot_iters: int = Field(40, ge=1, description="PPO updates of the zero-shot adaptation (n_zeroshot)")
-    virtual_envs: int = Field(64, ge=1, description="parallel model episodes per PPO update")
-    virtual_horizon: int = Field(50, ge=1, description="model steps per PPO update (branch length, ours)")
+    # VirtualTraining: PPO or TRPO inside the model
+    policy_opt: Literal["ppo", "trpo"] = Field(
+        "ppo", description="policy optimiser inside the model: PPO-clip, or TRPO with max-KL 0.01 as SLBO/AdMRL"
+    )
+    trpo_max_kl: float = Field(0.01, gt=0.0, description="TRPO's trust region δ (SLBO: 0.01)")
+    virtual_iters: int = Field(20, ge=1, description="policy updates per SLBO iteration (n_inner)")
+    zeroshot_iters: int = Field(40, ge=1, description="policy updates of the zero-shot adaptation (n_zeroshot)")
+    virtual_envs: int = Field(64, ge=1, description="parallel model episodes per policy update")
+    virtual_horizon: int = Field(50, ge=1, description="model steps per policy update (branch length, ours)")
     ppo_lr: float = Field(3e-4, gt=0.0)
     ppo_epochs: int = Field(10, ge=1)
     ppo_minibatch: int = Field(256, ge=1)

@@ -18,8 +18,12 @@ import torch
 from torch import Tensor
 
 from recipes.agents.ppo import PPO
+from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
 from worldmodels import GaussianEnsemble, bootstrap_counts
+
+#: A policy optimiser the VirtualTraining loop drives (``act``, ``values``, ``update``, ``policy``).
+Agent = PPO | TRPO
 
 
 def _hopper_done(s: Tensor) -> Tensor:  # Hopper-v5: healthy iff |s[1:]| < 100, z > 0.7, |angle| < 0.2
@@ -145,7 +149,7 @@ class ModelEnv:
 
 @torch.no_grad()
 def model_rollouts(
-    ppo: PPO, model_env: ModelEnv, start: Tensor, psi: Tensor, horizon: int, *, deterministic: bool = False
+    ppo: Agent, model_env: ModelEnv, start: Tensor, psi: Tensor, horizon: int, *, deterministic: bool = False
 ) -> dict[str, Tensor]:
     """``horizon`` steps of B model episodes from ``start`` [B, O]; an episode that terminates restarts from its own
     start state (so every column stays B long).  Returns ``obs``, ``action``, ``next_obs`` [T, B, ·], ``reward``,
@@ -164,7 +168,7 @@ def model_rollouts(
 
 
 def virtual_training(
-    ppo: PPO,
+    ppo: Agent,
     model_env: ModelEnv,
     starts: Tensor,
     psi: Tensor,
@@ -174,9 +178,9 @@ def virtual_training(
     horizon: int,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """``iterations`` PPO updates on fresh model rollouts (B = ``envs`` episodes of ``horizon`` steps from real
-    states drawn from ``starts``): AdMRL's VirtualTraining policy phase.  Returns the last update's statistics and
-    the mean virtual return per episode-step batch."""
+    """``iterations`` policy updates (PPO or TRPO) on fresh model rollouts (B = ``envs`` episodes of ``horizon``
+    steps from real states drawn from ``starts``): AdMRL's VirtualTraining policy phase.  Returns the last update's
+    statistics and the mean virtual return of its rollouts."""
     stats: dict[str, float] = {}
     for _ in range(iterations):
         idx = torch.randint(len(starts), (envs,), generator=generator)
@@ -187,7 +191,13 @@ def virtual_training(
 
 
 def real_rollouts(
-    ppo: PPO, env: AdmrlEnv, episodes: int, horizon: int, *, noise: float = 0.0, rng: np.random.Generator | None = None
+    ppo: Agent,
+    env: AdmrlEnv,
+    episodes: int,
+    horizon: int,
+    *,
+    noise: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[dict[str, Tensor], Transitions, list[float]]:
     """``episodes`` real episodes of at most ``horizon`` steps with π (plus Gaussian action noise ``noise``).
 
