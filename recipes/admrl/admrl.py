@@ -56,6 +56,7 @@ class AdmrlTrainer:
 
     def __init__(self, cfg: AdmrlConfig, env: AdmrlEnv) -> None:
         self.cfg, self.env = cfg, env
+        self.device = torch.device(cfg.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         obs_dim, act_dim = env.obs_shape[0], env.action_dim
@@ -67,7 +68,7 @@ class AdmrlTrainer:
             layers=cfg.model_layers,
             units=cfg.model_units,
             learn_reward=False,
-        )
+        ).to(self.device)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr, weight_decay=cfg.model_wd)
         self.model_env = ModelEnv(self.model, env, self.generator)
         self.data: Transitions | None = None
@@ -97,6 +98,7 @@ class AdmrlTrainer:
                 max_kl=cfg.trpo_max_kl,
                 gamma=cfg.gamma,
                 lam=cfg.lam,
+                device=self.device,
             )
         return PPO(
             self.env.obs_shape[0],
@@ -107,9 +109,16 @@ class AdmrlTrainer:
             minibatch=cfg.ppo_minibatch,
             gamma=cfg.gamma,
             lam=cfg.lam,
+            device=self.device,
         )
 
+    def psi_tensor(self, psi: np.ndarray | None = None) -> Tensor:
+        """ψ (default the current task) as a float32 tensor on the run's device."""
+        return torch.as_tensor(self.psi if psi is None else psi, dtype=torch.float32, device=self.device)
+
     def add_data(self, trans: Transitions) -> None:
+        """Append real transitions to D (moved to the run's device) and merge them into the model's normaliser."""
+        trans = trans.to(self.device)
         self.model.update_normalizer({"obs": trans.obs, "action": trans.action, "next_obs": trans.next_obs})
         self.data = trans if self.data is None else self.data.cat(trans)
 
@@ -175,11 +184,13 @@ class AdmrlTrainer:
         env (Algorithm 1, lines 9–11)."""
         assert self.data is not None
         cfg = self.cfg
-        psi = torch.as_tensor(self.psi, dtype=torch.float32)
+        psi = self.psi_tensor()
         idx = torch.randint(len(self.data), (cfg.grad_model_envs,), generator=self.generator)
         model_batch = model_rollouts(ppo_hat, self.model_env, self.data.obs[idx], psi, cfg.grad_horizon)
         real_hat, _, ret_hat = real_rollouts(ppo_hat, self.env, cfg.grad_episodes, cfg.grad_horizon, rng=self.rng)
         real_star, _, ret_star = real_rollouts(ppo_star, self.env, cfg.grad_episodes, cfg.grad_horizon, rng=self.rng)
+        real_hat = {k: v.to(self.device) for k, v in real_hat.items()}
+        real_star = {k: v.to(self.device) for k, v in real_star.items()}
         theta_hat = {k: v.detach().requires_grad_(True) for k, v in ppo_hat.policy.named_parameters()}
         grad, info = suboptimality_gap_gradient(
             self._surrogate(ppo_hat, model_batch),
@@ -193,7 +204,7 @@ class AdmrlTrainer:
             return_info=True,
         )
         gap = float(np.mean(ret_star) - np.mean(ret_hat))
-        return grad.double().numpy(), {"gap_estimate": gap, "ift_residual": float(info["ift"].residual)}
+        return grad.double().cpu().numpy(), {"gap_estimate": gap, "ift_residual": float(info["ift"].residual)}
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
 
@@ -203,7 +214,7 @@ class AdmrlTrainer:
         return {
             "model": self.model.state_dict(),
             "model_opt": self.model_opt.state_dict(),
-            "data": None if self.data is None else self.data.astuple(),
+            "data": None if self.data is None else self.data.to("cpu").astuple(),
             "psi": self.psi.copy(),
             "task": self.task,
             "history": list(self.history),
@@ -214,7 +225,7 @@ class AdmrlTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.model_opt.load_state_dict(state["model_opt"])
-        self.data = None if state["data"] is None else Transitions(*state["data"])
+        self.data = None if state["data"] is None else Transitions(*state["data"]).to(self.device)
         self.psi = np.asarray(state["psi"], np.float64).copy()
         self.task = int(state["task"])
         self.history = list(state["history"])
@@ -228,7 +239,8 @@ class AdmrlTrainer:
         for _ in range(episodes):
             step, total = self.env.reset(), 0.0
             for _ in range(self.cfg.episode_len):
-                action = ppo.act(torch.as_tensor(step["obs"]), deterministic=True).numpy()
+                obs = torch.as_tensor(step["obs"], device=self.device)
+                action = ppo.act(obs, deterministic=True).cpu().numpy()
                 step = self.env.step(np.clip(action, -1.0, 1.0))
                 total += float(step["reward"])
                 if step["is_last"]:
@@ -241,7 +253,7 @@ class AdmrlTrainer:
     def task_iteration(self) -> dict[str, Any]:
         """One task of Algorithm 1 (lines 3–12): returns its record (ψ, returns, the gradient, the next ψ)."""
         cfg = self.cfg
-        psi = torch.as_tensor(self.psi, dtype=torch.float32)
+        psi = self.psi_tensor()
         self.env.set_task(self.psi)
         record: dict[str, Any] = {"task": self.task, "psi": self.psi.tolist()}
         ppo = self.new_ppo()

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from recipes.admrl.admrl import AdmrlTrainer
 from recipes.admrl.config import AdmrlConfig
@@ -56,7 +55,7 @@ def adapt(trainer: AdmrlTrainer, psi: np.ndarray, iters: int, episodes: int) -> 
     """[A₀(ψ), …, A_iters(ψ)] from ``trainer``'s model and data, which are left as they were (a copy adapts)."""
     work = AdmrlTrainer(trainer.cfg, trainer.env)
     work.load_state_dict(trainer.state_dict())
-    cfg, p = work.cfg, torch.as_tensor(psi, dtype=torch.float32)
+    cfg, p = work.cfg, work.psi_tensor(psi)
     work.env.set_task(psi, out_of_box=True)
     ppo = work.new_ppo()
     work.virtual(ppo, p, cfg.zeroshot_iters)
@@ -84,7 +83,7 @@ def reference_return(cfg: AdmrlConfig, env: AdmrlEnv, psi: np.ndarray, cache: Pa
     ref = AdmrlTrainer(ref_cfg, env)
     env.set_task(psi, out_of_box=True)
     ppo = ref.new_ppo()
-    p = torch.as_tensor(psi, dtype=torch.float32)
+    p = ref.psi_tensor(psi)
     for _ in range(cfg.reference_iters):
         ref.collect(ppo, cfg.n_collect)
         ref.fit()

@@ -69,6 +69,9 @@ class Transitions:
     def cat(self, other: Transitions) -> Transitions:
         return Transitions(*(torch.cat([a, b]) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
 
+    def to(self, device: str | torch.device) -> Transitions:
+        return Transitions(*(x.to(device) for x in self.astuple()))
+
     def astuple(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.obs, self.action, self.next_obs, self.done
 
@@ -95,7 +98,7 @@ def fit_model(
     perm = torch.randperm(n, generator=generator)
     n_hold = max(1, int(holdout_ratio * n))
     hold, train = data.batch(perm[:n_hold]), perm[n_hold:]
-    counts = bootstrap_counts(model.members, len(train), generator=generator)
+    counts = bootstrap_counts(model.members, len(train), generator=generator).to(data.obs.device)
     best, best_state, since, done_epochs = None, None, 0, 0
     last = 0.0
     for _ in range(epochs):
@@ -201,10 +204,11 @@ def real_rollouts(
 ) -> tuple[dict[str, Tensor], Transitions, list[float]]:
     """``episodes`` real episodes of at most ``horizon`` steps with π (plus Gaussian action noise ``noise``).
 
-    Returns the [T, B] batch (``obs``, ``action``, ``next_obs``, ``reward``, ``done``; steps after an episode's end
-    are padded with its last state, zero reward and ``done`` = 1 so that :mod:`recipes.admrl.taskgrad`'s alive mask
-    drops them), the flat :class:`Transitions` and the episode returns."""
+    Returns, on the CPU, the [T, B] batch (``obs``, ``action``, ``next_obs``, ``reward``, ``done``; steps after an
+    episode's end are padded with its last state, zero reward and ``done`` = 1 so that
+    :mod:`recipes.admrl.taskgrad`'s alive mask drops them), the flat :class:`Transitions` and the episode returns."""
     rng = rng or np.random.default_rng()
+    device = next(ppo.policy.parameters()).device
     cols: dict[str, list[list[np.ndarray]]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "done")}
     flat: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
     returns = []
@@ -214,7 +218,7 @@ def real_rollouts(
         total = 0.0
         for t in range(horizon):
             obs = step["obs"]
-            a = ppo.act(torch.as_tensor(obs)).numpy()
+            a = ppo.act(torch.as_tensor(obs, device=device)).cpu().numpy()
             if noise:
                 a = a + noise * rng.standard_normal(a.shape).astype(np.float32)
             a = np.clip(a, -1.0, 1.0)
