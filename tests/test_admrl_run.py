@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rundirs import kill_mid_run, records
 
@@ -112,3 +113,22 @@ def test_sigkill_mid_run_resumes(tmp_path):
     history = json.loads((logdir / "tasks.json").read_text())
     assert [r["task"] for r in history] == list(range(10))
     assert [r for r in records(logdir) if "worst_gap" in r]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 18])
+def test_gap_plots_for_every_task_dimension(tmp_path, k):
+    from recipes.admrl.evaluate import plot_gaps
+
+    rng = np.random.default_rng(0)
+    sizes = {1: (7,), 2: (6, 6), 3: (4, 4, 3)}
+    if k in sizes:
+        axes = [np.linspace(-1, 1, n) for n in sizes[k]]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, k)
+    else:
+        grid = rng.uniform(-1, 1, (16, k))
+    table = {"grid": grid.tolist(), "rows": [{"gaps": rng.uniform(0, 5, 2).tolist()} for _ in grid]}
+    if k == 2:
+        ring = np.array([[x, 1.5] for x in np.linspace(-1.5, 1.5, 7)])
+        table["ood"] = {"grid": ring.tolist(), "rows": [{"gaps": rng.uniform(0, 5, 2).tolist()} for _ in ring]}
+    path = plot_gaps(table, tmp_path / "gaps.png", f"k = {k}")
+    assert path.exists() and path.stat().st_size > 1000

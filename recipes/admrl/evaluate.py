@@ -151,9 +151,25 @@ def plot_gaps(table: dict[str, Any], path: Path, title: str) -> Path:
     elif k in (2, 3):
         xs, ys = np.unique(grid[:, 0]), np.unique(grid[:, 1])
         zs = np.unique(grid[:, 2]) if k == 3 else np.array([0.0])
-        fig, axes = plt.subplots(len(shown), len(zs), figsize=(3.6 * len(zs), 3.2 * len(shown)), squeeze=False)
+        with_ood = k == 2 and bool(ood.get("rows"))
+        cols = len(zs) + int(with_ood)
+        fig, axes = plt.subplots(len(shown), cols, figsize=(3.6 * cols, 3.2 * len(shown)), squeeze=False)
         vmax = float(np.nanmax(gaps[:, [i for i, _ in shown]]))
         vmin = float(np.nanmin(gaps[:, [i for i, _ in shown]]))
+        if with_ood:
+            ogrid, ogaps = np.asarray(ood["grid"]), np.array([r["gaps"] for r in ood["rows"]])
+            vmax = max(vmax, float(np.nanmax(ogaps[:, [i for i, _ in shown]])))
+            vmin = min(vmin, float(np.nanmin(ogaps[:, [i for i, _ in shown]])))
+            for row, (i, label) in enumerate(shown):  # the training box's grid (circles) and the OOD ring (squares)
+                ax = axes[row, -1]
+                ax.scatter(grid[:, 0], grid[:, 1], c=gaps[:, i], vmin=vmin, vmax=vmax, cmap="magma", s=60)
+                ax.scatter(
+                    ogrid[:, 0], ogrid[:, 1], c=ogaps[:, i], vmin=vmin, vmax=vmax, cmap="magma", s=90, marker="s"
+                )
+                ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="0.4"))
+                ax.set_title(label + ", with OOD tasks", fontsize=9)
+                ax.set_xlabel("ψ₁")
+                ax.set_ylabel("ψ₂")
         for row, (i, label) in enumerate(shown):
             for col, z in enumerate(zs):
                 sel = np.ones(len(grid), bool) if k == 2 else np.isclose(grid[:, 2], z)
