@@ -6,7 +6,7 @@ For every ψ of the test grid, starting from the trained model and data:
 * A_i(ψ), i = 1…n: after i more SLBO iterations on ψ (real data collected, the model refit, the policy optimised);
 * A*(ψ): the reference — a policy trained from scratch on the real env for ψ by the same SLBO procedure with a
   larger budget (``reference_iters`` iterations), cached as JSON so runs of several recipes or seeds on one env share
-  it;
+  it (it is trained with a fixed seed, whatever the run's);
 * G_i(ψ) = A*(ψ) − A_i(ψ), the gap; the *worst-case gap* max_ψ G_i(ψ) is AdMRL's headline metric.
 
 Grids: 7 points on [−1, 1] for 1-D families, 6 × 6 for 2-D ones, 4 × 4 × 3 for ant3d (the paper's sizes), and for
@@ -26,6 +26,10 @@ import numpy as np
 from recipes.admrl.admrl import AdmrlTrainer
 from recipes.admrl.config import AdmrlConfig
 from recipes.envs.admrl import OOD_BOUND, AdmrlEnv
+
+#: A*(ψ) is trained with this seed whatever the run's seed: it depends on the env, ψ and the reference budget only,
+#: so every run on one env (any recipe, any seed) can share one cache.
+REFERENCE_SEED = 1_000
 
 
 def task_grid(env: AdmrlEnv) -> np.ndarray:
@@ -69,17 +73,18 @@ def adapt(trainer: AdmrlTrainer, psi: np.ndarray, iters: int, episodes: int) -> 
 
 
 def reference_return(cfg: AdmrlConfig, env: AdmrlEnv, psi: np.ndarray, cache: Path | None) -> float:
-    """A*(ψ): SLBO from scratch on the real env for ψ (``cfg.reference_iters`` iterations), cached in ``cache``."""
+    """A*(ψ): SLBO from scratch on the real env for ψ (``cfg.reference_iters`` iterations, seed
+    :data:`REFERENCE_SEED`), cached in ``cache`` under a key of the env, ψ and the sizes that shape it."""
     fields = {
         k: getattr(cfg, k)
-        for k in ("env", "seed", "reference_iters", "n_collect", "episode_len", "virtual_iters", "eval_episodes")
+        for k in ("env", "reference_iters", "n_collect", "episode_len", "virtual_iters", "eval_episodes")
     }
     fields.update(model=[cfg.members, cfg.model_layers, cfg.model_units], ppo=[cfg.policy_units, cfg.ppo_lr])
     key = hashlib.sha1(json.dumps({**fields, "psi": np.round(psi, 6).tolist()}, sort_keys=True).encode()).hexdigest()
     path = None if cache is None else cache / f"{key[:16]}.json"
     if path is not None and path.exists():
         return float(json.loads(path.read_text())["return"])
-    ref_cfg = cfg.model_copy(update={"seed": cfg.seed + 1_000})
+    ref_cfg = cfg.model_copy(update={"seed": REFERENCE_SEED})
     ref = AdmrlTrainer(ref_cfg, env)
     env.set_task(psi, out_of_box=True)
     ppo = ref.new_ppo()
