@@ -73,7 +73,52 @@ class GaussianPolicy(nn.Module):
         return functional_call(self, dict(params), (obs, act))
 
 
-class PPO:
+class ActorCritic:
+    """A :class:`GaussianPolicy` and a tanh-MLP value function V(s), with GAE (Schulman et al. 2016, eq. 16): what
+    :class:`PPO` and :class:`recipes.agents.trpo.TRPO` share."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        *,
+        layers: int,
+        units: int,
+        gamma: float,
+        lam: float,
+        init_log_std: float,
+        device: str | torch.device,
+    ) -> None:
+        self.policy = GaussianPolicy(obs_dim, act_dim, layers, units, init_log_std).to(device)
+        self.value = mlp(obs_dim, 1, layers, units, nn.Tanh).to(device)
+        self.gamma, self.lam = gamma, lam
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, *, deterministic: bool = False) -> Tensor:
+        """Actions for observations [..., obs_dim]."""
+        return self.policy.sample(obs, deterministic=deterministic)
+
+    @torch.no_grad()
+    def values(self, obs: Tensor) -> Tensor:
+        """V(s): [..., obs_dim] → [...]."""
+        return self.value(obs).squeeze(-1)
+
+    @torch.no_grad()
+    def advantages(
+        self, obs: Tensor, reward: Tensor, done: Tensor, last_obs: Tensor, truncated: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """GAE advantages and returns-to-go (A + V), both [T, B], for the batch of :meth:`PPO.update`.
+
+        GAE stops at terminals and truncations; only terminals drop V(s_{t+1}) from δ_t.
+        """
+        v = self.value(torch.cat([obs, last_obs[None]])).squeeze(-1)  # [T + 1, B]
+        cut = done if truncated is None else torch.clamp(done + truncated, max=1.0)
+        delta = reward + self.gamma * (1.0 - done) * v[1:] - v[:-1]
+        adv = discounted_sum(delta, cut, self.gamma * self.lam)
+        return adv, adv + v[:-1]
+
+
+class PPO(ActorCritic):
     """PPO-clip with GAE on [T, B] batches (module docstring for the loss and defaults).
 
     Args:
@@ -110,22 +155,12 @@ class PPO:
             raise ValueError(f"epochs and minibatch must be >= 1, got {epochs} and {minibatch}")
         if not 0.0 < clip < 1.0:
             raise ValueError(f"clip must be in (0, 1), got {clip}")
-        self.policy = GaussianPolicy(obs_dim, act_dim, layers, units, init_log_std).to(device)
-        self.value = mlp(obs_dim, 1, layers, units, nn.Tanh).to(device)
+        super().__init__(
+            obs_dim, act_dim, layers=layers, units=units, gamma=gamma, lam=lam, init_log_std=init_log_std, device=device
+        )
         self.opt = torch.optim.Adam([*self.policy.parameters(), *self.value.parameters()], lr=lr)
         self.epochs, self.minibatch, self.clip = epochs, minibatch, clip
-        self.gamma, self.lam = gamma, lam
         self.value_coef, self.entropy_coef, self.max_grad_norm = value_coef, entropy_coef, max_grad_norm
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, *, deterministic: bool = False) -> Tensor:
-        """Actions for observations [..., obs_dim]."""
-        return self.policy.sample(obs, deterministic=deterministic)
-
-    @torch.no_grad()
-    def values(self, obs: Tensor) -> Tensor:
-        """V(s): [..., obs_dim] → [...]."""
-        return self.value(obs).squeeze(-1)
 
     def update(
         self, obs: Tensor, act: Tensor, reward: Tensor, done: Tensor, last_obs: Tensor, truncated: Tensor | None = None
@@ -144,14 +179,8 @@ class PPO:
             Means of the losses over the update, the approximate KL and the clip fraction.
         """
         T, B = reward.shape
+        adv, ret = self.advantages(obs, reward, done, last_obs, truncated)
         with torch.no_grad():
-            v = self.value(torch.cat([obs, last_obs[None]])).squeeze(-1)  # [T + 1, B]
-            cut = done if truncated is None else torch.clamp(done + truncated, max=1.0)
-            # GAE (Schulman et al. 2016, eq. 16) stops at terminals and truncations; only terminals drop V(s_{t+1}).
-            notdone = 1.0 - done
-            delta = reward + self.gamma * notdone * v[1:] - v[:-1]
-            adv = discounted_sum(delta, cut, self.gamma * self.lam)
-            ret = adv + v[:-1]
             logp_old = self.policy.log_prob(obs, act)
         flat = {
             "obs": obs.reshape(T * B, -1),
@@ -198,4 +227,4 @@ class PPO:
         self.opt.load_state_dict(state["opt"])  # type: ignore[arg-type]
 
 
-__all__ = ["PPO", "GaussianPolicy"]
+__all__ = ["PPO", "ActorCritic", "GaussianPolicy"]

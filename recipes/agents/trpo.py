@@ -12,19 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bilevel import conjugate_gradient
-from recipes.agents.ppo import GaussianPolicy
-from recipes.agents.returns import discounted_sum
-from worldmodels.nets import mlp
+from recipes.agents.ppo import ActorCritic
 
 
 def _flat(xs: list[Tensor]) -> Tensor:
     return torch.cat([x.reshape(-1) for x in xs])
 
 
-class TRPO:
+class TRPO(ActorCritic):
     """TRPO on [T, B] batches of a diagonal Gaussian policy.
 
     Args:
@@ -57,21 +55,13 @@ class TRPO:
     ) -> None:
         if max_kl <= 0:
             raise ValueError(f"max_kl must be > 0, got {max_kl}")
-        self.policy = GaussianPolicy(obs_dim, act_dim, layers, units, init_log_std).to(device)
-        self.value = mlp(obs_dim, 1, layers, units, nn.Tanh).to(device)
+        super().__init__(
+            obs_dim, act_dim, layers=layers, units=units, gamma=gamma, lam=lam, init_log_std=init_log_std, device=device
+        )
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=value_lr)
         self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
         self.backtracks, self.backtrack_ratio = backtracks, backtrack_ratio
         self.value_epochs, self.value_minibatch = value_epochs, value_minibatch
-        self.gamma, self.lam = gamma, lam
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, *, deterministic: bool = False) -> Tensor:
-        return self.policy.sample(obs, deterministic=deterministic)
-
-    @torch.no_grad()
-    def values(self, obs: Tensor) -> Tensor:
-        return self.value(obs).squeeze(-1)
 
     def _kl(self, obs: Tensor, mu_old: Tensor, log_std_old: Tensor) -> Tensor:
         """Mean KL(π_old ‖ π_θ) over ``obs`` for diagonal Gaussians."""
@@ -85,12 +75,9 @@ class TRPO:
     ) -> dict[str, float]:
         """One TRPO step on B rollouts of T steps (arguments as :meth:`recipes.agents.ppo.PPO.update`)."""
         T, B = reward.shape
+        adv, ret = self.advantages(obs, reward, done, last_obs, truncated)
+        ret = ret.reshape(-1)
         with torch.no_grad():
-            v = self.value(torch.cat([obs, last_obs[None]])).squeeze(-1)
-            cut = done if truncated is None else torch.clamp(done + truncated, max=1.0)
-            delta = reward + self.gamma * (1.0 - done) * v[1:] - v[:-1]
-            adv = discounted_sum(delta, cut, self.gamma * self.lam)
-            ret = (adv + v[:-1]).reshape(-1)
             o, a = obs.reshape(T * B, -1), act.reshape(T * B, -1)
             adv = adv.reshape(-1)
             adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
