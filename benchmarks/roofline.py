@@ -1,0 +1,290 @@
+"""Roofline of one Dreamer-family train step: FLOPs per part, the machine's matmul peak, achieved fraction.
+
+For each config, one agent is built from a synthetic batch (as ``benchmarks/tempo_overhead.py`` builds it) and
+
+* **FLOPs** of one train step (matmuls and convolutions, forward and backward) are counted from the operands'
+  shapes by torch's own formulas (``torch.utils.flop_counter``) in a dispatch mode.  The actor-critic update's
+  FLOPs are split into ``imagination`` (the world model's modules run inside it: RSSM prior, reward and discount
+  heads), ``actor`` and ``critic`` (critic and slow critic) by forward hooks; each part's backward FLOPs are
+  predicted from which matmul operands require grad (dynamics backprop included), and ``check`` is the parts' sum
+  over the counted total.  For TEMPO (``meta_every=1``) ``tempo extra`` is its world-model step minus DreamerV2's;
+* **time** of the two separately callable parts (world-model step, actor-critic update) is the median over
+  ``--reps`` steps after a warm-up; imagination, actor and critic share the actor-critic's time, so only their FLOPs
+  and GEMM-time at peak are given;
+* the **peak** is the best of several large square fp32 GEMMs at the same thread count (and bf16 ones where the CPU
+  reports bf16 units: ``avx512_bf16`` or ``amx_bf16``; never assumed);
+* **aten ops** per train step are counted by a dispatch mode: a high count with a low fraction of peak means the
+  step is dispatch-bound, not compute-bound.
+
+Columns: GFLOP per step, seconds, achieved GFLOP/s, % of the fp32 peak, and ``×GEMM`` = measured time / the time the
+part's FLOPs would take at the peak (1.0 is the roofline).  Usage::
+
+    python benchmarks/roofline.py [--configs cpu,cpu-pixels,sheeprl,paper] [--threads 1] [--reps 10]
+
+Writes ``benchmarks/results/roofline.json`` (``--out``) and prints a markdown table (``--md FILE`` writes it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tempo_overhead import build  # noqa: E402
+
+ENV = "dmc:cartpole_swingup"
+#: name → (preset, variant overrides).  ``sheeprl``: sheeprl 0.8.4's DreamerV2 config on vector cartpole (RSSM 200
+#: with 32×32 categorical latents, hidden 200, 4×400 MLPs, batch 16×50, imagination from all 800 states, horizon 15).
+CONFIGS: dict[str, tuple[str, str]] = {
+    "cpu": ("cpu", ""),
+    "cpu-pixels": ("cpu", "+pixels=true"),
+    "sheeprl": (
+        "paper",
+        "+pixels=false+classes=32+stoch=32+deter=200+hidden=200+mlp_layers=4+mlp_units=400"
+        "+ac_layers=4+ac_units=400+imag_starts=null+horizon=15",
+    ),
+    "paper": ("paper", ""),
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n×n×n GEMM in ``dtype`` at the current thread count."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+class PartCounter(TorchDispatchMode):
+    """FLOPs of matmuls/convolutions (torch's own formulas, ``torch.utils.flop_counter``) and aten op calls.
+
+    Forward ops run inside a labelled module (forward hooks on ``parts``' modules) are attributed to its label, with
+    the backward FLOPs they imply predicted from which operands require grad (each differentiated operand of a
+    matmul costs one more matmul of the same size); backward passes and unlabelled code are only in :attr:`total`.
+    """
+
+    def __init__(self, parts: dict[str, list[torch.nn.Module]]) -> None:
+        super().__init__()
+        self.calls, self.total = 0, 0
+        self.forward: dict[str, int] = dict.fromkeys(parts, 0)
+        self.backward: dict[str, int] = dict.fromkeys(parts, 0)
+        self._stack: list[str] = []
+        self._hooks: list[Any] = []
+        for label, mods in parts.items():
+            for mod in mods:
+                self._hooks.append(mod.register_forward_pre_hook(self._enter(label)))
+                self._hooks.append(mod.register_forward_hook(self._leave))
+
+    def _enter(self, label: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            self._stack.append(label)
+
+        return hook
+
+    def _leave(self, *_: Any) -> None:  # a forward hook returning a value would replace the module's output
+        self._stack.pop()
+
+    def __exit__(self, *exc: Any) -> Any:
+        for h in self._hooks:
+            h.remove()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls += 1
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            flops = int(formula(*args, **kwargs, out_val=out))
+            self.total += flops
+            if self._stack and torch.is_grad_enabled():
+                label = self._stack[-1]
+                self.forward[label] += flops
+                operands = args[1:3] if func._overloadpacket in _BIAS_FIRST else args[:2]
+                self.backward[label] += flops * sum(isinstance(t, Tensor) and t.requires_grad for t in operands)
+        return out
+
+
+_BIAS_FIRST = {torch.ops.aten.addmm, torch.ops.aten.baddbmm}
+
+
+def _parts(agent: Any, step: str) -> dict[str, list[torch.nn.Module]]:
+    """Labelled modules of ``step`` (``"wm"`` or ``"ac"``): in the actor-critic update the world model's modules
+    are the imagination; in TEMPO's world-model step the critic is its upper loss's value function."""
+    # every submodule: the actor-critic calls the RSSM's methods (imagine), not the world model's forward
+    parts = {"imagination" if step == "ac" else "world model": list(agent.wm.modules()), "actor": [agent.ac.actor]}
+    parts["critic"] = [agent.ac.critic, agent.ac.slow_critic]
+    if hasattr(agent, "weighter"):
+        parts["weighter"] = [agent.weighter]
+    return parts
+
+
+def _ac_update(agent: Any, out: Any) -> None:
+    agent.ac.update(out.states["post"], None)
+
+
+def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
+    """Rows of one config (and its TEMPO variant): FLOPs, time, GFLOP/s, fraction of peak."""
+    preset, sets = CONFIGS[name]
+    rows: dict[str, Any] = {}
+    results: dict[str, Any] = {"preset": preset, "overrides": sets}
+    for recipe in ("dreamerv2", "tempo"):
+        variant = recipe + sets + ("+meta_every=1" if recipe == "tempo" else "")
+        agent, batch, _ = build(variant, preset, ENV)
+        for _ in range(2):  # warm-up (allocator, lazy init)
+            agent.train_step(batch)
+        wm_count = PartCounter(_parts(agent, "wm"))
+        with wm_count:
+            _, out = agent.world_model_step(batch)
+        ac_count = PartCounter(_parts(agent, "ac"))
+        with ac_count:
+            _ac_update(agent, out)
+        t_wm, t_ac = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            _, out = agent.world_model_step(batch)
+            t1 = time.perf_counter()
+            _ac_update(agent, out)
+            t_wm.append(t1 - t0)
+            t_ac.append(time.perf_counter() - t1)
+        results[recipe] = {
+            "wm_flops": wm_count.total,
+            "ac_flops": ac_count.total,
+            "ac_parts": {p: [ac_count.forward[p], ac_count.backward[p]] for p in ac_count.forward},
+            "wm_parts": {p: [wm_count.forward[p], wm_count.backward[p]] for p in wm_count.forward},
+            "wm_s": statistics.median(t_wm),
+            "ac_s": statistics.median(t_ac),
+            "aten_ops": wm_count.calls + ac_count.calls,
+        }
+        del agent, batch, out
+    d, t = results["dreamerv2"], results["tempo"]
+
+    def row(flops: float, seconds: float | None) -> dict[str, Any]:
+        r: dict[str, Any] = {"gflop": flops / 1e9, "gemm_s_at_peak": flops / 1e9 / peak}
+        if seconds is not None:
+            r.update(seconds=seconds, gflops=flops / 1e9 / seconds, pct_peak=100 * flops / 1e9 / seconds / peak)
+            r["x_gemm"] = seconds / max(r["gemm_s_at_peak"], 1e-12)
+        return r
+
+    rows["world model"] = row(d["wm_flops"], d["wm_s"])
+    for part in ("imagination", "actor", "critic"):
+        fwd, bwd = d["ac_parts"][part]
+        rows[part] = {**row(fwd + bwd, None), "forward_gflop": fwd / 1e9}
+    rows["actor-critic"] = row(d["ac_flops"], d["ac_s"])
+    rows["actor-critic"]["check"] = sum(sum(v) for v in d["ac_parts"].values()) / max(d["ac_flops"], 1)
+    rows["dreamerv2 step"] = row(d["wm_flops"] + d["ac_flops"], d["wm_s"] + d["ac_s"])
+    rows["tempo extra"] = row(t["wm_flops"] - d["wm_flops"], max(t["wm_s"] - d["wm_s"], 0.0))
+    rows["tempo step"] = row(t["wm_flops"] + t["ac_flops"], t["wm_s"] + t["ac_s"])
+    rows["dreamerv2 step"]["aten_ops"] = d["aten_ops"]
+    rows["tempo step"]["aten_ops"] = t["aten_ops"]
+    results["rows"] = rows
+    results["threads"] = threads
+    return results
+
+
+def markdown(table: dict[str, Any]) -> str:
+    m = table["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['threads']} torch thread(s); fp32 GEMM peak {m['fp32_peak_gflops']:.1f} GFLOP/s"
+        + (f", bf16 {m['bf16_peak_gflops']:.1f}" if m.get("bf16_peak_gflops") else ", no bf16 units"),
+        "",
+    ]
+    for name, res in table["configs"].items():
+        lines += [
+            f"**{name}** (preset `{res['preset']}`{', ' + res['overrides'] if res['overrides'] else ''})",
+            "",
+            "| part | GFLOP | s | GFLOP/s | % peak | ×GEMM | aten ops |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for part, r in res["rows"].items():
+            if "seconds" in r:
+                cells = f"{r['seconds']:.3f} | {r['gflops']:.1f} | {r['pct_peak']:.0f} | {r['x_gemm']:.1f}"
+            else:
+                cells = f"– | – | – | ({r['gemm_s_at_peak']:.3f} s at peak)"
+            note = f" (parts/counted {r['check']:.2f})" if "check" in r else ""
+            lines.append(f"| {part}{note} | {r['gflop']:.3f} | {cells} | {r.get('aten_ops', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, run: Callable[..., dict[str, Any]] = measure) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="cpu,cpu-pixels,sheeprl")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "roofline.json")
+    ap.add_argument("--md", type=Path, default=None)
+    args = ap.parse_args(argv)
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        ap.error(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    torch.set_num_threads(args.threads)
+    flags = cpu_flags()
+    machine: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_units": sorted(flags & {"avx512_bf16", "amx_bf16"}),
+        "fp32_peak_gflops": gemm_peak(torch.float32),
+    }
+    if machine["bf16_units"]:
+        machine["bf16_peak_gflops"] = gemm_peak(torch.bfloat16)
+    table: dict[str, Any] = {"machine": machine, "configs": {}}
+    for name in names:
+        table["configs"][name] = run(name, args.threads, args.reps, machine["fp32_peak_gflops"])
+    text = markdown(table)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(table, indent=1))
+    if args.md is not None:
+        args.md.write_text(text + "\n")
+    print(f"wrote {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
