@@ -1,0 +1,56 @@
+"""benchmarks/roofline.py: the FLOP counter it reports from must be exact where the answer is known."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def roofline():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("roofline", ROOT / "benchmarks" / "roofline.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_part_counter_counts_forward_and_predicts_backward_exactly(roofline):
+    torch.manual_seed(0)
+    b, i, h, o = 8, 5, 7, 3
+    first, second = nn.Linear(i, h), nn.Linear(h, o)
+    x = torch.randn(b, i)  # no grad: the first layer's backward is its weight gradient only
+    counter = roofline.PartCounter({"first": [first], "second": [second]})
+    with counter:
+        second(torch.tanh(first(x))).square().sum().backward()
+    assert counter.forward == {"first": 2 * b * i * h, "second": 2 * b * h * o}
+    # weight grads for both; input grad only for the second layer (its input depends on the first's weights)
+    assert counter.backward == {"first": 2 * b * i * h, "second": 2 * 2 * b * h * o}
+    assert counter.total == sum(counter.forward.values()) + sum(counter.backward.values())
+    assert counter.calls > 0
+    assert not first._forward_hooks and not second._forward_pre_hooks  # hooks removed on exit
+
+
+def test_part_counter_ignores_no_grad_forward_and_counts_it_in_total(roofline):
+    layer = nn.Linear(4, 4)
+    counter = roofline.PartCounter({"layer": [layer]})
+    with counter, torch.no_grad():
+        layer(torch.randn(2, 4))
+    assert counter.forward == {"layer": 0} and counter.total == 2 * 2 * 4 * 4
+
+
+def test_unknown_config_is_a_usage_error(roofline, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        roofline.main(["--configs", "cpu,nope", "--out", str(tmp_path / "r.json")])
+    assert err.value.code == 2
+    assert not (tmp_path / "r.json").exists()
