@@ -5,9 +5,10 @@ For each config, one agent is built from a synthetic batch (as ``benchmarks/temp
 * **FLOPs** of one train step (matmuls and convolutions, forward and backward) are counted from the operands'
   shapes by torch's own formulas (``torch.utils.flop_counter``) in a dispatch mode.  The actor-critic update's
   FLOPs are split into ``imagination`` (the world model's modules run inside it: RSSM prior, reward and discount
-  heads), ``actor`` and ``critic`` (critic and slow critic) by forward hooks; each part's backward FLOPs are
-  predicted from which matmul operands require grad (dynamics backprop included), and ``check`` is the parts' sum
-  over the counted total.  For TEMPO (``meta_every=1``) ``tempo extra`` is its world-model step minus DreamerV2's;
+  heads), ``actor`` and ``critic`` (critic and slow critic): forward FLOPs by forward hooks, backward FLOPs by hooks
+  on the backward nodes of those modules' outputs (only backward work that runs: dynamics backprop for continuous
+  actions, none through the imagination for REINFORCE); ``check`` is the parts' sum over the counted total.
+  For TEMPO (``meta_every=1``) ``tempo extra`` is its world-model step minus DreamerV2's;
 * **time** of the two separately callable parts (world-model step, actor-critic update) is the median over
   ``--reps`` steps after a warm-up; imagination, actor and critic share the actor-critic's time, so only their FLOPs
   and GEMM-time at peak are given;
@@ -37,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -47,18 +47,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tempo_overhead import build  # noqa: E402
 
-ENV = "dmc:cartpole_swingup"
-#: name → (preset, variant overrides).  ``sheeprl``: sheeprl 0.8.4's DreamerV2 config on vector cartpole (RSSM 200
-#: with 32×32 categorical latents, hidden 200, 4×400 MLPs, batch 16×50, imagination from all 800 states, horizon 15).
-CONFIGS: dict[str, tuple[str, str]] = {
-    "cpu": ("cpu", ""),
-    "cpu-pixels": ("cpu", "+pixels=true"),
+#: name → (env, preset, variant overrides, vector sizes for the synthetic batch).  ``sheeprl``: sheeprl 0.8.4's
+#: DreamerV2 on gymnasium's vector CartPole-v1 (4 observations, 2 discrete actions: REINFORCE actor gradients) as
+#: ``benchmarks/peers/sheeprl_dreamerv2.sh`` runs it: RSSM 200 with 32×32 categorical latents, hidden 200, 4×400
+#: MLPs, batch 16×50, imagination from all 800 states, horizon 15.
+CONFIGS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "cpu": ("dmc:cartpole_swingup", "cpu", "", {}),
+    "cpu-pixels": ("dmc:cartpole_swingup", "cpu", "+pixels=true", {}),
     "sheeprl": (
+        "gym:CartPole-v1",
         "paper",
-        "+pixels=false+classes=32+stoch=32+deter=200+hidden=200+mlp_layers=4+mlp_units=400"
-        "+ac_layers=4+ac_units=400+imag_starts=null+horizon=15",
+        "+classes=32+stoch=32+deter=200+hidden=200+mlp_layers=4+mlp_units=400+ac_layers=4+ac_units=400"
+        "+imag_starts=null+horizon=15+batch_size=16+seq_len=50",
+        {"obs_dim": 4, "action_dim": 2, "discrete": True},
     ),
-    "paper": ("paper", ""),
+    "paper": ("dmc:cartpole_swingup", "paper", "", {}),
 }
 
 
@@ -97,12 +100,25 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _tensors(x: Any) -> list[torch.Tensor]:
+    """The tensors in a (nested) tuple/list/dict."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
+
+
 class PartCounter(TorchDispatchMode):
     """FLOPs of matmuls/convolutions (torch's own formulas, ``torch.utils.flop_counter``) and aten op calls.
 
-    Forward ops run inside a labelled module (forward hooks on ``parts``' modules) are attributed to its label, with
-    the backward FLOPs they imply predicted from which operands require grad (each differentiated operand of a
-    matmul costs one more matmul of the same size); backward passes and unlabelled code are only in :attr:`total`.
+    Ops run inside a labelled module's forward (forward hooks on ``parts``' modules) count to that label's
+    :attr:`forward`; ops run by the backward nodes that forward created (hooks on those nodes, so only backward
+    work that actually runs) count to its :attr:`backward`; :attr:`total` counts everything, labelled or
+    not (a double backward's work, for one, runs outside any node hook's label only when it has no module).
+    List every submodule of a part (e.g. ``list(m.modules())``): the innermost module labels its nodes first.
     """
 
     def __init__(self, parts: dict[str, list[torch.nn.Module]]) -> None:
@@ -110,12 +126,15 @@ class PartCounter(TorchDispatchMode):
         self.calls, self.total = 0, 0
         self.forward: dict[str, int] = dict.fromkeys(parts, 0)
         self.backward: dict[str, int] = dict.fromkeys(parts, 0)
-        self._stack: list[str] = []
+        self._stack: list[str] = []  # labels of the modules whose forward is running
+        self._bstack: list[str] = []  # labels of the backward nodes running
         self._hooks: list[Any] = []
+        self._labelled: set[int] = set()
+        self._nodes: list[Any] = []
         for label, mods in parts.items():
             for mod in mods:
                 self._hooks.append(mod.register_forward_pre_hook(self._enter(label)))
-                self._hooks.append(mod.register_forward_hook(self._leave))
+                self._hooks.append(mod.register_forward_hook(self._leave(label)))
 
     def _enter(self, label: str) -> Callable[..., None]:
         def hook(*_: Any) -> None:
@@ -123,12 +142,33 @@ class PartCounter(TorchDispatchMode):
 
         return hook
 
-    def _leave(self, *_: Any) -> None:  # a forward hook returning a value would replace the module's output
-        self._stack.pop()
+    def _leave(self, label: str) -> Callable[..., None]:
+        def hook(_mod: Any, inp: Any, out: Any) -> None:  # returning a value would replace the module's output
+            self._stack.pop()
+            if torch.is_grad_enabled():
+                self._label_nodes(label, inp, out)
+
+        return hook
+
+    def _label_nodes(self, label: str, inp: Any, out: Any) -> None:
+        """Hook every backward node the module's forward created: from its outputs' ``grad_fn`` back to (not
+        into) its inputs' nodes and the leaves (a 3-D Linear's output node is a view; its matmul node lies behind)."""
+        stop = {id(t.grad_fn) for t in _tensors(inp) if t.grad_fn is not None}
+        todo = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+        while todo:
+            node = todo.pop()
+            if node is None or id(node) in stop or id(node) in self._labelled or not node.next_functions:
+                continue  # an input's node, one seen already, or a leaf (AccumulateGrad)
+            self._labelled.add(id(node))
+            self._nodes.append(node)  # keeps ids unique while the counter lives
+            node.register_prehook(lambda *_: self._bstack.append(label) and None)  # node hooks must return None
+            node.register_hook(lambda *_: self._bstack.pop() and None)
+            todo.extend(fn for fn, _ in node.next_functions)
 
     def __exit__(self, *exc: Any) -> Any:
         for h in self._hooks:
             h.remove()
+        self._nodes.clear()  # node hooks stay on a graph still alive, harmless outside the mode
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -139,25 +179,22 @@ class PartCounter(TorchDispatchMode):
         if formula is not None:
             flops = int(formula(*args, **kwargs, out_val=out))
             self.total += flops
-            if self._stack and torch.is_grad_enabled():
-                label = self._stack[-1]
-                self.forward[label] += flops
-                operands = args[1:3] if func._overloadpacket in _BIAS_FIRST else args[:2]
-                self.backward[label] += flops * sum(isinstance(t, Tensor) and t.requires_grad for t in operands)
+            if self._bstack:
+                self.backward[self._bstack[-1]] += flops
+            elif self._stack and torch.is_grad_enabled():
+                self.forward[self._stack[-1]] += flops
         return out
-
-
-_BIAS_FIRST = {torch.ops.aten.addmm, torch.ops.aten.baddbmm}
 
 
 def _parts(agent: Any, step: str) -> dict[str, list[torch.nn.Module]]:
     """Labelled modules of ``step`` (``"wm"`` or ``"ac"``): in the actor-critic update the world model's modules
     are the imagination; in TEMPO's world-model step the critic is its upper loss's value function."""
     # every submodule: the actor-critic calls the RSSM's methods (imagine), not the world model's forward
-    parts = {"imagination" if step == "ac" else "world model": list(agent.wm.modules()), "actor": [agent.ac.actor]}
-    parts["critic"] = [agent.ac.critic, agent.ac.slow_critic]
+    parts = {"imagination" if step == "ac" else "world model": list(agent.wm.modules())}
+    parts["actor"] = list(agent.ac.actor.modules())
+    parts["critic"] = list(agent.ac.critic.modules()) + list(agent.ac.slow_critic.modules())
     if hasattr(agent, "weighter"):
-        parts["weighter"] = [agent.weighter]
+        parts["weighter"] = list(agent.weighter.modules())
     return parts
 
 
@@ -167,12 +204,12 @@ def _ac_update(agent: Any, out: Any) -> None:
 
 def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
     """Rows of one config (and its TEMPO variant): FLOPs, time, GFLOP/s, fraction of peak."""
-    preset, sets = CONFIGS[name]
+    env, preset, sets, sizes = CONFIGS[name]
     rows: dict[str, Any] = {}
-    results: dict[str, Any] = {"preset": preset, "overrides": sets}
+    results: dict[str, Any] = {"env": env, "preset": preset, "overrides": sets}
     for recipe in ("dreamerv2", "tempo"):
         variant = recipe + sets + ("+meta_every=1" if recipe == "tempo" else "")
-        agent, batch, _ = build(variant, preset, ENV)
+        agent, batch, _ = build(variant, preset, env, **sizes)
         for _ in range(2):  # warm-up (allocator, lazy init)
             agent.train_step(batch)
         wm_count = PartCounter(_parts(agent, "wm"))
@@ -233,7 +270,8 @@ def markdown(table: dict[str, Any]) -> str:
     ]
     for name, res in table["configs"].items():
         lines += [
-            f"**{name}** (preset `{res['preset']}`{', ' + res['overrides'] if res['overrides'] else ''})",
+            f"**{name}** (`{res['env']}`, preset `{res['preset']}`"
+            + (f", {res['overrides']})" if res["overrides"] else ")"),
             "",
             "| part | GFLOP | s | GFLOP/s | % peak | ×GEMM | aten ops |",
             "|---|---|---|---|---|---|---|",

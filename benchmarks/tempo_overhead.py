@@ -47,17 +47,29 @@ DEFAULT_VARIANTS = {
 SHAPES = {False: (5,)}  # cartpole proprio; pixels: (3, size, size) channel-first uint8
 
 
-def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor], int]:
-    """The agent of ``variant``, a synthetic batch for it, and its ``meta_every`` (1 for dreamerv2)."""
+def build(
+    variant: str,
+    preset: str,
+    env: str,
+    seed: int = 0,
+    *,
+    obs_dim: int = SHAPES[False][0],
+    action_dim: int = 1,
+    discrete: bool = False,
+) -> tuple[Any, dict[str, torch.Tensor], int]:
+    """The agent of ``variant``, a synthetic batch for it, and its ``meta_every`` (1 for dreamerv2).
+
+    ``obs_dim``/``action_dim``/``discrete``: the vector env's sizes (default: DMC cartpole's 5 and 1, continuous);
+    a discrete agent gets one-hot actions."""
     from recipes.dreamer.dreamerv2 import DreamerAgent
     from recipes.dreamer.tempo import TempoAgent
 
     v = Variant.parse(variant)
     overrides = {k: parse_value(x) for k, x in (item.split("=", 1) for item in v.sets)}
     cfg = resolve(env, preset, overrides, recipe=v.recipe)
-    obs_shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else SHAPES[False]
+    obs_shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else (obs_dim,)
     torch.manual_seed(seed)
-    agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, 1, False)
+    agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, action_dim, discrete)
     gen = torch.Generator().manual_seed(seed)
     b, t = cfg.batch_size, cfg.seq_len
     obs = (
@@ -67,11 +79,17 @@ def build(variant: str, preset: str, env: str, seed: int = 0) -> tuple[Any, dict
     )
     batch = {
         "obs": obs,
-        "action": torch.rand(b, t, 1, generator=gen) * 2 - 1,
+        "action": (
+            torch.nn.functional.one_hot(torch.randint(0, action_dim, (b, t), generator=gen), action_dim).float()
+            if discrete
+            else torch.rand(b, t, action_dim, generator=gen) * 2 - 1
+        ),
         "reward": torch.rand(b, t, generator=gen),
         "is_first": torch.zeros(b, t, dtype=torch.bool),
     }
     batch["is_first"][:, 0] = True
+    if cfg.discount_head:
+        batch["discount"] = torch.ones(b, t)
     return agent, batch, getattr(cfg, "meta_every", 1)
 
 

@@ -59,6 +59,65 @@ def test_update_touches_only_actor_and_critic(discrete):
     assert ac.value(wm.rssm.features(post)).shape == (2, 5)
 
 
+def _naive_losses(ac, wm, start, actor_grad):
+    """DreamerV2's actor and critic losses written plainly: the whole rollout in the autograd graph, the REINFORCE
+    baseline from a second slow-critic pass (what ``ActorCritic.update`` avoids), DreamerV2 §2.3 eq. 5-7."""
+    logps, ents = [], []
+
+    def policy(feat):
+        action, logp, ent = ac.actor(feat)
+        logps.append(logp)
+        ents.append(ent)
+        return action
+
+    states, _ = wm.rssm.imagine(policy, start, ac.horizon)
+    feat = wm.rssm.features(states)
+    reward = wm.reward(feat).squeeze(-1)
+    discount = ac.gamma * torch.sigmoid(wm.discount(feat).squeeze(-1))
+    target = lambda_return(reward, ac.slow_critic(feat).squeeze(-1), discount, ac.lam)
+    weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0)[:-1].detach()
+    logp, ent = torch.stack(logps), torch.stack(ents)
+    if actor_grad == "dynamics":
+        objective = target
+    else:
+        objective = logp * (target - ac.slow_critic(feat[:-1].detach()).squeeze(-1)).detach()
+    actor_loss = -(weight * (objective + ac.entropy * ent)).mean()
+    critic_loss = (weight * 0.5 * (ac.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
+    actor = torch.autograd.grad(actor_loss, list(ac.actor.parameters()))
+    critic = torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
+    return actor, critic
+
+
+@pytest.mark.parametrize(("discrete", "actor_grad"), [(True, "reinforce"), (False, "dynamics"), (True, "dynamics")])
+def test_update_gradients_equal_the_naive_losses(discrete, actor_grad):
+    """The update's actor and critic gradients (detached REINFORCE rollout, reused slow-critic baseline) equal
+    those of the plain losses, same random draws."""
+    torch.manual_seed(0)
+    wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=True)
+    wm.double()
+    ac = ActorCritic(
+        wm.rssm, wm.reward, wm.discount, 3, discrete, horizon=4, layers=1, units=8, actor_grad=actor_grad
+    ).double()
+    with torch.no_grad():  # a slow critic unlike the critic, so the baseline and the critic target both matter
+        for p in ac.slow_critic.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    start = {k: v.detach() for k, v in wm.rssm.initial(6, dtype=torch.float64).items()}
+    start["deter"] = torch.randn(6, 8, dtype=torch.float64)
+    got = {}
+    ac.actor_opt.step = lambda: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
+    ac.critic_opt.step = lambda: got.update(critic=[p.grad.clone() for p in ac.critic.parameters()])
+    ac.clip = 1e9  # no clipping: compare raw gradients
+    torch.manual_seed(1)
+    ac.update(start)
+    torch.manual_seed(1)
+    want_actor, want_critic = _naive_losses(ac, wm, start, actor_grad)
+    assert sum(g.abs().sum() for g in want_actor) > 0
+    for a, b in zip(got["actor"], want_actor, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got["critic"], want_critic, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_actor_learns_to_maximise_a_known_reward():
     """Dynamics backprop on a fixed random RSSM: reward = first feature; imagined return must rise."""
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ def roofline():
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def test_part_counter_counts_forward_and_predicts_backward_exactly(roofline):
+def test_part_counter_attributes_forward_and_backward_exactly(roofline):
     torch.manual_seed(0)
     b, i, h, o = 8, 5, 7, 3
     first, second = nn.Linear(i, h), nn.Linear(h, o)
@@ -34,7 +34,7 @@ def test_part_counter_counts_forward_and_predicts_backward_exactly(roofline):
     with counter:
         second(torch.tanh(first(x))).square().sum().backward()
     assert counter.forward == {"first": 2 * b * i * h, "second": 2 * b * h * o}
-    # weight grads for both; input grad only for the second layer (its input depends on the first's weights)
+    # backward as run: weight grads for both; an input grad only for the second layer (x needs none)
     assert counter.backward == {"first": 2 * b * i * h, "second": 2 * 2 * b * h * o}
     assert counter.total == sum(counter.forward.values()) + sum(counter.backward.values())
     assert counter.calls > 0

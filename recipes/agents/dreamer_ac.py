@@ -199,26 +199,29 @@ class ActorCritic(nn.Module):
             start = {k: v[keep] for k, v in start.items()}
             is_terminal = None if is_terminal is None else is_terminal[keep]
         logps, ents = [], []
+        reinforce = self.actor_grad == "reinforce"
 
         def policy(feat: Tensor) -> Tensor:
             action, logp, ent = self.actor(feat)
             logps.append(logp)
             ents.append(ent)
-            return action
+            # REINFORCE needs no gradient through the dynamics: a detached action keeps the whole rollout, its
+            # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
+            return action.detach() if reinforce else action
 
         for p in self._wm_params():
-            p.requires_grad_(False)
+            p.requires_grad_(False)  # the heads below too: only gradients w.r.t. the features may flow
         try:
             states, _ = rssm.imagine(policy, start, self.horizon)
+            feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
+            reward = reward_head(feat).squeeze(-1)
+            if discount_head is not None:
+                discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
+            else:
+                discount = torch.full_like(reward, self.gamma)
         finally:
             for p in self._wm_params():
                 p.requires_grad_(True)
-        feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
-        reward = reward_head(feat).squeeze(-1)
-        if discount_head is not None:
-            discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
-        else:
-            discount = torch.full_like(reward, self.gamma)
         if is_terminal is not None:
             discount = torch.cat([(1.0 - is_terminal.reshape(1, -1).to(discount)) * self.gamma, discount[1:]], 0)
         value_slow = self.slow_critic(feat).squeeze(-1)
@@ -230,7 +233,7 @@ class ActorCritic(nn.Module):
         if self.actor_grad == "dynamics":
             objective = target
         else:
-            baseline = self.slow_critic(feat[:-1].detach()).squeeze(-1)
+            baseline = value_slow[:-1]  # v_slow(s_t) at the same states: no second pass of the slow critic
             objective = logp * (target - baseline).detach()
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
         critic_loss = (weight * 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
