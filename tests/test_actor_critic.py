@@ -1,6 +1,7 @@
 """Dreamer actor-critic: λ-returns by hand, gradient routing, slow critic, a learning sanity check."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -175,3 +176,51 @@ def test_truncated_normal_entropy_is_bounded_by_the_uniform():
     ent = truncated_normal(torch.zeros_like(std), std, deterministic=True)[2]
     assert (ent[:10].diff() > 0).all() and (ent.diff() > -1e-12).all()
     assert float(ent.max()) < math.log(2.0) + 1e-12 and float(ent[-1]) > 0.693
+
+
+def test_maybe_compiled_falls_back_to_eager_with_one_warning():
+    from recipes.agents.compile import MaybeCompiled
+
+    calls = []
+    fn = MaybeCompiled(lambda x: calls.append(x) or x + 1, "the toy")
+
+    def broken(*_):
+        raise RuntimeError("no C++ compiler")
+
+    fn.compiled = broken
+    with pytest.warns(UserWarning, match="torch.compile of the toy failed"):
+        assert fn(1) == 2
+    assert fn.compiled is None and fn(2) == 3 and calls == [1, 2]
+    with pytest.raises(ZeroDivisionError):  # the function's own errors are not swallowed
+        MaybeCompiled(lambda x: 1 / x, "div", enabled=False)(0)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_compiled_update_equals_eager(discrete):
+    """compile=True (inductor, random ops through torch's generator) gives the eager update's gradients."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        grads = [_update_grads(discrete, compile) for compile in (False, True)]
+    (eager, m0), (compiled, m1) = grads
+    for key in ("actor", "critic"):
+        for a, b in zip(compiled[key], eager[key], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert m1["imag_return"] == pytest.approx(m0["imag_return"], rel=1e-5)
+
+
+def _update_grads(discrete, compile):
+    torch.manual_seed(0)
+    wm = RSSMWorldModel((4,), 2, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=True)
+    ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, discrete, horizon=3, layers=1, units=8, compile=compile)
+    got = {}
+    ac.actor_opt.step = lambda ac=ac, got=got: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
+    ac.critic_opt.step = lambda ac=ac, got=got: got.update(critic=[p.grad.clone() for p in ac.critic.parameters()])
+    start = {k: v + 0.1 * torch.randn_like(v) for k, v in wm.rssm.initial(5).items()}
+    with warnings.catch_warnings():
+        # a silent fallback to eager would make this test vacuous
+        warnings.filterwarnings("error", message="torch.compile of")
+        for _ in range(2):  # the second call runs the compiled graph from the cache
+            torch.manual_seed(1)
+            metrics = ac.update(start)
+    return got, metrics

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recipes.agents.compile import MaybeCompiled
 from worldmodels.nets import mlp
 from worldmodels.rssm import RSSM
 
@@ -134,6 +135,8 @@ class ActorCritic(nn.Module):
         imag_starts: imagine from a random subset of this many start states (None: all B·T, as DreamerV2).
         layers, units: actor/critic MLPs (4 × 400).
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
+        compile: ``torch.compile`` the rollout and losses (one graph, unrolled over the horizon; eager fallback;
+            :mod:`recipes.agents.compile`).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class ActorCritic(nn.Module):
         eps: float = 1e-5,
         clip: float = 100.0,
         weight_decay: float = 1e-6,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
@@ -173,6 +177,7 @@ class ActorCritic(nn.Module):
         self.actor_opt = torch.optim.AdamW(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._compiled_losses = MaybeCompiled(self._losses, "the actor-critic losses") if compile else None
 
     def value(self, feat: Tensor, slow: bool = True) -> Tensor:
         """V(features) [...]: the (slow) critic, as the upper-level losses use it."""
@@ -189,7 +194,6 @@ class ActorCritic(nn.Module):
             start: posterior states (any leading shape; flattened); detached here.
             is_terminal: optional [...] bool, the start states that are terminal (their γ_0 is 0).
         """
-        rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
         start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:]) for k, v in start.items()}
         if is_terminal is not None:
             is_terminal = is_terminal.reshape(-1)
@@ -198,6 +202,39 @@ class ActorCritic(nn.Module):
             keep = torch.randperm(n, device=start["deter"].device)[: self.imag_starts]
             start = {k: v[keep] for k, v in start.items()}
             is_terminal = None if is_terminal is None else is_terminal[keep]
+        for p in self._wm_params():
+            p.requires_grad_(False)  # the model is used, not trained: only gradients w.r.t. its features may flow
+        try:
+            actor_loss, critic_loss, stats = (self._compiled_losses or self._losses)(start, is_terminal)
+        finally:
+            for p in self._wm_params():
+                p.requires_grad_(True)
+        # one backward pass for both losses: the actor loss reaches only the actor (the model and the slow critic
+        # are frozen, the start states detached) and the critic loss only the critic (its inputs and target are
+        # detached); a compiled graph has one backward, which can run once
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        actor_norm = float(nn.utils.clip_grad_norm_(self.actor.parameters(), self.clip))
+        critic_norm = float(nn.utils.clip_grad_norm_(self.critic.parameters(), self.clip))
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.updates += 1
+        if int(self.updates) % self.slow_every == 0:
+            self.slow_critic.load_state_dict(self.critic.state_dict())
+        return {
+            "actor_loss": float(actor_loss.detach()),
+            "critic_loss": float(critic_loss.detach()),
+            **{k: float(v) for k, v in stats.items()},
+            "actor_grad_norm": actor_norm,
+            "critic_grad_norm": critic_norm,
+        }
+
+    def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
+        eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
+        rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
         logps, ents = [], []
         reinforce = self.actor_grad == "reinforce"
 
@@ -209,19 +246,13 @@ class ActorCritic(nn.Module):
             # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
             return action.detach() if reinforce else action
 
-        for p in self._wm_params():
-            p.requires_grad_(False)  # the heads below too: only gradients w.r.t. the features may flow
-        try:
-            states, _ = rssm.imagine(policy, start, self.horizon)
-            feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
-            reward = reward_head(feat).squeeze(-1)
-            if discount_head is not None:
-                discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
-            else:
-                discount = torch.full_like(reward, self.gamma)
-        finally:
-            for p in self._wm_params():
-                p.requires_grad_(True)
+        states, _ = rssm.imagine(policy, start, self.horizon)
+        feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
+        reward = reward_head(feat).squeeze(-1)
+        if discount_head is not None:
+            discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
+        else:
+            discount = torch.full_like(reward, self.gamma)
         if is_terminal is not None:
             discount = torch.cat([(1.0 - is_terminal.reshape(1, -1).to(discount)) * self.gamma, discount[1:]], 0)
         value_slow = self.slow_critic(feat).squeeze(-1)
@@ -238,29 +269,13 @@ class ActorCritic(nn.Module):
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
         critic_loss = (weight * 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
 
-        actor_grads = torch.autograd.grad(actor_loss, list(self.actor.parameters()))
-        for p, g in zip(self.actor.parameters(), actor_grads, strict=True):
-            p.grad = g
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        actor_norm = float(nn.utils.clip_grad_norm_(self.actor.parameters(), self.clip))
-        critic_norm = float(nn.utils.clip_grad_norm_(self.critic.parameters(), self.clip))
-        self.actor_opt.step()
-        self.critic_opt.step()
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.updates += 1
-        if int(self.updates) % self.slow_every == 0:
-            self.slow_critic.load_state_dict(self.critic.state_dict())
-        return {
-            "actor_loss": float(actor_loss.detach()),
-            "critic_loss": float(critic_loss.detach()),
-            "imag_reward": float(reward[1:].detach().mean()),
-            "imag_value": float(value_slow.detach().mean()),
-            "imag_return": float(target.detach().mean()),
-            "actor_entropy": float(ent.detach().mean()),
-            "actor_grad_norm": actor_norm,
-            "critic_grad_norm": critic_norm,
+        stats = {
+            "imag_reward": reward[1:].detach().mean(),
+            "imag_value": value_slow.detach().mean(),
+            "imag_return": target.detach().mean(),
+            "actor_entropy": ent.detach().mean(),
         }
+        return actor_loss, critic_loss, stats
 
     def _wm_params(self) -> list[nn.Parameter]:
         mods: list[Callable | nn.Module | None] = [self._wm["rssm"], self._wm["reward"], self._wm["discount"]]

@@ -53,6 +53,13 @@ class DreamerConfig(RunConfig):
     actor_lr: float = Field(8e-5, gt=0.0)
     critic_lr: float = Field(8e-5, gt=0.0)
 
+    compile: bool = Field(
+        False,
+        description="torch.compile the world-model loss (dreamerv2; TEMPO's hypergradient differentiates it twice) "
+        "and the imagination + actor-critic losses: unrolled graphs, minutes to compile on a cold cache, eager "
+        "fallback (recipes.agents.compile)",
+    )
+
     # replay and collection
     batch_size: int = Field(16, ge=1)
     seq_len: int = Field(50, ge=2)

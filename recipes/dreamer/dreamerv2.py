@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel import BilevelUpdate, LevelOutputs, Strategy, Uniform
+from recipes.agents.compile import MaybeCompiled
 from recipes.agents.dreamer_ac import ActorCritic
 from recipes.data.replay import Replay
 from recipes.dreamer.config import DreamerConfig
@@ -27,6 +28,10 @@ from worldmodels import ModelLoss, RSSMWorldModel
 
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
+
+    #: whether ``cfg.compile`` also compiles the world-model loss (its real pass); False where the update
+    #: differentiates that pass twice (TEMPO's hypergradient), which compiled graphs do not support
+    compile_world_model = True
 
     def __init__(
         self,
@@ -74,6 +79,11 @@ class DreamerAgent(nn.Module):
             eps=cfg.model_eps,
             clip=cfg.model_clip,
             weight_decay=cfg.model_wd,
+            compile=cfg.compile,
+        )
+        # the real pass of the ELBO compiled (first-order only: subclasses that differentiate it twice skip it)
+        self._compiled_loss = (
+            MaybeCompiled(self.wm.loss, "the world-model loss") if cfg.compile and self.compile_world_model else None
         )
         self.model_opt = torch.optim.AdamW(
             self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd
@@ -90,7 +100,7 @@ class DreamerAgent(nn.Module):
         ELBO terms ℓ[B, T], and the :class:`worldmodels.ModelLoss` as ``aux``."""
 
         def forward(fn: Any) -> LevelOutputs:
-            out = fn(batch)
+            out = self._compiled_loss(batch) if fn is self.wm and self._compiled_loss is not None else fn(batch)
             return LevelOutputs(loss=out.loss, aux=out)
 
         return forward

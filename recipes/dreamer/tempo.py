@@ -57,7 +57,11 @@ class TempoAgent(dreamerv2.DreamerAgent):
     Args:
         cfg: a :class:`TempoConfig`.
         obs_shape, action_dim, discrete: the environment's spaces.
+
+    ``compile=True`` compiles the actor-critic only: the hypergradient differentiates the world-model pass twice.
     """
+
+    compile_world_model = False
 
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
         super().__init__(cfg, obs_shape, action_dim, discrete, Uniform())

@@ -1,0 +1,38 @@
+"""``torch.compile`` with an eager fallback, for the train-step hot paths of the Dreamer family.
+
+On CPU the small-batch RSSM loops are dispatch-bound (tens of thousands of aten calls per update, a few per cent of
+the matmul peak; ``benchmarks/roofline.py``): compiling the unrolled loop fuses the elementwise work between the
+matmuls.  Compilation costs minutes on a cold cache (inductor writes C++ kernels) and seconds on a warm one (the
+FX-graph/AOT-autograd caches under ``TORCHINDUCTOR_CACHE_DIR``); it is an option, never the default path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import torch
+
+R = TypeVar("R")
+
+
+class MaybeCompiled(Generic[R]):
+    """``fn`` compiled by ``torch.compile(fn, dynamic=False)`` on first call; where compiling fails (no C++
+    compiler, an unsupported op), a warning names ``name`` and every later call runs ``fn`` eagerly.
+
+    Errors raised by ``fn`` itself are not swallowed: the eager retry raises them again.
+    """
+
+    def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True) -> None:
+        self.fn, self.name = fn, name
+        self.compiled: Callable[..., R] | None = torch.compile(fn, dynamic=False) if enabled else None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # any compiler failure: fall back, say so once
+                warnings.warn(f"torch.compile of {self.name} failed, running it eagerly: {e!r:.300}", stacklevel=2)
+                self.compiled = None
+        return self.fn(*args, **kwargs)
