@@ -78,6 +78,22 @@ def test_config_change_on_resume_is_refused_unless_forced(tmp_path, capsys):
     assert main([*_args(logdir, 200, extra=("model_lr=0.001",)), "--force"]) == 0
 
 
+def test_run_from_before_a_new_field_resumes_with_its_default(tmp_path, capsys):
+    """A run whose config.json predates a field (here ``compile``) resumes while the field keeps its default;
+    asking for another value than the default is still a config change."""
+    logdir = tmp_path / "run"
+    assert main(_args(logdir, 200)) == 0
+    path = logdir / "config.json"
+    config = json.loads(path.read_text())
+    del config["compile"]
+    path.write_text(json.dumps(config))
+    assert main(_args(logdir, 400)) == 0
+    assert [r["step"] for r in records(logdir) if "eval_return" in r] == [200, 400]
+    path.write_text(json.dumps(config))
+    assert main(_args(logdir, 400, extra=("compile=true",))) == 2
+    assert "compile" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "field"),
     [

@@ -109,7 +109,9 @@ def train(
         recipes.run.rundir.ConfigMismatchError: when resuming with another config and not ``force``.
     """
     torch.set_num_threads(cfg.threads)
-    resuming = rundir.prepare(logdir, {"recipe": recipe, **cfg.model_dump()}, force=force)
+    resuming = rundir.prepare(
+        logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
+    )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())

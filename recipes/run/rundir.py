@@ -22,14 +22,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 
 class ConfigMismatchError(ValueError):
     """A resumed run was started with a different config."""
 
 
-def prepare(logdir: Path, config: dict[str, Any], *, force: bool = False) -> bool:
+def prepare(
+    logdir: Path, config: dict[str, Any], *, force: bool = False, defaults: dict[str, Any] | None = None
+) -> bool:
     """Create ``logdir`` and write ``config.json``; return True when resuming an existing run.
+
+    ``defaults``: values of fields added since a run was started; a key missing from its ``config.json`` counts as
+    its default there, so a run started before a field existed resumes while the new field keeps its default.
 
     Raises:
         ConfigMismatchError: if ``config.json`` exists with different values and ``force`` is False (names the
@@ -37,7 +43,7 @@ def prepare(logdir: Path, config: dict[str, Any], *, force: bool = False) -> boo
     """
     path = logdir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = {**(defaults or {}), **json.loads(path.read_text())}
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "steps")
         if diff and not force:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:5])
@@ -49,6 +55,15 @@ def prepare(logdir: Path, config: dict[str, Any], *, force: bool = False) -> boo
     resuming = (logdir / "checkpoints" / "latest.pt").exists()
     _atomic_write(path, json.dumps(config, indent=1, sort_keys=True).encode())
     return resuming
+
+
+def field_defaults(cfg: BaseModel) -> dict[str, Any]:
+    """The defaults of ``cfg``'s fields that have one (JSON-compatible), for :func:`prepare`."""
+    out: dict[str, Any] = {}
+    for name, field in type(cfg).model_fields.items():
+        if not field.is_required():
+            out[name] = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(out, default=str))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
