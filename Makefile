@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 # Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: run example test setup lint bench clean
+.PHONY: run example test setup lint bench bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypergrad.py
 	$(BIN)/python benchmarks/tempo_overhead.py
+	$(BIN)/python benchmarks/roofline.py --configs cpu,cpu-pixels,sheeprl
+
+# Side by side with sheeprl 0.8.4 (builds its scratch venv outside the repo on first use: network, ~1.5 GB).
+bench-peers: $(STAMP)
+	THREADS=2 bash benchmarks/peers/sheeprl_dreamerv2.sh
+	$(BIN)/python benchmarks/peers/side_by_side.py --threads 2
 
 clean:
 	rm -rf $(VENV) runs
