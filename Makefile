@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hypergrad.py
 	$(BIN)/python benchmarks/tempo_overhead.py
 	$(BIN)/python benchmarks/roofline.py --configs cpu,cpu-pixels,sheeprl
+	$(BIN)/python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true
 
 # Side by side with sheeprl 0.8.4 (builds its scratch venv outside the repo on first use: network, ~1.5 GB).
 bench-peers: $(STAMP)
