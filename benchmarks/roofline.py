@@ -287,7 +287,7 @@ def markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, run: Callable[..., dict[str, Any]] = measure) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="cpu,cpu-pixels,sheeprl")
     ap.add_argument("--threads", type=int, default=1)
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None, run: Callable[..., dict[str, Any]] = mea
         machine["bf16_peak_gflops"] = gemm_peak(torch.bfloat16)
     table: dict[str, Any] = {"machine": machine, "configs": {}}
     for name in names:
-        table["configs"][name] = run(name, args.threads, args.reps, machine["fp32_peak_gflops"])
+        table["configs"][name] = measure(name, args.threads, args.reps, machine["fp32_peak_gflops"])
     text = markdown(table)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,7 @@ class ActorCritic(nn.Module):
         self.actor_opt = torch.optim.AdamW(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        self._compiled_losses = MaybeCompiled(self._losses, "the actor-critic losses") if compile else None
+        self._loss_fn = MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
 
     def value(self, feat: Tensor, slow: bool = True) -> Tensor:
         """V(features) [...]: the (slow) critic, as the upper-level losses use it."""
@@ -205,7 +205,7 @@ class ActorCritic(nn.Module):
         for p in self._wm_params():
             p.requires_grad_(False)  # the model is used, not trained: only gradients w.r.t. its features may flow
         try:
-            actor_loss, critic_loss, stats = (self._compiled_losses or self._losses)(start, is_terminal)
+            actor_loss, critic_loss, stats = self._loss_fn(start, is_terminal)
         finally:
             for p in self._wm_params():
                 p.requires_grad_(True)

@@ -73,7 +73,7 @@ class GaussianPolicy(nn.Module):
         return functional_call(self, dict(params), (obs, act))
 
 
-class ActorCritic:
+class GaussianActorCritic:
     """A :class:`GaussianPolicy` and a tanh-MLP value function V(s), with GAE (Schulman et al. 2016, eq. 16): what
     :class:`PPO` and :class:`recipes.agents.trpo.TRPO` share."""
 
@@ -118,7 +118,7 @@ class ActorCritic:
         return adv, adv + v[:-1]
 
 
-class PPO(ActorCritic):
+class PPO(GaussianActorCritic):
     """PPO-clip with GAE on [T, B] batches (module docstring for the loss and defaults).
 
     Args:
@@ -227,4 +227,4 @@ class PPO(ActorCritic):
         self.opt.load_state_dict(state["opt"])  # type: ignore[arg-type]
 
 
-__all__ = ["PPO", "ActorCritic", "GaussianPolicy"]
+__all__ = ["PPO", "GaussianActorCritic", "GaussianPolicy"]

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from bilevel import conjugate_gradient
-from recipes.agents.ppo import ActorCritic
+from recipes.agents.ppo import GaussianActorCritic
 
 
 def _flat(xs: list[Tensor]) -> Tensor:
     return torch.cat([x.reshape(-1) for x in xs])
 
 
-class TRPO(ActorCritic):
+class TRPO(GaussianActorCritic):
     """TRPO on [T, B] batches of a diagonal Gaussian policy.
 
     Args:

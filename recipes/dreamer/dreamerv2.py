@@ -29,10 +29,6 @@ from worldmodels import ModelLoss, RSSMWorldModel
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
 
-    #: whether ``cfg.compile`` also compiles the world-model loss (its real pass); False where the update
-    #: differentiates that pass twice (TEMPO's hypergradient), which compiled graphs do not support
-    compile_world_model = True
-
     def __init__(
         self,
         cfg: DreamerConfig,
@@ -81,10 +77,9 @@ class DreamerAgent(nn.Module):
             weight_decay=cfg.model_wd,
             compile=cfg.compile,
         )
-        # the real pass of the ELBO compiled (first-order only: subclasses that differentiate it twice skip it)
-        self._compiled_loss = (
-            MaybeCompiled(self.wm.loss, "the world-model loss") if cfg.compile and self.compile_world_model else None
-        )
+        # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
+        # subclasses that differentiate the pass twice replace)
+        self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss") if cfg.compile else None
         self.model_opt = torch.optim.AdamW(
             self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd
         )

@@ -58,10 +58,9 @@ class TempoAgent(dreamerv2.DreamerAgent):
         cfg: a :class:`TempoConfig`.
         obs_shape, action_dim, discrete: the environment's spaces.
 
-    ``compile=True`` compiles the actor-critic only: the hypergradient differentiates the world-model pass twice.
+    ``compile=True`` compiles the actor-critic only: this class's world-model forward (latent noise drawn once per
+    step) stays eager, as the hypergradient differentiates it twice, which compiled graphs do not support.
     """
-
-    compile_world_model = False
 
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
         super().__init__(cfg, obs_shape, action_dim, discrete, Uniform())
