@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bilevel  # noqa: E402
+from recipes.run.precision import AUTO_MIN_SPEEDUP, autocast, autocast_fn, bf16_speedup  # noqa: E402
 from worldmodels import GaussianEnsemble, bootstrap_counts  # noqa: E402
 
 TORCH_PIN = "torch==2.13.0"
@@ -101,7 +102,14 @@ def loss_step(batch):
 def update_step(batch):
     model.update(batch, opt)
 
-steps = {"mbrl": loss_step, "mbrl update()": update_step}
+def bf16_step(batch):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.loss(batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+steps = {"mbrl": loss_step, "mbrl update()": update_step, "mbrl bf16 autocast": bf16_step}
 count = [0]
 def run(name, k):
     f = steps[name]
@@ -213,21 +221,41 @@ def our_steps(cfg: dict[str, Any]) -> dict[str, Any]:
         batch = next_batch()
         update.step(lambda fn: bilevel.LevelOutputs(loss=fn(batch).loss))
 
+    def plain_bf16() -> None:
+        with autocast("cpu", torch.bfloat16):
+            loss = model.loss(next_batch()).loss.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def through_bilevel_bf16() -> None:
+        # the recipes' path with model_precision=bf16: the forward closure under autocast (recipes.m3po)
+        batch = next_batch()
+        forward = autocast_fn(lambda fn: bilevel.LevelOutputs(loss=fn(batch).loss), "cpu", torch.bfloat16)
+        update.step(forward)
+
     params = sum(p.numel() for p in model.parameters())
-    return {"steps": {"ours": plain, "ours BilevelUpdate": through_bilevel}, "params": params, "model": model}
+    steps = {
+        "ours": plain,
+        "ours BilevelUpdate": through_bilevel,
+        "ours bf16": plain_bf16,
+        "ours BilevelUpdate bf16": through_bilevel_bf16,
+    }
+    return {"steps": steps, "params": params, "model": model}
 
 
-def gemm_floor(cfg: dict[str, Any]) -> tuple[Any, float]:
+def gemm_floor(cfg: dict[str, Any], dtype: torch.dtype = torch.float32) -> tuple[Any, float]:
     """The step's batched matrix products alone, on fixed random tensors of the same shapes: per layer one forward
     ``bmm`` and the weight-gradient ``bmm``, and the input-gradient ``bmm`` for every layer but the first — 14 at
     MBPO's size.  No activation, loss, normalisation or optimiser: a lower bound for *any* fp32 implementation of
-    the same step.  Returns the step function and its FLOPs."""
+    the same step (in ``dtype``: the bf16 floor bounds the bf16 autocast rows).  Returns the step function and its
+    FLOPs."""
     e, b = cfg["members"], cfg["batch"]
     widths = [cfg["obs"] + cfg["act"], *([cfg["units"]] * cfg["layers"]), 2 * (cfg["obs"] + 1)]
     g = torch.Generator().manual_seed(1)
-    xs = [torch.randn(e, b, w, generator=g) for w in widths[:-1]]
-    ws = [torch.randn(e, i, o, generator=g) / i**0.5 for i, o in itertools.pairwise(widths)]
-    dys = [torch.randn(e, b, o, generator=g) for o in widths[1:]]
+    xs = [torch.randn(e, b, w, generator=g).to(dtype) for w in widths[:-1]]
+    ws = [(torch.randn(e, i, o, generator=g) / i**0.5).to(dtype) for i, o in itertools.pairwise(widths)]
+    dys = [torch.randn(e, b, o, generator=g).to(dtype) for o in widths[1:]]
     flops = 0.0
     for i, (inp, out) in enumerate(itertools.pairwise(widths)):
         flops += 2 * e * b * inp * out * (2 if i == 0 else 3)
@@ -267,6 +295,13 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="scratch venv for mbrl-lib (outside the repo)")
     parser.add_argument("--optimizer", choices=["adam", "adam-fused"], default="adam", help="same on both sides")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of our step")
+    parser.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also time bf16 autocast rows (ours with model_precision=bf16, mbrl under torch.autocast); auto: where a "
+        "bf16 GEMM measures >= 2x faster than fp32 (recipes.run.precision)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ensemble_speed.json")
     args = parser.parse_args()
 
@@ -309,6 +344,13 @@ def main() -> None:
     for f in local.values():
         time_local(f, 5)
     names = ["ours", "mbrl", "ours BilevelUpdate", "mbrl update()", "GEMM floor"]
+    speedup = bf16_speedup("cpu")
+    with_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and speedup >= AUTO_MIN_SPEEDUP)
+    print(f"bf16/fp32 GEMM speed here: {speedup:.2f}x -> bf16 rows {'on' if with_bf16 else 'off'}")
+    if with_bf16:
+        names += ["ours bf16", "mbrl bf16 autocast", "ours BilevelUpdate bf16", "GEMM floor bf16"]
+        local["GEMM floor bf16"] = gemm_floor(cfg, torch.bfloat16)[0]
+        time_local(local["GEMM floor bf16"], 5)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -331,6 +373,15 @@ def main() -> None:
     for n in names:
         print(f"{n:<22} {1e3 * median[n]:15.2f} {1e3 * min(times[n]):8.2f} {1e3 * max(times[n]):8.2f}")
     print(f"ratio ours/mbrl: {ratio:.3f} (median of per-round ratios {statistics.median(ratios):.3f}; target <= 0.7)")
+    bf16_ratios = {}
+    if with_bf16:
+        for ours_name, ref in (
+            ("ours bf16", "mbrl"),
+            ("ours bf16", "mbrl bf16 autocast"),
+            ("ours BilevelUpdate bf16", "mbrl"),
+        ):
+            bf16_ratios[f"{ours_name} / {ref}"] = median[ours_name] / median[ref]
+            print(f"ratio {ours_name} / {ref}: {median[ours_name] / median[ref]:.3f}")
     floor = median["GEMM floor"]
     print(
         f"GEMM floor: {1e3 * floor:.2f} ms for {floor_flops / 1e9:.2f} GFLOP "
@@ -350,6 +401,8 @@ def main() -> None:
         "ratio_ours_over_mbrl": ratio,
         "median_round_ratio": statistics.median(ratios),
         "target_ratio": 0.7,
+        "bf16_gemm_speedup": speedup,
+        "bf16_ratios": bf16_ratios,
         "gemm_floor": {"seconds": floor, "flops": floor_flops, "gflops_per_s": floor_flops / floor / 1e9},
         "params": ours["params"],
         "ours": {"torch": torch.__version__, "threads": torch.get_num_threads()},

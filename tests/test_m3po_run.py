@@ -83,6 +83,15 @@ def test_weighting_trains_a_weighter_through_the_sac_value(tmp_path):
     assert "weighter" in ckpt["learner"]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_model_precision_runs_and_is_recorded(tmp_path, precision):
+    logdir = tmp_path / precision
+    assert main(_args(logdir, 300, "mbpo", ("model_precision=" + precision, "model_max_epochs=1"))) == 0
+    assert json.loads((logdir / "config.json").read_text())["model_precision"] == precision
+    recs = [r for r in records(logdir) if "model/holdout_mse" in r]
+    assert recs and all(0 < r["model/holdout_mse"] < float("inf") for r in recs)
+
+
 def test_sigkill_then_resume(tmp_path):
     logdir = tmp_path / "run"
     killed_at, saved = kill_mid_run(logdir, _args(logdir, 100_000))
@@ -98,6 +107,7 @@ def test_sigkill_then_resume(tmp_path):
         (["--set", "history_len=-1"], "history_len"),
         (["--set", "rollout_length=0"], "rollout_length"),
         (["--set", "task_switch=0"], "task_switch"),
+        (["--set", "model_precision=fp16"], "model_precision"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, field):

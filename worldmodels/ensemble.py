@@ -275,7 +275,9 @@ class GaussianEnsemble(nn.Module):
         h = x.unsqueeze(0).expand(self.members, *x.shape)
         for layer in self.hidden:
             h = self._act(layer(h))
-        mean, raw = self.head(h).split(self.out_dim, -1)
+        # .to(x.dtype): under bf16 autocast the head's product comes out in bf16; the NLL and the log-variance
+        # bounds stay in the model's dtype (a no-op otherwise)
+        mean, raw = self.head(h).to(x.dtype).split(self.out_dim, -1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar

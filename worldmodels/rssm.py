@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.base import ModelLoss
-from worldmodels.nets import mlp
+from worldmodels.nets import at_least_fp32, mlp
 
 State = dict[str, Tensor]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -106,6 +106,7 @@ class RSSM(nn.Module):
         return state
 
     def _stats(self, x: Tensor) -> State:
+        x = at_least_fp32(x)  # latent statistics in fp32 under autocast: samples, states and the KL too
         if self.classes:
             return {"logits": x.reshape(*x.shape[:-1], self.stoch_vars, self.classes)}
         mean, std = x.chunk(2, -1)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recipes.agents.compile import MaybeCompiled
+from recipes.run.precision import autocast
 from worldmodels.nets import mlp
 from worldmodels.rssm import RSSM
 
@@ -137,6 +138,8 @@ class ActorCritic(nn.Module):
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
         compile: ``torch.compile`` the rollout and losses (one graph, unrolled over the horizon; eager fallback;
             :mod:`recipes.agents.compile`).
+        autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
+            products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
     """
 
     def __init__(
@@ -162,8 +165,10 @@ class ActorCritic(nn.Module):
         clip: float = 100.0,
         weight_decay: float = 1e-6,
         compile: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.autocast_dtype = autocast_dtype
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
         self.actor = Actor(feat, action_dim, discrete, layers, units)
@@ -205,7 +210,8 @@ class ActorCritic(nn.Module):
         for p in self._wm_params():
             p.requires_grad_(False)  # the model is used, not trained: only gradients w.r.t. its features may flow
         try:
-            actor_loss, critic_loss, stats = self._loss_fn(start, is_terminal)
+            with autocast(start["deter"].device, self.autocast_dtype):
+                actor_loss, critic_loss, stats = self._loss_fn(start, is_terminal)
         finally:
             for p in self._wm_params():
                 p.requires_grad_(True)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from recipes.run.config import Presets, RunConfig
+from recipes.run.precision import Precision
 
 
 class DreamerConfig(RunConfig):
@@ -58,6 +59,14 @@ class DreamerConfig(RunConfig):
         description="torch.compile the world-model loss (dreamerv2; TEMPO's hypergradient differentiates it twice) "
         "and the imagination + actor-critic losses: unrolled graphs, minutes to compile on a cold cache, eager "
         "fallback (recipes.agents.compile)",
+    )
+
+    precision: Precision = Field(
+        "fp32",
+        description="fp32, bf16 (torch.autocast: the world-model and actor-critic matrix products in bf16; weights, "
+        "optimisers, latent statistics, heads' outputs and returns in fp32, as DreamerV2's mixed precision) or auto "
+        "(bf16 where a bf16 GEMM measures >= 2x faster on the device, e.g. Intel AMX; recipes.run.precision). "
+        "Every reported learning result used fp32",
     )
 
     # replay and collection

@@ -23,6 +23,7 @@ from recipes.data.replay import Replay
 from recipes.dreamer.config import DreamerConfig
 from recipes.envs import Env
 from recipes.run import loop
+from recipes.run.precision import autocast_fn, resolve_precision
 from worldmodels import ModelLoss, RSSMWorldModel
 
 
@@ -39,6 +40,8 @@ class DreamerAgent(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg, self.discrete, self.action_dim = cfg, discrete, action_dim
+        # (device, dtype) of the world-model forward and the actor-critic losses; dtype None = fp32 (cfg.precision)
+        self.autocast = (cfg.device, resolve_precision(cfg.precision, cfg.device))
         self.wm = RSSMWorldModel(
             obs_shape,
             action_dim,
@@ -76,6 +79,7 @@ class DreamerAgent(nn.Module):
             clip=cfg.model_clip,
             weight_decay=cfg.model_wd,
             compile=cfg.compile,
+            autocast_dtype=self.autocast[1],
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
         # subclasses that differentiate the pass twice replace)
@@ -102,7 +106,7 @@ class DreamerAgent(nn.Module):
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
         """The lower level (and, in subclasses, the upper level): metrics and the real pass's output."""
-        forward = self.world_model_forward(batch)
+        forward = autocast_fn(self.world_model_forward(batch), *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=self.meta_due()).items()}
         return metrics, levels.aux

@@ -31,6 +31,7 @@ from bilevel import make_strategy as _make_strategy
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
 from recipes.run import loop, rundir
+from recipes.run.precision import autocast_fn
 from tasklosses import make_task_loss
 from worldmodels import ModelLoss
 
@@ -141,7 +142,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         return int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
-        forward = self.world_model_forward(batch)
+        forward = autocast_fn(self.world_model_forward(batch), *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=self.meta_due()).items()}
         out, values = levels.aux

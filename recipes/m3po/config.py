@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from recipes.run.config import Presets, RunConfig
+from recipes.run.precision import Precision
 
 
 class M3POConfig(RunConfig):
@@ -58,6 +59,12 @@ class M3POConfig(RunConfig):
     model_lr: float = Field(1e-3, gt=0.0, description="Adam (mbrl-lib model_lr)")
     model_wd: float = Field(1e-5, ge=0.0, description="Adam L2 weight decay (mbrl-lib model_wd)")
     model_batch: int = Field(256, ge=1, description="mbrl-lib model_batch_size")
+    model_precision: Precision = Field(
+        "fp32",
+        description="the meta-model's training step: fp32, bf16 (autocast: bf16 matrix products, fp32 weights, NLL "
+        "and optimiser) or auto (bf16 where a bf16 GEMM measures >= 2x faster on the device, e.g. Intel AMX; "
+        "recipes.run.precision). Ours; fp32 is what every reported learning result used",
+    )
     holdout_ratio: float = Field(
         0.2,
         gt=0.0,

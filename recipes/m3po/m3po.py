@@ -34,6 +34,7 @@ from recipes.envs import Env
 from recipes.m3po.config import M3POConfig
 from recipes.m3po.rollouts import branched_rollouts, termination_fn
 from recipes.run import loop
+from recipes.run.precision import autocast_fn, resolve_precision
 from tasklosses import make_task_loss
 from worldmodels import HistoryEnsemble, bootstrap_counts
 from worldmodels.history import history_dim, roll_history
@@ -97,6 +98,8 @@ class M3POLearner(loop.Learner):
                 units=cfg.model_units,
             ).to(self.device)
             self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
+            # (device, dtype) of the meta-model's training forward: dtype None = plain fp32 (recipes.run.precision)
+            self.model_autocast = (self.device, resolve_precision(cfg.model_precision, self.device))
             capacity = cfg.rollouts_per_step * cfg.rollout_length * cfg.model_retain
             width = history_dim(obs_dim, action_dim)
             self.d_model = TransitionBuffer(
@@ -217,7 +220,7 @@ class M3POLearner(loop.Learner):
         the per-sample task loss of the predicted next observations through V(o', z')."""
         assert self.model is not None
         if not self.cfg.weighting:
-            return lambda fn: LevelOutputs(loss=(out := fn(batch)).loss, aux=out)
+            return autocast_fn(lambda fn: LevelOutputs(loss=(out := fn(batch)).loss, aux=out), *self.model_autocast)
         # V(o', z') is built once per batch (its action noise fixed), so every pass sees the same upper loss
         value_fn = self.sac.value_fn(batch["next_history"], batch["next_history_mask"])
 
@@ -228,7 +231,7 @@ class M3POLearner(loop.Learner):
             features = torch.cat([out.states["inputs"], out.states["targets"], out.loss.detach().unsqueeze(-1)], -1)
             return LevelOutputs(loss=out.loss, features=features.detach(), upper=upper, aux=out)
 
-        return forward
+        return autocast_fn(forward, *self.model_autocast)
 
     def fit_model(self) -> dict[str, float]:
         """Train the meta-model on D_env: a fresh hold-out split, per-member bootstrap counts, epochs of minibatches
