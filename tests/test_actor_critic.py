@@ -3,6 +3,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,81 @@ def _update_grads(discrete, compile):
             torch.manual_seed(1)
             metrics = ac.update(start)
     return got, metrics
+
+
+def _pair_with_return_norm(discrete: bool, actor_grad: str, reward_bias: float):
+    """Two actor-critics with equal weights, the second with DreamerV3's return normalisation; float64."""
+    torch.manual_seed(0)
+    wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8).double()
+    with torch.no_grad():
+        wm.reward[-1].bias.fill_(reward_bias)
+        wm.reward[-1].weight.mul_(20.0)  # returns that differ between states
+    kw = {"horizon": 5, "layers": 1, "units": 8, "actor_grad": actor_grad, "entropy": 0.0}
+    plain = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, **kw).double()
+    normed = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, return_norm=True, **kw).double()
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    start = {k: v.detach() for k, v in wm.rssm.initial(16, dtype=torch.float64).items()}
+    start["deter"] = torch.randn(16, 8, dtype=torch.float64)
+    return plain, normed, start
+
+
+def _actor_grads(ac: ActorCritic, start: dict, seed: int) -> tuple[list[torch.Tensor], dict]:
+    got = {}
+    ac.actor_opt.step = lambda: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
+    ac.clip = 1e9
+    torch.manual_seed(seed)
+    metrics = ac.update(start)
+    return got["actor"], metrics
+
+
+@pytest.mark.parametrize(("discrete", "actor_grad"), [(True, "reinforce"), (False, "dynamics")])
+def test_return_norm_divides_the_actor_gradient_by_the_return_range(discrete, actor_grad):
+    plain, normed, start = _pair_with_return_norm(discrete, actor_grad, reward_bias=30.0)
+    g_plain, _ = _actor_grads(plain, start, seed=1)
+    g_norm, metrics = _actor_grads(normed, start, seed=1)
+    scale = float(normed.return_scale)
+    assert scale > 1.0 and metrics["return_scale"] == pytest.approx(scale)  # first batch: S = its own range
+    for a, b in zip(g_norm, g_plain, strict=True):
+        torch.testing.assert_close(a, b / scale, rtol=1e-9, atol=1e-12)
+
+
+def test_return_scale_is_the_percentile_range_of_the_lambda_returns():
+    _, normed, start = _pair_with_return_norm(True, "reinforce", reward_bias=30.0)
+    seen = []
+    inner = normed._return_scale
+    normed._return_scale = lambda target: (seen.append(target.detach().clone()), inner(target))[1]
+    _actor_grads(normed, start, seed=1)
+    (target,) = seen
+    assert target.shape == (5, 16)  # [H, N]
+    lo, hi = np.percentile(target.numpy().ravel(), [5, 95])  # numpy's (linear) percentiles, independently
+    assert float(normed.return_scale) == pytest.approx(hi - lo, rel=1e-12)
+
+
+def test_return_norm_ema_and_limit():
+    _, normed, start = _pair_with_return_norm(True, "reinforce", reward_bias=30.0)
+    _actor_grads(normed, start, seed=1)
+    s1 = float(normed.return_scale)
+    with torch.no_grad():
+        normed._wm["reward"][-1].bias.fill_(90.0)  # larger returns: a larger range is blended in at rate 0.01
+        normed._wm["reward"][-1].weight.mul_(3.0)
+    _actor_grads(normed, start, seed=2)
+    s2 = float(normed.return_scale)
+    assert s1 < s2 < s1 + 0.05 * (3 * s1)  # EMA with decay 0.99: moved towards the new range, only a little
+    # tiny returns: S < L = 1 leaves the gradient unscaled
+    plain, normed, start = _pair_with_return_norm(True, "reinforce", reward_bias=0.0)
+    with torch.no_grad():
+        for ac in (plain, normed):
+            ac._wm["reward"][-1].weight.mul_(1e-4)
+    g_plain, _ = _actor_grads(plain, start, seed=3)
+    g_norm, _ = _actor_grads(normed, start, seed=3)
+    assert float(normed.return_scale) < 1.0
+    for a, b in zip(g_norm, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_return_norm_bad_settings_raise():
+    wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
+    with pytest.raises(ValueError, match="return_norm_decay"):
+        ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_decay=1.0)
+    with pytest.raises(ValueError, match="return_norm_limit"):
+        ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)

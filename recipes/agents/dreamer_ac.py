@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from recipes.agents.compile import MaybeCompiled
 from recipes.run.precision import autocast
-from worldmodels.nets import mlp
+from worldmodels.nets import at_least_fp32, mlp
 from worldmodels.rssm import RSSM
 
 
@@ -140,6 +140,11 @@ class ActorCritic(nn.Module):
             :mod:`recipes.agents.compile`).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
+        return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
+            objective (the advantage R − v for REINFORCE, R for dynamics backprop) is divided by max(L, S), S an EMA
+            (decay ``return_norm_decay``, 0.99) of the 5th-95th percentile range of the λ-returns and L =
+            ``return_norm_limit`` (1): large returns are scaled down, small ones are not scaled up, so the entropy
+            bonus keeps its weight while returns are tiny (sparse rewards).
     """
 
     def __init__(
@@ -166,9 +171,24 @@ class ActorCritic(nn.Module):
         weight_decay: float = 1e-6,
         compile: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        return_norm: bool = False,
+        return_norm_decay: float = 0.99,
+        return_norm_limit: float = 1.0,
     ) -> None:
         super().__init__()
         self.autocast_dtype = autocast_dtype
+        if not 0.0 <= return_norm_decay < 1.0:
+            raise ValueError(f"return_norm_decay must be in [0, 1), got {return_norm_decay}")
+        if not return_norm_limit > 0.0:
+            raise ValueError(f"return_norm_limit must be positive, got {return_norm_limit}")
+        self.return_norm, self.return_norm_decay, self.return_norm_limit = (
+            return_norm,
+            return_norm_decay,
+            return_norm_limit,
+        )
+        if return_norm:  # (only then: checkpoints of runs without it keep their keys)
+            # S: EMA of the 5th-95th percentile range of the λ-returns (DreamerV3 eq. 7); NaN until the first update
+            self.register_buffer("return_scale", torch.full((), float("nan")))
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
         self.actor = Actor(feat, action_dim, discrete, layers, units)
@@ -267,21 +287,36 @@ class ActorCritic(nn.Module):
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0)[:-1]
 
         logp, ent = torch.stack(logps, 0), torch.stack(ents, 0)  # [H, N]
+        scale = self._return_scale(target) if self.return_norm else None
         if self.actor_grad == "dynamics":
-            objective = target
+            objective = target if scale is None else target / scale
         else:
             baseline = value_slow[:-1]  # v_slow(s_t) at the same states: no second pass of the slow critic
-            objective = logp * (target - baseline).detach()
+            advantage = (target - baseline).detach()
+            objective = logp * (advantage if scale is None else advantage / scale)
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
         critic_loss = (weight * 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
 
         stats = {
+            **({} if scale is None else {"return_scale": scale}),
             "imag_reward": reward[1:].detach().mean(),
             "imag_value": value_slow.detach().mean(),
             "imag_return": target.detach().mean(),
             "actor_entropy": ent.detach().mean(),
         }
         return actor_loss, critic_loss, stats
+
+    @torch.no_grad()
+    def _return_scale(self, target: Tensor) -> Tensor:
+        """max(L, S) after updating S ← decay·S + (1 − decay)·(Per(R, 95) − Per(R, 5)) with this batch's λ-returns
+        ``target`` [H, N] (DreamerV3 eq. 7; S starts at the first batch's range)."""
+        flat = at_least_fp32(target.detach().reshape(-1))  # (torch.quantile has no bf16 kernel)
+        lo, hi = torch.quantile(flat, flat.new_tensor([0.05, 0.95]))
+        span = hi - lo
+        ema = self.return_scale
+        new = torch.where(torch.isnan(ema), span, self.return_norm_decay * ema + (1 - self.return_norm_decay) * span)
+        self.return_scale.copy_(new)
+        return new.clamp_min(self.return_norm_limit).to(target.dtype)
 
     def _wm_params(self) -> list[nn.Parameter]:
         mods: list[Callable | nn.Module | None] = [self._wm["rssm"], self._wm["reward"], self._wm["discount"]]

@@ -42,6 +42,14 @@ class DreamerConfig(RunConfig):
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     lam: float = Field(0.95, ge=0.0, le=1.0)
     entropy: float = Field(1e-4, ge=0.0)
+    return_norm: bool = Field(
+        False,
+        description="DreamerV3's return normalisation (Hafner et al. 2023, eq. 7): the actor's advantages divided "
+        "by max(return_norm_limit, EMA of the 5th-95th percentile range of the λ-returns); DreamerV3 pairs it with "
+        "entropy 3e-4",
+    )
+    return_norm_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA decay of the return range (DreamerV3)")
+    return_norm_limit: float = Field(1.0, gt=0.0, description="L: returns are never scaled up (DreamerV3)")
     actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
     slow_every: int = Field(100, ge=1)
     imag_starts: int | None = Field(

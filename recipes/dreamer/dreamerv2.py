@@ -80,6 +80,9 @@ class DreamerAgent(nn.Module):
             weight_decay=cfg.model_wd,
             compile=cfg.compile,
             autocast_dtype=self.autocast[1],
+            return_norm=cfg.return_norm,
+            return_norm_decay=cfg.return_norm_decay,
+            return_norm_limit=cfg.return_norm_limit,
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
         # subclasses that differentiate the pass twice replace)
