@@ -300,3 +300,17 @@ def test_return_norm_bad_settings_raise():
         ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_decay=1.0)
     with pytest.raises(ValueError, match="return_norm_limit"):
         ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)
+
+
+def test_unimix_actor_keeps_every_action_possible():
+    torch.manual_seed(0)
+    actor = Actor(6, 3, True, layers=1, units=8, unimix=0.01)
+    with torch.no_grad():
+        actor.net[-1].bias.copy_(torch.tensor([40.0, -40.0, 0.0]))
+    with torch.no_grad():
+        _, logp, ent = actor(torch.randn(4000, 6))
+    probs_floor = 0.01 / 3
+    assert float(logp.exp().min()) >= probs_floor * (1 - 1e-5)
+    assert float(ent.min()) > 0.01  # the plain softmax's entropy is ~0 here
+    with pytest.raises(ValueError, match="unimix"):
+        Actor(6, 3, True, unimix=1.0)

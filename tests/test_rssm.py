@@ -212,3 +212,35 @@ def test_rssm_hypergradient_matches_finite_differences(classes):
         [B.SameState(0.1)] + ([] if classes else [B.Lookahead(0.1, 2)]),
     )
     assert all(r.passed for r in rows), B.format_report(rows)
+
+
+def test_unimix_latents_are_a_normalised_mixture_with_the_uniform():
+    torch.manual_seed(0)
+    u, c = 0.01, 4
+    mixed = RSSM(6, 2, deter=8, stoch=3, classes=c, hidden=8, unimix=u)
+    plain = RSSM(6, 2, deter=8, stoch=3, classes=c, hidden=8)
+    plain.load_state_dict(mixed.state_dict())
+    x = 30.0 * torch.randn(5, 3 * c)  # large logits: the plain softmax has classes at probability ~0
+    p_mixed, p_plain = mixed._stats(x)["logits"].exp(), plain._stats(x)["logits"].softmax(-1)
+    torch.testing.assert_close(p_mixed.sum(-1), torch.ones(5, 3))
+    torch.testing.assert_close(p_mixed, (1 - u) * p_plain + u / c)
+    assert p_mixed.min() >= u / c * (1 - 1e-5) and p_plain.min() < 1e-6
+    # the Gumbel-max sample follows the mixture: a class of plain probability ~0 is drawn at rate ~u/C
+    stats = {"logits": mixed._stats(x[:1].expand(20000, -1))["logits"]}
+    sample = mixed._sample(stats, None).reshape(20000, 3, c)
+    rare = p_plain[0] < 1e-9
+    freq = sample[rare.expand(20000, -1, -1)].reshape(20000, -1).mean(0)
+    assert ((freq - u / c).abs() < 5 * (u / c / 20000) ** 0.5 + 1e-4).all(), freq
+    # the KL of two unimix distributions stays bounded where the plain one explodes
+    post, prior = mixed._stats(x[:1]), mixed._stats(-x[:1])
+    assert float(mixed.kl(post, prior)) < 3 * c * torch.log(torch.tensor(c / u))
+
+
+def test_unimix_zero_is_dreamerv2_and_bad_values_raise():
+    torch.manual_seed(0)
+    a = RSSM(6, 2, deter=8, stoch=3, classes=4, hidden=8, unimix=0.0)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(a._stats(x)["logits"], x.reshape(5, 3, 4), rtol=0, atol=0)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="unimix"):
+            RSSM(6, 2, classes=4, unimix=bad)

@@ -62,6 +62,9 @@ class RSSM(nn.Module):
         classes: C classes per variable for a categorical latent (Atari 32); 0 for a Gaussian latent (DMC).
         hidden: units of the prior/posterior MLPs.
         min_std: lower bound of the Gaussian std (0.1).
+        unimix: categorical latents only: mix this share of the uniform distribution into every latent's
+            probabilities, p = (1 − u)·softmax(x) + u/C, so no class has probability 0 and the KL stays bounded
+            (DreamerV3, Hafner et al. 2023, §3 "unimix"; they use 0.01).  0: DreamerV2's plain softmax.
 
     A state is a dict of tensors with leading shape [...]: ``deter`` [..., D], ``stoch`` [..., S·C or S] (the
     sample, flattened), and the statistics ``mean``/``std`` [..., S] (Gaussian) or ``logits`` [..., S, C].
@@ -76,9 +79,13 @@ class RSSM(nn.Module):
         classes: int = 0,
         hidden: int = 200,
         min_std: float = 0.1,
+        unimix: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= unimix < 1.0:
+            raise ValueError(f"unimix must be in [0, 1), got {unimix}")
         self.deter_size, self.stoch_vars, self.classes, self.min_std = deter, stoch, classes, min_std
+        self.unimix = unimix
         self.stoch_size = stoch * classes if classes else stoch
         stats = stoch * classes if classes else 2 * stoch
         self.img_in = nn.Sequential(nn.Linear(self.stoch_size + action_dim, hidden), nn.LayerNorm(hidden), nn.ELU())
@@ -108,7 +115,10 @@ class RSSM(nn.Module):
     def _stats(self, x: Tensor) -> State:
         x = at_least_fp32(x)  # latent statistics in fp32 under autocast: samples, states and the KL too
         if self.classes:
-            return {"logits": x.reshape(*x.shape[:-1], self.stoch_vars, self.classes)}
+            logits = x.reshape(*x.shape[:-1], self.stoch_vars, self.classes)
+            if self.unimix:  # normalised log-probabilities of the mixture (DreamerV3 unimix)
+                logits = torch.log((1 - self.unimix) * logits.softmax(-1) + self.unimix / self.classes)
+            return {"logits": logits}
         mean, std = x.chunk(2, -1)
         return {"mean": mean, "std": F.softplus(std) + self.min_std}
 
@@ -376,7 +386,7 @@ class RSSMWorldModel(nn.Module):
     Args:
         obs_shape: ``(C, H, W)`` for images (uint8 expected, mapped to [−0.5, 0.5]) or ``(O,)`` for vectors.
         action_dim: A.
-        deter, stoch, classes, hidden, min_std: see :class:`RSSM`.
+        deter, stoch, classes, hidden, min_std, unimix: see :class:`RSSM`.
         depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
         discount_head: predict γ_t (Atari yes, DMC no).
         kl_balance, kl_free, kl_scale, discount_scale: DreamerV2 loss settings.
@@ -392,6 +402,7 @@ class RSSMWorldModel(nn.Module):
         classes: int = 0,
         hidden: int = 200,
         min_std: float = 0.1,
+        unimix: float = 0.0,
         depth: int = 48,
         mlp_layers: int = 4,
         mlp_units: int = 400,
@@ -417,7 +428,7 @@ class RSSMWorldModel(nn.Module):
             self.encoder = mlp(self.obs_shape[0], embed, mlp_layers - 1, mlp_units)
         else:
             raise ValueError(f"obs_shape must be (C, H, W) or (O,), got {self.obs_shape}")
-        self.rssm = RSSM(embed, action_dim, deter, stoch, classes, hidden, min_std)
+        self.rssm = RSSM(embed, action_dim, deter, stoch, classes, hidden, min_std, unimix)
         feat = self.rssm.feat_size
         self.decoder = (
             ConvDecoder(feat, self.obs_shape[0], self.obs_shape[1], depth)

@@ -81,9 +81,13 @@ def truncated_normal(
 class Actor(nn.Module):
     """π(a | features).  Continuous: DreamerV2's truncated Normal on [−1, 1] (mean tanh(·), std
     2·σ((·+init_std)/2) + min_std), sampled by the reparameterised inverse CDF (:func:`truncated_normal`);
-    discrete: one-hot categorical with a straight-through sample.
+    discrete: one-hot categorical with a straight-through sample, optionally mixed with ``unimix`` of the uniform
+    (DreamerV3).
 
     Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
+
+    Raises:
+        ValueError: ``unimix`` outside [0, 1).
     """
 
     def __init__(
@@ -95,15 +99,21 @@ class Actor(nn.Module):
         units: int = 400,
         min_std: float = 0.1,
         init_std: float = 0.0,
+        unimix: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= unimix < 1.0:
+            raise ValueError(f"unimix must be in [0, 1), got {unimix}")
         self.discrete, self.action_dim, self.min_std, self.init_std = discrete, action_dim, min_std, init_std
+        self.unimix = unimix
         self.net = mlp(feat, action_dim if discrete else 2 * action_dim, layers, units)
 
     def forward(self, feat: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         out = self.net(feat)
         if self.discrete:
             logp_all = out.log_softmax(-1)
+            if self.unimix:  # DreamerV3: (1 − u)·softmax + u/A, so every action keeps probability ≥ u/A
+                logp_all = torch.log((1 - self.unimix) * logp_all.exp() + self.unimix / self.action_dim)
             probs = logp_all.exp()
             index = (
                 probs.argmax(-1)
@@ -140,6 +150,7 @@ class ActorCritic(nn.Module):
             :mod:`recipes.agents.compile`).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
+        unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
             objective (the advantage R − v for REINFORCE, R for dynamics backprop) is divided by max(L, S), S an EMA
             (decay ``return_norm_decay``, 0.99) of the 5th-95th percentile range of the λ-returns and L =
@@ -172,6 +183,7 @@ class ActorCritic(nn.Module):
         compile: bool = False,
         autocast_dtype: torch.dtype | None = None,
         return_norm: bool = False,
+        unimix: float = 0.0,
         return_norm_decay: float = 0.99,
         return_norm_limit: float = 1.0,
     ) -> None:
@@ -191,7 +203,7 @@ class ActorCritic(nn.Module):
             self.register_buffer("return_scale", torch.full((), float("nan")))
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
-        self.actor = Actor(feat, action_dim, discrete, layers, units)
+        self.actor = Actor(feat, action_dim, discrete, layers, units, unimix=unimix)
         self.critic = mlp(feat, 1, layers, units)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.horizon, self.gamma, self.lam, self.entropy = horizon, gamma, lam, entropy

@@ -30,6 +30,13 @@ class DreamerConfig(RunConfig):
     discount_head: bool = False
     kl_balance: float = Field(0.8, ge=0.0, le=1.0)
     kl_free: float = Field(1.0, ge=0.0)
+    unimix: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of the uniform mixed into categorical latents and a discrete actor's categorical "
+        "(DreamerV3 'unimix', Hafner et al. 2023: 0.01; 0: DreamerV2)",
+    )
     kl_scale: float = Field(1.0, ge=0.0)
     discount_scale: float = Field(1.0, ge=0.0)
     model_lr: float = Field(3e-4, gt=0.0)

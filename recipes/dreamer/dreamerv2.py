@@ -57,6 +57,7 @@ class DreamerAgent(nn.Module):
             kl_free=cfg.kl_free,
             kl_scale=cfg.kl_scale,
             discount_scale=cfg.discount_scale,
+            unimix=cfg.unimix,
         )
         self.ac = ActorCritic(
             self.wm.rssm,
@@ -81,6 +82,7 @@ class DreamerAgent(nn.Module):
             compile=cfg.compile,
             autocast_dtype=self.autocast[1],
             return_norm=cfg.return_norm,
+            unimix=cfg.unimix,
             return_norm_decay=cfg.return_norm_decay,
             return_norm_limit=cfg.return_norm_limit,
         )
