@@ -54,11 +54,22 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("strategy", ["same_state", "lookahead"])
-def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy):
+@pytest.mark.parametrize(
+    ("strategy", "v3"),
+    [("same_state", False), ("lookahead", False), ("same_state", True), ("lookahead", True)],
+)
+def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy, v3):
     """dL_up/dw of the real TEMPO step (RSSM ELBO per step, V-VAML through the slow critic, batch-normalised
-    values) against central differences of the function the strategy differentiates, in float64."""
-    agent, batch = _agent(dtype=torch.float64, strategy=strategy)
+    values) against central differences of the function the strategy differentiates, in float64.  ``v3``: with
+    DreamerV3's two-hot reward head and critic (the reward term a per-step cross-entropy, V through the two-hot
+    slow critic) and symlog observations."""
+    over = {"twohot_bins": 31, "symlog_obs": True} if v3 else {}
+    agent, batch = _agent(dtype=torch.float64, strategy=strategy, **over)
+    if v3:  # two-hot heads start at zero (constant V, zero upper loss): give them weights
+        with torch.no_grad():
+            for head in (agent.wm.reward.net[-1], agent.ac.critic.net[-1], agent.ac.slow_critic.net[-1]):
+                head.weight.normal_(0.0, 0.3)
+        batch["obs"] = 30.0 * batch["obs"]  # magnitudes where symlog matters
     forward = agent.world_model_forward(batch)  # latent noise fixed inside
     upd = agent.update
     out = forward(agent.wm)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.base import ModelLoss
-from worldmodels.nets import at_least_fp32, mlp
+from worldmodels.nets import TwoHotHead, at_least_fp32, mlp, symlog
 
 State = dict[str, Tensor]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -387,6 +387,10 @@ class RSSMWorldModel(nn.Module):
         obs_shape: ``(C, H, W)`` for images (uint8 expected, mapped to [−0.5, 0.5]) or ``(O,)`` for vectors.
         action_dim: A.
         deter, stoch, classes, hidden, min_std, unimix: see :class:`RSSM`.
+        symlog_obs: vector observations: the encoder reads symlog(o) and the decoder's unit-variance Normal
+            reconstructs symlog(o), i.e. DreamerV3's symlog squared error (§3, eq. 1-2).
+        twohot_bins: 0: DreamerV2's unit-variance Normal reward head; K > 0: a :class:`worldmodels.nets.TwoHotHead`
+            over K symlog-spaced bins (DreamerV3, 255), whose per-step cross-entropy is the ``reward`` term.
         depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
         discount_head: predict γ_t (Atari yes, DMC no).
         kl_balance, kl_free, kl_scale, discount_scale: DreamerV2 loss settings.
@@ -403,6 +407,8 @@ class RSSMWorldModel(nn.Module):
         hidden: int = 200,
         min_std: float = 0.1,
         unimix: float = 0.0,
+        twohot_bins: int = 0,
+        symlog_obs: bool = False,
         depth: int = 48,
         mlp_layers: int = 4,
         mlp_units: int = 400,
@@ -435,8 +441,13 @@ class RSSMWorldModel(nn.Module):
             if self.pixels
             else mlp(feat, self.obs_shape[0], mlp_layers, mlp_units)
         )
-        self.reward = mlp(feat, 1, mlp_layers, mlp_units)
+        self.reward: nn.Module = (
+            TwoHotHead(feat, mlp_layers, mlp_units, twohot_bins) if twohot_bins else mlp(feat, 1, mlp_layers, mlp_units)
+        )
         self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
+        if symlog_obs and self.pixels:
+            raise ValueError("symlog_obs applies to vector observations, not images")
+        self.symlog_obs = symlog_obs
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
         self.obs_scale, self.reward_scale, self.discount_scale = obs_scale, reward_scale, discount_scale
 
@@ -447,9 +458,12 @@ class RSSMWorldModel(nn.Module):
         return self.loss(batch, noise, state)
 
     def preprocess(self, obs: Tensor) -> Tensor:
-        """uint8 images → float in [−0.5, 0.5]; vectors → float."""
+        """uint8 images → float in [−0.5, 0.5]; vectors → float (symlog'd with ``symlog_obs``): what the encoder
+        reads and the decoder reconstructs."""
         dtype = next(self.parameters()).dtype
-        return obs.to(dtype) / 255.0 - 0.5 if self.pixels else obs.to(dtype)
+        if self.pixels:
+            return obs.to(dtype) / 255.0 - 0.5
+        return symlog(obs.to(dtype)) if self.symlog_obs else obs.to(dtype)
 
     def loss(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
@@ -472,7 +486,12 @@ class RSSMWorldModel(nn.Module):
         feat = self.rssm.features(post)
         dims = tuple(range(2, obs.dim()))
         terms = {"obs": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}
-        terms["reward"] = 0.5 * (self.reward(feat).squeeze(-1) - batch["reward"].to(feat.dtype)) ** 2 + _HALF_LOG_2PI
+        if isinstance(self.reward, TwoHotHead):  # DreamerV3 eq. 10: cross-entropy against twohot(symlog r)
+            terms["reward"] = self.reward.nll(feat, batch["reward"].to(feat.dtype))
+        else:
+            terms["reward"] = (
+                0.5 * (self.reward(feat).squeeze(-1) - batch["reward"].to(feat.dtype)) ** 2 + _HALF_LOG_2PI
+            )
         loss = self.obs_scale * terms["obs"] + self.reward_scale * terms["reward"]
         if self.discount is not None:
             terms["discount"] = F.binary_cross_entropy_with_logits(

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from recipes.agents.compile import MaybeCompiled
 from recipes.run.precision import autocast
-from worldmodels.nets import at_least_fp32, mlp
+from worldmodels.nets import TwoHotHead, at_least_fp32, mlp
 from worldmodels.rssm import RSSM
 
 
@@ -151,6 +151,8 @@ class ActorCritic(nn.Module):
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
+        twohot_bins: 0: DreamerV2's critic (a scalar, squared error); K > 0: a two-hot critic over K symlog-spaced
+            bins (DreamerV3 §3, 255; :class:`worldmodels.nets.TwoHotHead`).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
             objective (the advantage R − v for REINFORCE, R for dynamics backprop) is divided by max(L, S), S an EMA
             (decay ``return_norm_decay``, 0.99) of the 5th-95th percentile range of the λ-returns and L =
@@ -184,6 +186,7 @@ class ActorCritic(nn.Module):
         autocast_dtype: torch.dtype | None = None,
         return_norm: bool = False,
         unimix: float = 0.0,
+        twohot_bins: int = 0,
         return_norm_decay: float = 0.99,
         return_norm_limit: float = 1.0,
     ) -> None:
@@ -204,7 +207,9 @@ class ActorCritic(nn.Module):
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
         self.actor = Actor(feat, action_dim, discrete, layers, units, unimix=unimix)
-        self.critic = mlp(feat, 1, layers, units)
+        self.critic: nn.Module = (
+            TwoHotHead(feat, layers, units, twohot_bins) if twohot_bins else mlp(feat, 1, layers, units)
+        )
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.horizon, self.gamma, self.lam, self.entropy = horizon, gamma, lam, entropy
         self.actor_grad = actor_grad or ("reinforce" if discrete else "dynamics")
@@ -307,7 +312,11 @@ class ActorCritic(nn.Module):
             advantage = (target - baseline).detach()
             objective = logp * (advantage if scale is None else advantage / scale)
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
-        critic_loss = (weight * 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2).mean()
+        if isinstance(self.critic, TwoHotHead):  # DreamerV3 eq. 10: cross-entropy against twohot(symlog R)
+            critic_nll = self.critic.nll(feat[:-1].detach(), target.detach())
+        else:
+            critic_nll = 0.5 * (self.critic(feat[:-1].detach()).squeeze(-1) - target.detach()) ** 2
+        critic_loss = (weight * critic_nll).mean()
 
         stats = {
             **({} if scale is None else {"return_scale": scale}),

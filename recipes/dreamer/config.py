@@ -39,6 +39,16 @@ class DreamerConfig(RunConfig):
     )
     kl_scale: float = Field(1.0, ge=0.0)
     discount_scale: float = Field(1.0, ge=0.0)
+    symlog_obs: bool = Field(
+        False,
+        description="vector observations: encode and reconstruct symlog(o) (DreamerV3 §3, Hafner et al. 2023)",
+    )
+    twohot_bins: int = Field(
+        0,
+        ge=0,
+        description="0: DreamerV2's Normal reward head and squared-error critic; K >= 2: reward and critic as two-hot "
+        "categoricals over K bins equally spaced in symlog space (DreamerV3 §3, Hafner et al. 2023: 255)",
+    )
     model_lr: float = Field(3e-4, gt=0.0)
     model_eps: float = Field(1e-5, gt=0.0)
     model_clip: float = Field(100.0, gt=0.0)
@@ -93,6 +103,10 @@ class DreamerConfig(RunConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DreamerConfig:
+        if self.symlog_obs and self.pixels:
+            raise ValueError("symlog_obs: applies to vector observations (pixels=false)")
+        if self.twohot_bins == 1:
+            raise ValueError("twohot_bins: needs at least 2 bins (0 turns the two-hot heads off)")
         if self.batch_size * self.seq_len > 100_000:
             raise ValueError("batch_size × seq_len is implausibly large (> 100000)")
         return self

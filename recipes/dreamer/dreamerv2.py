@@ -58,6 +58,8 @@ class DreamerAgent(nn.Module):
             kl_scale=cfg.kl_scale,
             discount_scale=cfg.discount_scale,
             unimix=cfg.unimix,
+            twohot_bins=cfg.twohot_bins,
+            symlog_obs=cfg.symlog_obs,
         )
         self.ac = ActorCritic(
             self.wm.rssm,
@@ -83,6 +85,7 @@ class DreamerAgent(nn.Module):
             autocast_dtype=self.autocast[1],
             return_norm=cfg.return_norm,
             unimix=cfg.unimix,
+            twohot_bins=cfg.twohot_bins,
             return_norm_decay=cfg.return_norm_decay,
             return_norm_limit=cfg.return_norm_limit,
         )
