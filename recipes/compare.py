@@ -72,6 +72,84 @@ def _done(logdir: Path, steps: int) -> bool:
     return bool(curve) and max(curve) >= steps and (logdir / "checkpoints" / "latest.pt").exists()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One run of :func:`run_jobs`: a variant on an environment with a seed, in its run directory."""
+
+    variant: Variant
+    env: str
+    seed: int
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.label} on {self.env} seed {self.seed}"
+
+
+def run_jobs(
+    todo: list[Job],
+    *,
+    steps: int,
+    preset: str,
+    sets: list[str],
+    jobs: int,
+    threads: int,
+    progress: bool = True,
+) -> None:
+    """Start or resume every job whose run is not finished (``steps`` evaluated and checkpointed), ``jobs`` at a
+    time, each a ``reweigh run`` subprocess with ``threads`` torch threads logging to ``RUN_DIR.log``.
+
+    Raises:
+        RuntimeError: naming every failed job, after the others finished.
+    """
+    todo = [j for j in todo if not _done(j.run_dir, steps)]
+    running: list[tuple[subprocess.Popen, str, Any]] = []
+    failed: list[str] = []
+    env_vars = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    while todo or running:
+        while todo and len(running) < jobs:
+            job = todo.pop(0)
+            cmd = [
+                sys.executable,
+                "-m",
+                "recipes.cli",
+                "run",
+                job.variant.recipe,
+                "--env",
+                job.env,
+                "--steps",
+                str(steps),
+                "--seed",
+                str(job.seed),
+                "--logdir",
+                str(job.run_dir),
+                "--preset",
+                preset,
+                "--no-progress",
+                "--set",
+                f"threads={threads}",
+            ]
+            for item in [*sets, *job.variant.sets]:
+                cmd += ["--set", item]
+            job.run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = job.run_dir.with_name(job.run_dir.name + ".log").open("ab")
+            if progress:
+                print(f"compare: starting {job.name} -> {job.run_dir}", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars), job.name, log))
+        time.sleep(1.0)
+        for entry in list(running):
+            proc, name, log = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                log.close()
+                if proc.returncode != 0:
+                    failed.append(f"{name} (exit {proc.returncode})")
+                elif progress:
+                    print(f"compare: finished {name}", flush=True)
+    if failed:
+        raise RuntimeError(f"runs failed: {', '.join(failed)}; see the .log files next to their run directories")
+
+
 def run_all(
     variants: list[Variant],
     seeds: list[int],
@@ -85,60 +163,10 @@ def run_all(
     threads: int,
     progress: bool = True,
 ) -> None:
-    """Start or resume every missing run, ``jobs`` at a time; raises RuntimeError if any run fails."""
-    todo = [(v, s) for v in variants for s in seeds if not _done(logdir / f"{v.slug}-s{s}", steps)]
-    running: list[tuple[subprocess.Popen, str, Any]] = []
-    failed: list[str] = []
-    env_vars = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    while todo or running:
-        while todo and len(running) < jobs:
-            variant, seed = todo.pop(0)
-            run_dir = logdir / f"{variant.slug}-s{seed}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "recipes.cli",
-                "run",
-                variant.recipe,
-                "--env",
-                env,
-                "--steps",
-                str(steps),
-                "--seed",
-                str(seed),
-                "--logdir",
-                str(run_dir),
-                "--preset",
-                preset,
-                "--no-progress",
-                "--set",
-                f"threads={threads}",
-            ]
-            for item in [*sets, *variant.sets]:
-                cmd += ["--set", item]
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            log = (logdir / f"{variant.slug}-s{seed}.log").open("ab")
-            if progress:
-                print(f"compare: starting {variant.label} seed {seed} -> {run_dir}", flush=True)
-            running.append(
-                (
-                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars),
-                    f"{variant.label} seed {seed}",
-                    log,
-                )
-            )
-        time.sleep(1.0)
-        for entry in list(running):
-            proc, name, log = entry
-            if proc.poll() is not None:
-                running.remove(entry)
-                log.close()
-                if proc.returncode != 0:
-                    failed.append(f"{name} (exit {proc.returncode})")
-                elif progress:
-                    print(f"compare: finished {name}", flush=True)
-    if failed:
-        raise RuntimeError(f"runs failed: {', '.join(failed)}; see the .log files in {logdir}")
+    """Start or resume every missing run of ``variants`` × ``seeds`` on ``env`` in ``logdir/SLUG-sSEED``
+    (:func:`run_jobs`); raises RuntimeError if any run fails."""
+    todo = [Job(v, env, s, logdir / f"{v.slug}-s{s}") for v in variants for s in seeds]
+    run_jobs(todo, steps=steps, preset=preset, sets=sets, jobs=jobs, threads=threads, progress=progress)
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
