@@ -43,6 +43,24 @@ def grads(
     return out
 
 
+def grads_used(
+    output: Tensor, inputs: Sequence[Tensor], *, retain_graph: bool | None = None
+) -> tuple[TensorList, list[bool]]:
+    """:func:`grads` (zeros for unused inputs) and, per input, whether ``output`` depends on it at all (autograd
+    found a path), so that callers can leave structurally zero directions out of second-order products."""
+    needs = [p for p in inputs if p.requires_grad]
+    if not output.requires_grad or not needs:
+        return [torch.zeros_like(p) for p in inputs], [False] * len(inputs)
+    found = iter(torch.autograd.grad(output, needs, retain_graph=retain_graph, allow_unused=True))
+    out: TensorList = []
+    used: list[bool] = []
+    for p in inputs:
+        g = next(found) if p.requires_grad else None
+        out.append(torch.zeros_like(p) if g is None else g)
+        used.append(g is not None)
+    return out, used
+
+
 def dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     """Σ_k ⟨x_k, y_k⟩ over two tensor lists of equal shapes, as a 0-dim tensor."""
     return sum(
@@ -86,14 +104,21 @@ class LowerPoint:
         # ∇θ L_low(θ, w), differentiable w.r.t. θ and w (create_graph): the model's own gradient as a by-product.
         self.grad = grads(self.value, self.params, create_graph=True, retain_graph=True)
 
-    def products(self, v: Sequence[Tensor], *, hvp: bool, retain_graph: bool = True) -> tuple[Tensor, TensorList]:
-        """Return ``((1/N) J v, H v)`` for a direction ``v`` in θ-space (``H v`` only if ``hvp``, else [])."""
-        s = dot(self.grad, [x.detach() for x in v])
+    def products(
+        self, v: Sequence[Tensor | None], *, hvp: bool, retain_graph: bool = True
+    ) -> tuple[Tensor, TensorList]:
+        """Return ``((1/N) J v, H v)`` for a direction ``v`` in θ-space (``H v`` only if ``hvp``, else []).
+
+        An entry of ``v`` may be None: a structurally zero component (e.g. parameters the upper loss does not depend
+        on), left out of ⟨∇θ L_low, v⟩ so that the double backward never visits the nodes that computed its
+        gradient — same result, less work."""
+        pairs = [(g, x.detach()) for g, x in zip(self.grad, v, strict=True) if x is not None]
+        s = dot([g for g, _ in pairs], [x for _, x in pairs]) if pairs else self.value.new_zeros(())
         inputs = [self.weights, *self.params] if hvp else [self.weights]
         out = grads(s, inputs, retain_graph=retain_graph)
         return out[0], out[1:]
 
-    def mixed(self, v: Sequence[Tensor], *, retain_graph: bool = True) -> Tensor:
+    def mixed(self, v: Sequence[Tensor | None], *, retain_graph: bool = True) -> Tensor:
         """``d/dw ⟨∇θ L_low(θ, w), v⟩ = (1/N) J v`` — shape of ``weights``."""
         return self.products(v, hvp=False, retain_graph=retain_graph)[0]
 

@@ -217,9 +217,12 @@ class SameState(Strategy):
             return self._compute_fd(problem, weights)
         upper = problem.upper_at()
         point = ad.LowerPoint(theta, problem.loss_at(), w)
-        a = ad.grads(upper, theta, retain_graph=True)
+        a, used = ad.grads_used(upper, theta, retain_graph=True)
         lower_grad = [g.detach() for g in point.grad]
-        mixed = point.mixed(a, retain_graph=False)  # (1/N) J a
+        # (1/N) J a over the parameters L_up depends on: the others' components of a are zero by structure (a
+        # world model's decoder and reward head under a value-based upper loss), so the double backward skips the
+        # nodes that computed their gradients
+        mixed = point.mixed([x if u else None for x, u in zip(a, used, strict=True)], retain_graph=False)
         return HypergradientResult(self._scale() * mixed.detach(), lower_grad, upper.detach())
 
     def _compute_jvp(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:

@@ -65,3 +65,27 @@ def test_minimize_reaches_machine_precision_on_convex_problem():
     b = torch.randn(6, dtype=torch.float64)
     (x,) = ad.minimize(lambda xs: 0.5 * xs[0] @ a @ xs[0] - b @ xs[0], [torch.zeros(6, dtype=torch.float64)])
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_grads_used_and_products_that_skip_structurally_zero_directions():
+    torch.manual_seed(0)
+    d = torch.float64
+    used_p = torch.randn(3, dtype=d, requires_grad=True)
+    unused_p = torch.randn(2, dtype=d, requires_grad=True)
+    frozen = torch.randn(2, dtype=d)
+    upper = (used_p**3).sum()
+    a, used = ad.grads_used(upper, [used_p, unused_p, frozen], retain_graph=True)
+    assert used == [True, False, False]
+    torch.testing.assert_close(a[0], 3 * used_p.detach() ** 2)
+    assert torch.equal(a[1], torch.zeros(2, dtype=d)) and torch.equal(a[2], torch.zeros(2, dtype=d))
+    # per-sample losses that depend on both parameters: leaving the zero direction out changes nothing
+    x = torch.randn(4, 3, dtype=d)
+    loss = torch.tanh(x @ used_p) * (1 + unused_p.sum() ** 2)
+    w = torch.rand(4, dtype=d, requires_grad=True)
+    full = ad.LowerPoint([used_p, unused_p], loss, w).mixed([a[0], a[1]])
+    skipped = ad.LowerPoint([used_p, unused_p], loss, w).mixed([a[0], None])
+    torch.testing.assert_close(skipped, full, rtol=0, atol=0)
+    jac = torch.autograd.functional.jacobian(lambda p: torch.tanh(x @ p) * (1 + unused_p.detach().sum() ** 2), used_p)
+    torch.testing.assert_close(full, jac @ a[0] / 4)  # (1/N) J a
+    none = ad.LowerPoint([used_p, unused_p], loss, w).mixed([None, None])
+    assert torch.equal(none, torch.zeros(4, dtype=d))

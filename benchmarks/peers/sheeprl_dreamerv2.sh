@@ -18,6 +18,7 @@
 #   ACTOR_OBJECTIVE_MIX  algo.actor.objective_mix       [null]  (null: REINFORCE for discrete actions, as our
 #                                                                 actor_grad=auto; 0.0: dynamics backprop)
 #   OUT           result JSON                           [benchmarks/results/sheeprl_dreamerv2.json]
+#   PRECISION     Lightning Fabric precision            [32-true]  (bf16-mixed: autocast to bfloat16)
 #   WORKDIR       sheeprl's run directory (logs, hydra) [a fresh mktemp -d, removed at the end unless KEEP=1]
 #
 # The venv is built once (torch==2.13.0 first: an unpinned torch would pull a CUDA build; then sheeprl==0.8.4 with
@@ -69,7 +70,9 @@
 #   checkpoint.every=0 checkpoint.save_last=False      no checkpoints
 #   metric.log_level=0                                 no metric aggregator, timers or TensorBoard logger
 #   model_manager.disabled=True                        no MLflow model registration
-#   fabric.accelerator=cpu fabric.devices=1 fabric.precision=32-true   CPU, fp32
+#   fabric.accelerator=cpu fabric.devices=1 fabric.precision=$PRECISION   CPU; 32-true (fp32) by default,
+#                                                      bf16-mixed = Lightning Fabric's autocast, to compare with our
+#                                                      --set precision=bf16 (both keep fp32 weights)
 #   float32_matmul_precision=highest                   sheeprl's default "high" sets torch's oneDNN fp32 matmuls to
 #                                                      TF32; ours keeps torch's default (highest: full fp32)
 #   num_threads=$THREADS                               sheeprl's knob (it only sets OMP_NUM_THREADS after torch is
@@ -117,6 +120,7 @@ SEED=${SEED:-42}
 ACTOR_OBJECTIVE_MIX=${ACTOR_OBJECTIVE_MIX:-null}
 OUT=${OUT:-$ROOT/benchmarks/results/sheeprl_dreamerv2.json}
 KEEP=${KEEP:-0}
+PRECISION=${PRECISION:-32-true}
 
 for v in THREADS PREFILL WARMUP STEPS SEED; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2; }
@@ -179,7 +183,7 @@ OVERRIDES=(
   checkpoint.every=0 checkpoint.save_last=False
   metric.log_level=0
   model_manager.disabled=True
-  fabric.accelerator=cpu fabric.devices=1 fabric.precision=32-true
+  fabric.accelerator=cpu fabric.devices=1 fabric.precision="$PRECISION"
   float32_matmul_precision=highest
   "num_threads=$THREADS"
   "seed=$SEED"
