@@ -63,6 +63,10 @@ CONFIGS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     ),
     "paper": ("dmc:cartpole_swingup", "paper", "", {}),
 }
+# the same under bf16 autocast (``precision=bf16``), judged against the bf16 GEMM peak: where bf16 units exist
+for _name in ("cpu", "sheeprl"):
+    _env, _preset, _variant, _sizes = CONFIGS[_name]
+    CONFIGS[f"{_name}-bf16"] = (_env, _preset, _variant + "+precision=bf16", _sizes)
 
 
 def cpu_flags() -> set[str]:
@@ -271,7 +275,8 @@ def markdown(table: dict[str, Any]) -> str:
     for name, res in table["configs"].items():
         lines += [
             f"**{name}** (`{res['env']}`, preset `{res['preset']}`"
-            + (f", {res['overrides']})" if res["overrides"] else ")"),
+            + (f", {res['overrides']})" if res["overrides"] else ")")
+            + (" — against the **bf16** peak" if res.get("peak") == "bf16" else ""),
             "",
             "| part | GFLOP | s | GFLOP/s | % peak | ×GEMM | aten ops |",
             "|---|---|---|---|---|---|---|",
@@ -312,8 +317,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if machine["bf16_units"]:
         machine["bf16_peak_gflops"] = gemm_peak(torch.bfloat16)
     table: dict[str, Any] = {"machine": machine, "configs": {}}
+    from recipes.run.precision import AUTO_MIN_SPEEDUP, bf16_speedup
+
     for name in names:
-        table["configs"][name] = measure(name, args.threads, args.reps, machine["fp32_peak_gflops"])
+        bf16 = "+precision=bf16" in CONFIGS[name][2]
+        if bf16 and bf16_speedup("cpu") < AUTO_MIN_SPEEDUP:
+            print(f"{name}: skipped, a bf16 GEMM is not >= {AUTO_MIN_SPEEDUP}x faster than fp32 on this CPU")
+            continue
+        peak = machine.get("bf16_peak_gflops", gemm_peak(torch.bfloat16)) if bf16 else machine["fp32_peak_gflops"]
+        table["configs"][name] = measure(name, args.threads, args.reps, peak) | {"peak": "bf16" if bf16 else "fp32"}
     text = markdown(table)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
