@@ -56,7 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true
 
 # Side by side with sheeprl 0.8.4 and mbrl-lib 0.2.0 (each builds its scratch venv outside the repo on first use:
-# network, ~1.5 GB).  PRECISION=bf16-mixed / --set precision=bf16 for the mixed-precision pair where bf16 pays.
+# network, ~1.5 GB).  PRECISION=bf16-mixed / --set model_precision=bf16 --set ac_precision=bf16 for the mixed-precision pair where bf16 pays.
 bench-peers: $(STAMP)
 	THREADS=2 bash benchmarks/peers/sheeprl_dreamerv2.sh
 	$(BIN)/python benchmarks/peers/side_by_side.py --threads 2

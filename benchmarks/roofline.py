@@ -63,10 +63,10 @@ CONFIGS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     ),
     "paper": ("dmc:cartpole_swingup", "paper", "", {}),
 }
-# the same under bf16 autocast (``precision=bf16``), judged against the bf16 GEMM peak: where bf16 units exist
+# the same under bf16 autocast (world model and actor-critic), judged against the bf16 GEMM peak: where bf16 units exist
 for _name in ("cpu", "sheeprl"):
     _env, _preset, _variant, _sizes = CONFIGS[_name]
-    CONFIGS[f"{_name}-bf16"] = (_env, _preset, _variant + "+precision=bf16", _sizes)
+    CONFIGS[f"{_name}-bf16"] = (_env, _preset, _variant + "+model_precision=bf16+ac_precision=bf16", _sizes)
 
 
 def cpu_flags() -> set[str]:
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from recipes.run.precision import AUTO_MIN_SPEEDUP, bf16_speedup
 
     for name in names:
-        bf16 = "+precision=bf16" in CONFIGS[name][2]
+        bf16 = "_precision=bf16" in CONFIGS[name][2]
         if bf16 and bf16_speedup("cpu") < AUTO_MIN_SPEEDUP:
             print(f"{name}: skipped, a bf16 GEMM is not >= {AUTO_MIN_SPEEDUP}x faster than fp32 on this CPU")
             continue

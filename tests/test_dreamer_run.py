@@ -101,7 +101,8 @@ def test_run_from_before_a_new_field_resumes_with_its_default(tmp_path, capsys):
         (["--set", "warp_drive=1"], "warp_drive"),
         (["--set", "batch_size=many"], "batch_size"),
         (["--preset", "gpu"], "preset"),
-        (["--set", "precision=fp16"], "precision"),
+        (["--set", "model_precision=fp16"], "model_precision"),
+        (["--set", "ac_precision=bf8"], "ac_precision"),
         (["--env", "dmc:cartpole_nosuchtask"], "cartpole_nosuchtask"),
     ],
 )

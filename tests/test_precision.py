@@ -133,7 +133,7 @@ def _dreamer(recipe: str, precision: str, classes: int):
     extra = {"meta_every": 1} if recipe == "tempo" else {}
     cfg = cls(
         deter=16, stoch=4, classes=classes, hidden=16, mlp_layers=1, mlp_units=16, ac_layers=1, ac_units=16,
-        batch_size=3, seq_len=6, horizon=3, precision=precision, **extra,
+        batch_size=3, seq_len=6, horizon=3, model_precision=precision, ac_precision=precision, **extra,
     )  # fmt: skip
     torch.manual_seed(0)
     agent = agent_cls(cfg, (5,), 2, classes > 0)

@@ -40,8 +40,8 @@ class DreamerAgent(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg, self.discrete, self.action_dim = cfg, discrete, action_dim
-        # (device, dtype) of the world-model forward and the actor-critic losses; dtype None = fp32 (cfg.precision)
-        self.autocast = (cfg.device, resolve_precision(cfg.precision, cfg.device))
+        # (device, dtype) of the world-model forward (cfg.model_precision); dtype None = plain fp32
+        self.autocast = (cfg.device, resolve_precision(cfg.model_precision, cfg.device))
         self.wm = RSSMWorldModel(
             obs_shape,
             action_dim,
@@ -82,7 +82,7 @@ class DreamerAgent(nn.Module):
             clip=cfg.model_clip,
             weight_decay=cfg.model_wd,
             compile=cfg.compile,
-            autocast_dtype=self.autocast[1],
+            autocast_dtype=resolve_precision(cfg.ac_precision, cfg.device),
             return_norm=cfg.return_norm,
             unimix=cfg.unimix,
             twohot_bins=cfg.twohot_bins,
