@@ -29,6 +29,10 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_speed.py [--rounds 15] [--steps 20] [--profile]
 
+Rows with ``bf16`` (added where a bf16 GEMM measures >= 2x faster than fp32, e.g. Intel AMX; ``--bf16 on|off``
+forces them): ours under ``torch.autocast(bfloat16)`` as ``model_precision=bf16`` runs it (plain and through
+``BilevelUpdate``), mbrl-lib's same step under the same autocast, and the bf16 GEMM floor.
+
 Writes ``benchmarks/results/ensemble_speed.json``.  Row ``GEMM floor``: the step's 14 batched matrix products
 alone (:func:`gemm_floor`), a lower bound for any fp32 implementation of the same step — the script prints whether
 0.7 × mbrl is below it.
