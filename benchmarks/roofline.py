@@ -324,7 +324,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if bf16 and bf16_speedup("cpu") < AUTO_MIN_SPEEDUP:
             print(f"{name}: skipped, a bf16 GEMM is not >= {AUTO_MIN_SPEEDUP}x faster than fp32 on this CPU")
             continue
-        peak = machine.get("bf16_peak_gflops", gemm_peak(torch.bfloat16)) if bf16 else machine["fp32_peak_gflops"]
+        if bf16 and "bf16_peak_gflops" not in machine:
+            machine["bf16_peak_gflops"] = gemm_peak(torch.bfloat16)
+        peak = machine["bf16_peak_gflops"] if bf16 else machine["fp32_peak_gflops"]
         table["configs"][name] = measure(name, args.threads, args.reps, peak) | {"peak": "bf16" if bf16 else "fp32"}
     text = markdown(table)
     print(text)

@@ -423,6 +423,8 @@ class RSSMWorldModel(nn.Module):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.pixels = len(self.obs_shape) == 3
+        if symlog_obs and self.pixels:
+            raise ValueError("symlog_obs applies to vector observations, not images")
         if self.pixels:
             c, h, w = self.obs_shape
             if h != w:
@@ -445,8 +447,6 @@ class RSSMWorldModel(nn.Module):
             TwoHotHead(feat, mlp_layers, mlp_units, twohot_bins) if twohot_bins else mlp(feat, 1, mlp_layers, mlp_units)
         )
         self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
-        if symlog_obs and self.pixels:
-            raise ValueError("symlog_obs applies to vector observations, not images")
         self.symlog_obs = symlog_obs
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
         self.obs_scale, self.reward_scale, self.discount_scale = obs_scale, reward_scale, discount_scale

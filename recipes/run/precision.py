@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal, TypeVar
 
 import torch
@@ -72,14 +72,11 @@ def resolve_precision(precision: Precision, device: str | torch.device = "cpu") 
     raise ValueError(f"precision: expected 'fp32', 'bf16' or 'auto', got {precision!r}")
 
 
-@contextlib.contextmanager
-def autocast(device: str | torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    """``torch.autocast(device_type, dtype)`` when ``dtype`` is given; nothing at all (no context) when None."""
+def autocast(device: str | torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+    """``torch.autocast(device_type, dtype)`` when ``dtype`` is given; a no-op context when None."""
     if dtype is None:
-        yield
-        return
-    with torch.autocast(torch.device(device).type, dtype=dtype):
-        yield
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def autocast_fn(fn: Callable[..., T], device: str | torch.device, dtype: torch.dtype | None) -> Callable[..., T]:
