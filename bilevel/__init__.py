@@ -8,6 +8,7 @@ L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
 from bilevel._autodiff import conjugate_gradient
 from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
 from bilevel.functional import hypergradient
+from bilevel.guard import NonFiniteError, check_finite
 from bilevel.implicit import ImplicitInfo, implicit_hypergradient
 from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normalizer
 from bilevel.strategies import (
@@ -39,9 +40,11 @@ __all__ = [
     "MetaWeighter",
     "MovingNormalizer",
     "Naive",
+    "NonFiniteError",
     "SameState",
     "Strategy",
     "Uniform",
+    "check_finite",
     "check_hypergradient",
     "conjugate_gradient",
     "finite_difference_gradient",

@@ -66,15 +66,18 @@ class MovingNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        """Fold the statistics of ``x`` into the moving averages."""
+        """Fold the statistics of ``x`` into the moving averages; a batch with a NaN or infinite element leaves
+        them unchanged (an update skipped for non-finite values, :mod:`bilevel.guard`, must not leave NaN here)."""
         mean, var = x.mean().to(self.mean), x.var(unbiased=False).to(self.var)
+        finite = torch.isfinite(mean) & torch.isfinite(var)
         if not bool(self.initialized):
-            self.mean.copy_(mean)
-            self.var.copy_(var)
-            self.initialized.fill_(True)
-        else:
-            self.mean.lerp_(mean, self.momentum)
-            self.var.lerp_(var, self.momentum)
+            if bool(finite):
+                self.mean.copy_(mean)
+                self.var.copy_(var)
+                self.initialized.fill_(True)
+        else:  # no device synchronisation on this path
+            self.mean.copy_(torch.where(finite, torch.lerp(self.mean, mean, self.momentum), self.mean))
+            self.var.copy_(torch.where(finite, torch.lerp(self.var, var, self.momentum), self.var))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

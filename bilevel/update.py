@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel import _autodiff as ad
+from bilevel.guard import NonFiniteError, as_floats, check_finite
 from bilevel.strategies import BilevelProblem, Strategy
 
 ModelFn = Callable[..., Any]
@@ -45,9 +46,13 @@ class BilevelUpdate:
     3. ``g = dL_up/dw`` by the strategy, reusing the forward of step 1; virtual forwards at other θ (Lookahead)
        run through ``torch.func.functional_call`` on *copies* of the buffers, so BatchNorm running statistics are
        never changed by virtual steps;
-    4. ``w.backward(g)`` and a weighter-optimiser step (upper level);
-    5. the model-optimiser step on ∇θ (1/N) Σ w_i ℓ_i (lower level) — the gradient the strategy already computed
-       at θ, so no second backward pass.
+    4. ``w.backward(g)`` (upper level) and ∇θ (1/N) Σ w_i ℓ_i (lower level) — the gradient the strategy already
+       computed at θ, so no second backward pass;
+    5. the finiteness check (:func:`bilevel.guard.check_finite`, on the metrics read anyway: losses, weights,
+       gradient norms, in one device synchronisation), then the weighter-optimiser and model-optimiser steps.  A
+       NaN or infinite value raises :class:`bilevel.guard.NonFiniteError` before either step: nothing is written
+       into the model, the weighter (its buffers, e.g. BatchNorm statistics, are restored) or their optimisers'
+       states.  Buffers that the caller's forward at θ updates in the model are the caller's to keep.
 
     Args:
         model: the lower-level model θ (its trainable parameters are θ).
@@ -57,6 +62,8 @@ class BilevelUpdate:
         weighter_optimizer: optimiser over α; required with ``weighter``.
         grad_clip: global-norm clip for θ's gradient (DreamerV2/TEMPO: 100), or None.
         weighter_grad_clip: global-norm clip for α's gradient, or None.
+        skip_nonfinite: raise :class:`bilevel.guard.NonFiniteError` instead of stepping on a non-finite loss,
+            weight or gradient (default); ``False`` steps regardless, as plain PyTorch would.
 
     Raises:
         ValueError: if the strategy trains a weighter but no weighter/optimiser is given.
@@ -72,12 +79,14 @@ class BilevelUpdate:
         *,
         grad_clip: float | None = None,
         weighter_grad_clip: float | None = None,
+        skip_nonfinite: bool = True,
     ) -> None:
         if strategy.trains_weighter and (weighter is None or weighter_optimizer is None):
             raise ValueError(f"{strategy!r} trains a weighter: pass weighter= and weighter_optimizer=")
         self.model, self.model_optimizer, self.strategy = model, model_optimizer, strategy
         self.weighter, self.weighter_optimizer = weighter, weighter_optimizer
         self.grad_clip, self.weighter_grad_clip = grad_clip, weighter_grad_clip
+        self.skip_nonfinite = skip_nonfinite
 
     def view(self, params: dict[str, Tensor]) -> ModelFn:
         """The model as a function of ``params`` (a virtual θ), with its own copy of every buffer."""
@@ -117,6 +126,8 @@ class BilevelUpdate:
 
         Raises:
             ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing.
+            bilevel.guard.NonFiniteError: (with ``skip_nonfinite``) a loss, weight or gradient norm is NaN or
+                infinite; neither optimiser stepped and their gradients are cleared.
         """
         out = forward(self.model) if outputs is None else outputs
         params = dict(self.model.named_parameters())
@@ -135,9 +146,16 @@ class BilevelUpdate:
         if upper_at_theta is None and self.strategy.needs_upper and (meta or not self.strategy.trains_weighter):
             upper_at_theta = upper_fn(self.view(params))
 
-        metrics: dict[str, float] = {}
+        tensors: dict[str, Tensor | float] = {}
         if self.strategy.trains_weighter and out.features is None:
             raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
+        stepping = [self.model_optimizer]
+        # the weighter's forward updates its buffers (BatchNorm statistics): restored if the update is skipped
+        saved = (
+            [b.detach().clone() for b in self.weighter.buffers()]
+            if self.skip_nonfinite and self.weighter is not None and self.strategy.trains_weighter
+            else []
+        )
         if self.strategy.trains_weighter and not meta:
             assert self.weighter is not None and out.features is not None
             with torch.no_grad():
@@ -157,9 +175,11 @@ class BilevelUpdate:
             g = result.hypergradient
             self.weighter_optimizer.zero_grad(set_to_none=True)
             w.backward(g)
-            metrics["weighter_grad_norm"] = _clip(self.weighter.parameters(), self.weighter_grad_clip)
-            self.weighter_optimizer.step()
-            metrics["hypergrad_norm"] = float(g.norm())
+            # the weighter steps after the check below; θ's gradient was computed at θ with w detached, so it does
+            # not depend on that step
+            stepping.insert(0, self.weighter_optimizer)
+            tensors["weighter_grad_norm"] = _clip(self.weighter.parameters(), self.weighter_grad_clip)
+            tensors["hypergrad_norm"] = g.detach().norm()
             if result.upper is not None:
                 upper_at_theta = result.upper
             lower_grad = result.lower_grad
@@ -177,28 +197,44 @@ class BilevelUpdate:
         for n, g_theta in zip(names, lower_grad, strict=True):
             if params[n].requires_grad:
                 params[n].grad = g_theta.detach()
-        metrics["model_grad_norm"] = _clip(trainable, self.grad_clip)
-        self.model_optimizer.step()
+        tensors["model_grad_norm"] = _clip(trainable, self.grad_clip)
 
         with torch.no_grad():
             loss = out.loss.detach()
-            metrics.update(
-                lower_loss=float((w * loss).mean()),
-                lower_loss_unweighted=float(loss.mean()),
-                weight_mean=float(w.mean()),
-                weight_std=float(w.std()) if w.numel() > 1 else 0.0,
-                weight_min=float(w.min()),
-                weight_max=float(w.max()),
-            )
+            # losses first: the check names the first non-finite value
+            checked: dict[str, Tensor | float] = {"lower_loss_unweighted": loss.mean()}
             if upper_at_theta is not None:
-                metrics["upper_loss"] = float(upper_at_theta.detach().mean())
+                checked["upper_loss"] = upper_at_theta.detach().mean()
+            checked.update(
+                lower_loss=(w * loss).mean(),
+                **tensors,
+                weight_mean=w.mean(),
+                weight_std=w.std() if w.numel() > 1 else 0.0,
+                weight_min=w.min(),
+                weight_max=w.max(),
+            )
+        # one device synchronisation for the check and every metric
+        if not self.skip_nonfinite:
+            metrics = as_floats(checked)
+        else:
+            try:
+                metrics = check_finite(checked, zero=stepping)
+            except NonFiniteError:
+                assert self.weighter is not None or not saved
+                with torch.no_grad():
+                    for buffer, value in zip(self.weighter.buffers() if saved else [], saved, strict=True):
+                        buffer.copy_(value)
+                raise
+        for opt in stepping:
+            opt.step()
         return metrics
 
 
-def _clip(parameters: Any, max_norm: float | None) -> float:
+def _clip(parameters: Any, max_norm: float | None) -> Tensor | float:
+    """The global norm of the gradients of ``parameters`` (a 0-d tensor, not read), clipped to ``max_norm``."""
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return 0.0
     if max_norm is None:
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -134,6 +134,7 @@ class AdmrlTrainer:
             holdout_ratio=cfg.holdout_ratio,
             patience=cfg.model_patience,
             generator=self.generator,
+            max_nonfinite=cfg.max_nonfinite,
         )
 
     def virtual(self, ppo: Agent, psi: Tensor, iterations: int) -> dict[str, float]:

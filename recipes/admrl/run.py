@@ -22,6 +22,7 @@ from recipes.admrl.config import AdmrlConfig
 from recipes.admrl.evaluate import evaluate_gaps, plot_gaps
 from recipes.envs import make_env
 from recipes.run import rundir
+from recipes.run.progress import Progress
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -62,12 +63,18 @@ def plot_tasks(history: list[dict[str, Any]], path: Path, title: str) -> Path | 
 def train(
     cfg: AdmrlConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "admrl"
 ) -> dict[str, Any]:
-    """Train (or resume) one AdMRL-family run in ``logdir``; returns ``{"env_steps", "updates", "eval_return",
-    "worst_gap"}`` (updates: tasks done).
+    """Train (or resume) one AdMRL-family run in ``logdir``, holding its lock; returns ``{"env_steps", "updates",
+    "eval_return", "worst_gap"}`` (updates: tasks done).
 
     Raises:
         recipes.run.rundir.ConfigMismatchError: when resuming with another config and not ``force``.
+        recipes.run.rundir.RunDirInUseError: another process trains in ``logdir``.
     """
+    with rundir.lock(logdir):
+        return _train(cfg, logdir, force=force, progress=progress, recipe=recipe)
+
+
+def _train(cfg: AdmrlConfig, logdir: Path, *, force: bool, progress: bool, recipe: str) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     resuming = rundir.prepare(
         logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
@@ -91,22 +98,18 @@ def train(
         }
         rundir.save_checkpoint(logdir, {**state, **extra})
 
-    logger = rundir.Logger(logdir)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.tasks, initial=trainer.task, unit="task", dynamic_ncols=True)
+    logger = rundir.Logger(
+        logdir, wandb_project=cfg.wandb_project if cfg.wandb else None, config={"recipe": recipe, **cfg.model_dump()}
+    )
+    bar = Progress(cfg.tasks, initial=trainer.task, unit="task", label=f"{recipe} {logdir.name}", enabled=progress)
     start_task = trainer.task
     while trainer.task < cfg.tasks:
         record = trainer.task_iteration()
         logger.log(trainer.env_steps, **_scalars(record))
         checkpoint()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(psi=np.round(trainer.psi, 2).tolist(), steps=trainer.env_steps)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix(psi=np.round(trainer.psi, 2).tolist(), steps=trainer.env_steps)
+        bar.update(1)
+    bar.close()
     if trainer.task != start_task:  # trained further since any earlier evaluation
         table = None
     (logdir / "tasks.json").write_text(json.dumps(trainer.history, indent=1))

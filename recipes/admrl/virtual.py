@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bilevel.guard import NonFiniteError, check_finite
 from recipes.agents.ppo import PPO
 from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
@@ -89,18 +90,26 @@ def fit_model(
     holdout_ratio: float,
     patience: int,
     generator: torch.Generator,
+    max_nonfinite: int | None = None,
 ) -> dict[str, float]:
     """Fit the ensemble on all of ``data``: a fresh hold-out split, per-member bootstrap counts, at most ``epochs``
     epochs of minibatches, stopping when no member's hold-out MSE improves by 1% for ``patience`` epochs; the best
     epoch's parameters are kept and the elites chosen by hold-out MSE (mbrl-lib's ModelTrainer, as the M3PO recipe).
-    The caller feeds every new row to ``model.update_normalizer`` once, before the fit."""
+    The caller feeds every new row to ``model.update_normalizer`` once, before the fit.
+
+    A minibatch whose loss is NaN or infinite is skipped before the optimiser step (:mod:`bilevel.guard`) and
+    counted in ``model/nonfinite_skips``.
+
+    Raises:
+        RuntimeError: ``max_nonfinite`` minibatches in a row were skipped (names the last non-finite value).
+    """
     n = len(data)
     perm = torch.randperm(n, generator=generator)
     n_hold = max(1, int(holdout_ratio * n))
     hold, train = data.batch(perm[:n_hold]), perm[n_hold:]
     counts = bootstrap_counts(model.members, len(train), generator=generator).to(data.obs.device)
     best, best_state, since, done_epochs = None, None, 0, 0
-    last = 0.0
+    last, skipped, in_row = 0.0, 0, 0
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=generator)
         for i in range(0, max(len(order) - batch + 1, 1), batch):
@@ -109,8 +118,19 @@ def fit_model(
             loss = out.loss.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            try:  # reads the loss, as the fit did anyway: no extra synchronisation
+                values = check_finite({"model/nll": loss.detach()}, zero=(opt,))
+            except NonFiniteError as err:
+                skipped, in_row = skipped + 1, in_row + 1
+                if max_nonfinite is not None and in_row >= max_nonfinite:
+                    raise RuntimeError(
+                        f"the model fit stopped: {in_row} minibatches in a row had a non-finite {err.name} "
+                        f"({err.value}) and were skipped; look for NaN or inf in the collected data"
+                    ) from None
+                continue
+            in_row = 0
             opt.step()
-            last = float(loss.detach())
+            last = values["model/nll"]
         done_epochs += 1
         with torch.no_grad():
             holdout = model.holdout_loss(hold)
@@ -126,7 +146,12 @@ def fit_model(
     with torch.no_grad():
         final = model.holdout_loss(hold)
     model.select_elites(final)
-    return {"model/holdout_mse": float(final[model.elite_idx].mean()), "model/epochs": done_epochs, "model/nll": last}
+    return {
+        "model/holdout_mse": float(final[model.elite_idx].mean()),
+        "model/epochs": done_epochs,
+        "model/nll": last,
+        "model/nonfinite_skips": skipped,
+    }
 
 
 class ModelEnv:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.guard import check_finite
 from recipes.agents.compile import MaybeCompiled
 from recipes.run.precision import autocast
 from worldmodels.nets import TwoHotHead, at_least_fp32, mlp
@@ -235,6 +236,12 @@ class ActorCritic(nn.Module):
         Args:
             start: posterior states (any leading shape; flattened); detached here.
             is_terminal: optional [...] bool, the start states that are terminal (their γ_0 is 0).
+
+        Returns:
+            ``actor_loss``, ``critic_loss``, the rollout's statistics, ``actor_grad_norm``, ``critic_grad_norm``.
+
+        Raises:
+            bilevel.NonFiniteError: a loss, statistic or gradient norm is NaN or infinite; neither optimiser stepped.
         """
         start = {k: v.detach().reshape(-1, *v.shape[-1:] if k != "logits" else v.shape[-2:]) for k, v in start.items()}
         if is_terminal is not None:
@@ -258,21 +265,27 @@ class ActorCritic(nn.Module):
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()
-        actor_norm = float(nn.utils.clip_grad_norm_(self.actor.parameters(), self.clip))
-        critic_norm = float(nn.utils.clip_grad_norm_(self.critic.parameters(), self.clip))
+        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.clip)
+        critic_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.clip)
+        # every metric in one device synchronisation, checked before either step (bilevel.guard): a NaN or infinite
+        # loss or gradient raises NonFiniteError with both optimisers' gradients cleared and nothing stepped
+        metrics = check_finite(
+            {
+                "actor_loss": actor_loss.detach(),
+                "critic_loss": critic_loss.detach(),
+                **stats,
+                "actor_grad_norm": actor_norm,
+                "critic_grad_norm": critic_norm,
+            },
+            zero=(self.actor_opt, self.critic_opt),
+        )
         self.actor_opt.step()
         self.critic_opt.step()
         self.actor_opt.zero_grad(set_to_none=True)
         self.updates += 1
         if int(self.updates) % self.slow_every == 0:
             self.slow_critic.load_state_dict(self.critic.state_dict())
-        return {
-            "actor_loss": float(actor_loss.detach()),
-            "critic_loss": float(critic_loss.detach()),
-            **{k: float(v) for k, v in stats.items()},
-            "actor_grad_norm": actor_norm,
-            "critic_grad_norm": critic_norm,
-        }
+        return metrics
 
     def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
@@ -336,6 +349,7 @@ class ActorCritic(nn.Module):
         span = hi - lo
         ema = self.return_scale
         new = torch.where(torch.isnan(ema), span, self.return_norm_decay * ema + (1 - self.return_norm_decay) * span)
+        new = torch.where(torch.isfinite(span), new, ema)  # a non-finite batch (its update is skipped) leaves S as is
         self.return_scale.copy_(new)
         return new.clamp_min(self.return_norm_limit).to(target.dtype)
 

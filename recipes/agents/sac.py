@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.guard import check_finite
 from worldmodels.history import HistoryEncoder, history_dim
 from worldmodels.nets import mlp
 
@@ -406,6 +407,12 @@ class SAC(nn.Module):
         Returns:
             ``critic_loss`` (Σ_i ½ E[(Q_i − y)²]), ``actor_loss``, ``alpha`` (the α used in this step),
             ``alpha_loss``, ``entropy`` (−E log π of the actor's samples), ``q_mean`` (mean of both Qs).
+
+        Raises:
+            bilevel.NonFiniteError: a loss (or, with ``grad_clip``, a gradient norm) is NaN or infinite
+                (:mod:`bilevel.guard`).  The critic's values are checked before the critic's step, the actor's and
+                the temperature's before theirs: a non-finite critic skips the whole update, a non-finite actor or
+                temperature skips those two steps (the critic's step of this update stands) and the Polyak update.
         """
         obs, action = batch["obs"], batch["action"]
         history, mask = self._window(batch, "history", "history_mask")
@@ -418,7 +425,14 @@ class SAC(nn.Module):
         critic_loss = 0.5 * (q - target).pow(2).mean(-1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
-        self._clip(self.critic.parameters())
+        critic_values = check_finite(
+            {
+                "critic_loss": critic_loss.detach(),
+                "q_mean": q.detach().mean(),
+                **self._clip("critic", self.critic.parameters()),
+            },
+            zero=(self.critic_opt,),
+        )
         self.critic_opt.step()
 
         # actor: α log π(a|s) − min_i Q_i(s, a), a reparameterised (eq. 7–9), on the updated critic
@@ -433,11 +447,19 @@ class SAC(nn.Module):
         self.actor_opt.zero_grad(set_to_none=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
-        self._clip(params)
-        self.actor_opt.step()
-
-        # temperature: −log α (log π + H̄) (eq. 18 through log α)
+        # temperature: −log α (log π + H̄) (eq. 18 through log α); it reads no actor parameter
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        actor_values = check_finite(
+            {
+                "actor_loss": actor_loss.detach(),
+                "alpha": alpha,
+                "alpha_loss": alpha_loss.detach(),
+                "entropy": -log_prob.detach().mean(),
+                **self._clip("actor", params),
+            },
+            zero=(self.actor_opt,),
+        )
+        self.actor_opt.step()
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
@@ -445,10 +467,8 @@ class SAC(nn.Module):
         self.updates += 1
         if self.target_update_every == 1 or int(self.updates) % self.target_update_every == 0:
             self.polyak_update()
-        values = (
-            torch.stack([critic_loss, actor_loss, alpha, alpha_loss, -log_prob.mean(), q.mean()]).detach().tolist()
-        )  # one device sync for all metrics
-        return dict(zip(("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean"), values, strict=True))
+        values = {**critic_values, **actor_values}
+        return {k: values[k] for k in ("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean")}
 
     @torch.no_grad()
     def polyak_update(self) -> None:
@@ -458,9 +478,14 @@ class SAC(nn.Module):
         torch._foreach_mul_(target, 1.0 - self.tau)
         torch._foreach_add_(target, online, alpha=self.tau)
 
-    def _clip(self, params: Iterable[Tensor]) -> None:
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
+    def _clip(self, name: str, params: Iterable[Tensor]) -> dict[str, Tensor]:
+        """With ``grad_clip``: clip the gradients of ``params`` and return ``{"<name>_grad_norm": the norm before}``
+        (not read) for the finiteness check.  Without: nothing — the check reads the losses only (a NaN or inf in the
+        data or the parameters makes them non-finite), so the default path computes no extra norm."""
+        if self.grad_clip is None:
+            return {}
+        with_grad = [p for p in params if p.grad is not None]
+        return {f"{name}_grad_norm": nn.utils.clip_grad_norm_(with_grad, self.grad_clip)}
 
     def _window(self, batch: dict[str, Tensor], key: str, mask_key: str) -> tuple[Tensor | None, Tensor | None]:
         if self.history_len == 0:

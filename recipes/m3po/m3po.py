@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, Uniform, make_strategy
+from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, NonFiniteError, Uniform, make_strategy
 from recipes.agents.sac import SAC
 from recipes.data.transitions import TransitionBuffer, next_history
 from recipes.envs import Env
@@ -198,12 +198,27 @@ class M3POLearner(loop.Learner):
                 metrics.update(self.fit_model())
                 self.counters["last_model"] = env_steps
             metrics.update(self.rollouts(cfg.rollouts_per_step * cfg.train_every))
-        updates = cfg.sac_updates * cfg.train_every
-        for _ in range(updates):
-            sac_metrics = self.sac.update(self.sac_batch(env_steps))
+        updates, sac_metrics = 0, {}
+        for _ in range(cfg.sac_updates * cfg.train_every):  # one with a non-finite loss is skipped (self.skips)
+            out = self.skips.run(self._sac_update, self.sac_batch(env_steps))
+            if out is not None:
+                updates, sac_metrics = updates + 1, out
         metrics.update({f"sac/{k}": v for k, v in sac_metrics.items()})
         metrics["mix/real_ratio"] = cfg.real_ratio(env_steps)
         return updates, metrics
+
+    def _sac_update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        try:
+            return self.sac.update(batch)
+        except NonFiniteError as err:
+            raise err.prefixed("sac/") from None
+
+    def _model_update(self, forward: Any, meta: bool) -> dict[str, float]:
+        assert self.update is not None
+        try:
+            return self.update.step(forward, meta=meta)
+        except NonFiniteError as err:
+            raise err.prefixed("model/") from None
 
     def rollouts(self, n: int) -> dict[str, float]:
         """M branched rollouts of k steps into D_model (Algorithm 2, lines 6–9)."""
@@ -257,7 +272,8 @@ class M3POLearner(loop.Learner):
                 batch = {**self.env_batch(train[pos]), "bootstrap": counts[:, pos]}
                 forward = self._model_forward(batch)
                 meta = self.counters["model_updates"] % cfg.meta_every == 0
-                metrics = self.update.step(forward, meta=meta)
+                # a minibatch with a non-finite loss or gradient is skipped (self.skips), nothing written
+                metrics = self.skips.run(self._model_update, forward, meta) or metrics
                 self.counters["model_updates"] += 1
             epochs += 1
             holdout = model.holdout_loss(hold)
