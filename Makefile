@@ -4,12 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
-EXTRAS := rl,oracles,examples,dev
+EXTRAS := rl,oracles,examples,dev,sweep,docs
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 # Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: run example test setup lint bench bench-peers clean
+.PHONY: run example test setup lint docs bench bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# The documentation site (mkdocs-material, API reference from the docstrings) into site/; strict: any warning fails.
+# `make test` builds it too (tests/test_docs.py), so CI checks it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -63,4 +68,4 @@ bench-peers: $(STAMP)
 	$(BIN)/python benchmarks/ensemble_speed.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

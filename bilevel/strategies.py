@@ -518,8 +518,12 @@ def make_strategy(
         name: one of :data:`STRATEGY_NAMES`, or ``lookaheadK`` (K look-ahead steps, overriding ``steps``).
         lr: η of ``same_state`` and ``lookahead`` (required by them, ignored by the others).
         steps: K of ``lookahead``.
-        method, convention, fd_eps: of :class:`SameState`.
-        solver, iters, damping: of :class:`Implicit` (``implicit_normal`` solves the normal equations).
+        method: of :class:`SameState`.
+        convention: of :class:`SameState`.
+        fd_eps: of :class:`SameState`.
+        solver: of :class:`Implicit` (``implicit_normal`` solves the normal equations).
+        iters: of :class:`Implicit`.
+        damping: of :class:`Implicit`.
         normalizer: of :class:`Naive`.
 
     Raises:

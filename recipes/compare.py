@@ -5,24 +5,22 @@ al. 2018), plus the final return's mean ± std and one PNG of mean ± std curves
 A variant is ``RECIPE`` or ``RECIPE+key=value+...`` (e.g. ``tempo+convention=official``), so two settings of one
 recipe compare the same way.  Run directories are ``DIR/<variant>-s<seed>``; a run whose metrics already reach
 the requested steps is reused, an unfinished one is resumed, a missing one is started (``jobs`` at a time, each a
-``reweigh run`` subprocess with ``threads`` torch threads).
+``reweigh run`` subprocess with ``threads`` torch threads; or on Ray with ``backend="ray"``), through the job
+runner of ``reweigh sweep`` (:mod:`recipes.launch`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recipes.launch import Backend, Trial, run_trials
 from recipes.run import rundir
 
 
@@ -44,7 +42,10 @@ class Variant:
 
         recipe, *sets = text.strip().split("+")
         if recipe not in RECIPES:
-            raise ValueError(f"recipes: unknown {recipe!r}; choose from {', '.join(RECIPES)}")
+            raise ValueError(
+                f"--recipes: unknown recipe {recipe!r} in {text.strip()!r}; expected RECIPE or RECIPE+key=value+... "
+                f"with RECIPE one of {', '.join(RECIPES)}"
+            )
         for item in sets:
             if "=" not in item:
                 raise ValueError(f"--recipes: {text!r}: expected RECIPE+key=value, got {item!r}")
@@ -65,11 +66,6 @@ def _metric(variants: list[Variant]) -> tuple[str, bool]:
     if len(found) != 1:
         raise ValueError(f"compare: these recipes are judged by different metrics {sorted(found)}; compare them apart")
     return found.pop()
-
-
-def _done(logdir: Path, steps: int) -> bool:
-    curve = eval_curve(logdir)
-    return bool(curve) and max(curve) >= steps and (logdir / "checkpoints" / "latest.pt").exists()
 
 
 @dataclass(frozen=True)
@@ -95,59 +91,39 @@ def run_jobs(
     jobs: int,
     threads: int,
     progress: bool = True,
+    backend: Backend = "local",
+    address: str | None = None,
 ) -> None:
-    """Start or resume every job whose run is not finished (``steps`` evaluated and checkpointed), ``jobs`` at a
-    time, each a ``reweigh run`` subprocess with ``threads`` torch threads logging to ``RUN_DIR.log``.
+    """Start or resume every job whose run is not finished (``steps`` evaluated and checkpointed) through the job
+    runner :func:`recipes.launch.run_trials` that ``reweigh sweep`` uses too: each a ``reweigh run`` subprocess
+    with ``threads`` torch threads logging to ``RUN_DIR.log``, ``jobs`` at a time on the ``local`` backend, or
+    one Ray task of ``threads`` CPUs per job on the ``ray`` backend (a private local Ray, or the cluster at
+    ``address``).
 
     Raises:
-        RuntimeError: naming every failed job, after the others finished.
+        RuntimeError: naming every failed job and its log, after the others finished.
     """
-    todo = [j for j in todo if not _done(j.run_dir, steps)]
-    running: list[tuple[subprocess.Popen, str, Any]] = []
-    failed: list[str] = []
-    env_vars = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    while todo or running:
-        while todo and len(running) < jobs:
-            job = todo.pop(0)
-            cmd = [
-                sys.executable,
-                "-m",
-                "recipes.cli",
-                "run",
-                job.variant.recipe,
-                "--env",
-                job.env,
-                "--steps",
-                str(steps),
-                "--seed",
-                str(job.seed),
-                "--logdir",
-                str(job.run_dir),
-                "--preset",
-                preset,
-                "--no-progress",
-                "--set",
-                f"threads={threads}",
-            ]
-            for item in [*sets, *job.variant.sets]:
-                cmd += ["--set", item]
-            job.run_dir.parent.mkdir(parents=True, exist_ok=True)
-            log = job.run_dir.with_name(job.run_dir.name + ".log").open("ab")
-            if progress:
-                print(f"compare: starting {job.name} -> {job.run_dir}", flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars), job.name, log))
-        time.sleep(1.0)
-        for entry in list(running):
-            proc, name, log = entry
-            if proc.poll() is not None:
-                running.remove(entry)
-                log.close()
-                if proc.returncode != 0:
-                    failed.append(f"{name} (exit {proc.returncode})")
-                elif progress:
-                    print(f"compare: finished {name}", flush=True)
+    trials = [
+        Trial(
+            j.variant.recipe,
+            j.env,
+            j.seed,
+            steps,
+            j.run_dir,
+            preset=preset,
+            sets=(*sets, *j.variant.sets),
+            threads=threads,
+            num_cpus=threads,
+            label=j.name,
+        )
+        for j in todo
+    ]
+    results = run_trials(
+        trials, backend=backend, jobs=jobs, address=address, report=print if progress else None, prefix="compare"
+    )
+    failed = [r.describe() for r in results if not r.ok]
     if failed:
-        raise RuntimeError(f"runs failed: {', '.join(failed)}; see the .log files next to their run directories")
+        raise RuntimeError(f"runs failed: {'; '.join(failed)}")
 
 
 def run_all(
@@ -162,11 +138,23 @@ def run_all(
     jobs: int,
     threads: int,
     progress: bool = True,
+    backend: Backend = "local",
+    address: str | None = None,
 ) -> None:
     """Start or resume every missing run of ``variants`` × ``seeds`` on ``env`` in ``logdir/SLUG-sSEED``
     (:func:`run_jobs`); raises RuntimeError if any run fails."""
     todo = [Job(v, env, s, logdir / f"{v.slug}-s{s}") for v in variants for s in seeds]
-    run_jobs(todo, steps=steps, preset=preset, sets=sets, jobs=jobs, threads=threads, progress=progress)
+    run_jobs(
+        todo,
+        steps=steps,
+        preset=preset,
+        sets=sets,
+        jobs=jobs,
+        threads=threads,
+        progress=progress,
+        backend=backend,
+        address=address,
+    )
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -280,10 +268,13 @@ def compare(
     threads: int = 1,
     run: bool = True,
     name: str = "compare",
+    backend: Backend = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``, and for
     every variant whose recipe has a report hook ``<name>-<variant>-diagnostics.png`` (tempo: TEMPO Fig. 9 over its
-    seeds)."""
+    seeds).  Missing runs go through :func:`run_jobs` on ``backend`` (``local`` or ``ray``, see
+    :mod:`recipes.launch`)."""
     if len(variants) < 1 or not seeds:
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +289,8 @@ def compare(
             sets=sets or [],
             jobs=jobs,
             threads=threads,
+            backend=backend,
+            address=address,
         )
     table = summarize(variants, seeds, logdir, steps)
     table.update(env=env, preset=preset, requested_steps=steps)

@@ -40,7 +40,7 @@ class TaskLoss(Protocol):
         value_fn: V, see :data:`ValueFn`.  Its parameters should not require grad (or be ignored by the caller):
             an upper loss trains the model and, through the hypergradient, the weighter, never the critic.
 
-    Returns:
+    Returns (of ``__call__``):
         Per-sample losses with the leading shape of the model's per-sample MLE loss (``[...]``), differentiable
         in the model parameters θ through ``predicted`` (and ``target``).  The caller takes the mean for L_up.
 

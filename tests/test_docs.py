@@ -1,6 +1,10 @@
-"""Every ```python block of README.md and docs/*.md runs (each file's blocks in order, one namespace)."""
+"""Every ```python block of README.md and docs/*.md runs (each file's blocks in order, one namespace), and the
+documentation site builds with ``mkdocs build --strict`` (what ``make docs`` runs; CI runs it through this test)."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,3 +27,26 @@ def test_python_blocks_run(path):
 
 def test_readme_has_runnable_example():
     assert BLOCK.findall((ROOT / "README.md").read_text()), "README needs a ```python example"
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """mkdocs-material + the mkdocstrings API reference: a broken link or anchor, a page missing from the nav or a
+    docstring griffe cannot parse is a warning, and ``strict: true`` makes it an error."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    site = tmp_path / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pages = sorted(p.stem for p in (ROOT / "docs").glob("*.md"))
+    for page in pages:
+        html = site / ("index.html" if page == "index" else f"{page}/index.html")
+        assert html.exists(), f"docs/{page}.md was not built"
+    reference = (site / "reference-bilevel" / "index.html").read_text()
+    assert 'id="bilevel.SameState"' in reference and 'id="bilevel.BilevelUpdate"' in reference
+    assert 'id="recipes.launch.run_trials"' in (site / "reference-recipes" / "index.html").read_text()

@@ -448,7 +448,8 @@ class HistoryEnsemble(GaussianEnsemble):
       parameters in the same order and the same random initialisation), and the history arguments are ignored.
 
     Args:
-        obs_dim, action_dim: O, A.
+        obs_dim: O.
+        action_dim: A.
         history_len: L ≥ 0, the window length the data carries (0: MBPO's memoryless model).
         history_hidden: size of z (the GRU's hidden size).
         **ensemble_kwargs: :class:`GaussianEnsemble`'s keyword arguments except ``context_dim``.

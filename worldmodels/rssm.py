@@ -386,14 +386,22 @@ class RSSMWorldModel(nn.Module):
     Args:
         obs_shape: ``(C, H, W)`` for images (uint8 expected, mapped to [−0.5, 0.5]) or ``(O,)`` for vectors.
         action_dim: A.
-        deter, stoch, classes, hidden, min_std, unimix: see :class:`RSSM`.
+        deter: see :class:`RSSM`.
+        stoch: see :class:`RSSM`.
+        classes: see :class:`RSSM`.
+        hidden: see :class:`RSSM`.
+        min_std: see :class:`RSSM`.
+        unimix: see :class:`RSSM`.
         symlog_obs: vector observations: the encoder reads symlog(o) and the decoder's unit-variance Normal
             reconstructs symlog(o), i.e. DreamerV3's symlog squared error (§3, eq. 1-2).
         twohot_bins: 0: DreamerV2's unit-variance Normal reward head; K > 0: a :class:`worldmodels.nets.TwoHotHead`
             over K symlog-spaced bins (DreamerV3, 255), whose per-step cross-entropy is the ``reward`` term.
         depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
         discount_head: predict γ_t (Atari yes, DMC no).
-        kl_balance, kl_free, kl_scale, discount_scale: DreamerV2 loss settings.
+        kl_balance: DreamerV2 loss setting.
+        kl_free: DreamerV2 loss setting.
+        kl_scale: DreamerV2 loss setting.
+        discount_scale: DreamerV2 loss setting.
     """
 
     def __init__(

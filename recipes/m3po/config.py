@@ -185,7 +185,7 @@ class SACConfig(M3POConfig):
 
 
 #: Presets per (preset, family).  ``paper``: the field defaults (MBPO/mbrl-lib and the SAC paper).  ``cpu``: sized by
-#: measurement on the 2-core development machine (see docs/recipes.md) — fewer rollouts and SAC updates per step,
+#: measurement on the 2-core development machine (see docs/recipe-m3po.md) — fewer rollouts and SAC updates per step,
 #: smaller networks, a capped number of model epochs, training batched every 10 env steps.
 PRESETS: Presets = {
     "paper": {"meta": {}, "gym": {}},
