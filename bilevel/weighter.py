@@ -44,7 +44,13 @@ class MetaWeighter(nn.Module):
         norm: ``batch`` (TEMPO), ``layer`` or ``none``, applied after each hidden dense layer, before the
             activation.
         output_norm: normalise the output logit with batch statistics before the sigmoid (official code).
-        scale, shift: output map constants (TEMPO: 0.5 and 0.75; Meta-Weight-Net: 1 and 0).
+        scale: output map constant (TEMPO: 0.5; Meta-Weight-Net: 1).
+        shift: output map constant (TEMPO: 0.75; Meta-Weight-Net: 0).
+        groups: G > 0 makes the last feature a group id in {0, …, G−1} (an integer stored as a float, e.g. the
+            task of a multi-task batch), replaced by a learned embedding of ``group_dim`` numbers before the first
+            layer, so that the weights can differ per group; the embedding is a weighter parameter, trained by the
+            hypergradient like the rest (TEMPO Appendix A.5's future direction).  0: no group input.
+        group_dim: size of the group embedding.
 
     Shapes:
         ``forward(features: Tensor[..., F]) -> Tensor[...]`` — any leading shape (e.g. [B, T] for sequences);
@@ -52,7 +58,7 @@ class MetaWeighter(nn.Module):
 
     Raises:
         ValueError: for an unknown activation/norm, ``layers < 0`` or a non-positive ``hidden``; at call time if
-            the last feature dimension is not ``in_features``.
+            the last feature dimension is not ``in_features``, or (with ``groups``) a group id is outside [0, G).
     """
 
     def __init__(
@@ -65,15 +71,24 @@ class MetaWeighter(nn.Module):
         output_norm: bool = False,
         scale: float = 0.5,
         shift: float = 0.75,
+        groups: int = 0,
+        group_dim: int = 8,
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
         if layers < 0 or hidden < 1 or in_features < 1:
             raise ValueError(f"need layers >= 0, hidden >= 1, in_features >= 1; got {layers}, {hidden}, {in_features}")
+        if groups < 0 or (groups and (group_dim < 1 or in_features < 2)):
+            raise ValueError(
+                "need groups >= 0, and with groups group_dim >= 1 and in_features >= 2 (the id last); "
+                f"got groups={groups}, group_dim={group_dim}, in_features={in_features}"
+            )
         self.in_features, self.scale, self.shift = in_features, float(scale), float(shift)
+        self.groups = int(groups)
+        self.group_embedding = nn.Embedding(groups, group_dim) if groups else None
         blocks: list[nn.Module] = []
-        width = in_features
+        width = in_features - 1 + group_dim if groups else in_features
         for _ in range(layers):
             blocks += [nn.Linear(width, hidden), _norm(norm, hidden), _ACTIVATIONS[activation]()]
             width = hidden
@@ -87,6 +102,11 @@ class MetaWeighter(nn.Module):
             raise ValueError(f"MetaWeighter expects {self.in_features} features, got shape {tuple(features.shape)}")
         lead = features.shape[:-1]
         x = features.detach().reshape(-1, self.in_features)
+        if self.group_embedding is not None:
+            ids = x[:, -1].round().long()
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.groups):
+                raise ValueError(f"MetaWeighter: group ids must lie in [0, {self.groups}), got {ids.unique().tolist()}")
+            x = torch.cat([x[:, :-1], self.group_embedding(ids).to(x.dtype)], -1)
         o = self.head(self.body(x))
         if self.output_norm is not None:
             o = self.output_norm(o)
@@ -96,4 +116,5 @@ class MetaWeighter(nn.Module):
         return self.scale * torch.sigmoid(self.logits(features)) + self.shift
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, w = {self.scale}·σ(o) + {self.shift}"
+        groups = f", groups={self.groups}" if self.groups else ""
+        return f"in_features={self.in_features}{groups}, w = {self.scale}·σ(o) + {self.shift}"

@@ -5,7 +5,9 @@
 * ``reweigh noisy-labels`` — Meta-Weight-Net on noisy digits vs ERM (the bundled example of the core)
 * ``reweigh run RECIPE --env ENV --steps N --seed S --logdir DIR [--preset cpu|paper] [--set key=value ...]``
 * ``reweigh compare --recipes tempo,dreamerv2 --env ENV --seeds 0,1,2 --steps N --logdir DIR`` — curves and
-  Welch's t-test (TEMPO §3.1)
+  Welch's t-test (TEMPO §3.1); ``--backend ray`` runs the missing runs on Ray
+* ``reweigh sweep SWEEP.yaml [--address ADDR]`` — recipes × envs × seeds × overrides, each trial a run directory,
+  on Ray (a private local one, or a cluster), summarised per env as by ``compare``
 * ``reweigh inspect-weights DIR`` — TEMPO Table 2 (meta vs naive weights) for a tempo run's checkpoint
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,23 +35,118 @@ def _version() -> str:
 
 
 def load_target(spec: str) -> Any:
-    """Resolve ``module.path:function`` or ``file.py:function`` to the callable."""
+    """Resolve ``module.path:function`` or ``file.py:function`` to the callable.
+
+    Raises:
+        ValueError: naming ``spec`` and what was expected: a malformed spec, a missing file or module, a syntax
+            error in the file, a missing attribute, or one that is not callable with no arguments.
+    """
     if ":" not in spec:
         raise ValueError(f"target {spec!r} must look like 'package.module:function' or 'file.py:function'")
     where, name = spec.rsplit(":", 1)
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise ValueError(f"no such file: {where}")
+            raise ValueError(f"target {spec!r}: no such file: {where}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as err:
+            raise ValueError(f"target {spec!r}: {where} line {err.lineno}: {err.msg}") from None
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as err:
+            raise ValueError(
+                f"target {spec!r}: no module named {err.name!r} (expected an importable 'package.module:function' "
+                "or a path 'file.py:function')"
+            ) from None
     if not hasattr(module, name):
-        raise ValueError(f"{where} has no attribute {name!r}")
-    return getattr(module, name)
+        raise ValueError(f"target {spec!r}: {where} has no attribute {name!r}")
+    fn = getattr(module, name)
+    if not callable(fn):
+        raise ValueError(f"target {spec!r}: {name} is a {type(fn).__name__}, expected a function of no arguments")
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise ValueError(
+            f"target {spec!r}: {name}{inspect.signature(fn)} needs arguments; expected a function of no arguments"
+        ) from None
+    except ValueError:  # no signature (a builtin): let the call tell
+        pass
+    return fn
+
+
+#: what a check-hypergrad target returns, in order (a dict with these keys, or a 4-tuple).
+PROBLEM_KEYS = ("per_sample_loss", "upper_loss", "params", "weights")
+
+
+def check_problem(spec: Any, where: str) -> dict[str, Any]:
+    """Validate what a check-hypergrad target returned; the problem as a dict of :data:`PROBLEM_KEYS`.
+
+    Raises:
+        ValueError: naming ``where`` and the first item that is not what :func:`bilevel.check_hypergradient`
+            expects (arity, keys, types, shapes).
+    """
+    import torch
+
+    expected = "a dict with keys " + ", ".join(PROBLEM_KEYS) + " (or a tuple of these 4 in this order)"
+    if isinstance(spec, (tuple, list)):
+        if len(spec) != len(PROBLEM_KEYS):
+            raise ValueError(f"{where} returned {len(spec)} values; expected 4: {', '.join(PROBLEM_KEYS)}")
+        spec = dict(zip(PROBLEM_KEYS, spec, strict=True))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} returned a {type(spec).__name__}; expected {expected}")
+    missing = [k for k in PROBLEM_KEYS if k not in spec]
+    if missing:
+        unknown = sorted(set(spec) - set(PROBLEM_KEYS))
+        extra = f" (it has {', '.join(map(str, unknown))})" if unknown else ""
+        raise ValueError(f"{where} returned a dict without {', '.join(missing)}{extra}; expected {expected}")
+    for key, what in (
+        ("per_sample_loss", "a function params -> per-sample losses [N]"),
+        ("upper_loss", "a function params -> the scalar upper loss"),
+    ):
+        if not callable(spec[key]):
+            raise ValueError(f"{where}: {key} is a {type(spec[key]).__name__}; expected {what}")
+    params = spec["params"]
+    if not isinstance(params, dict) or not params:
+        raise ValueError(
+            f"{where}: params is a {type(params).__name__}; expected a non-empty dict name -> tensor (θ, the "
+            "lower-level parameters)"
+        )
+    for name, value in params.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+            raise ValueError(f"{where}: params[{name!r}] is {kind}; expected a floating-point tensor")
+    weights = spec["weights"]
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point() or weights.dim() == 0:
+        kind = (
+            f"a {weights.dtype} tensor of shape {list(weights.shape)}"
+            if isinstance(weights, torch.Tensor)
+            else f"a {type(weights).__name__}"
+        )
+        raise ValueError(
+            f"{where}: weights is {kind}; expected a floating-point tensor of one weight per sample, the shape of "
+            "per_sample_loss's output (e.g. [N] or [B, T])"
+        )
+    return spec
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``.
+
+    Raises:
+        ValueError: naming ``option``, for anything but a comma list of integers.
+    """
+    try:
+        out = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        out = []
+    if not out:
+        raise ValueError(f"{option}: expected comma-separated integers such as 0,1,2, got {text!r}")
+    return out
 
 
 def _strategies(names: str, lr: float, cg_iters: int, damping: float) -> list[Any]:
@@ -74,14 +172,9 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
             "checking the built-in demo problem (recipes/examples/check_demo.py: GRU sequence model, "
             "VAML-like upper loss)"
         )
-        spec = problem()
+        spec = check_problem(problem(), "the demo problem")
     else:
-        spec = load_target(args.target)()
-    if isinstance(spec, (tuple, list)):
-        spec = dict(zip(("per_sample_loss", "upper_loss", "params", "weights"), spec, strict=True))
-    missing = {"per_sample_loss", "upper_loss", "params", "weights"} - set(spec)
-    if missing:
-        raise ValueError(f"target must return per_sample_loss, upper_loss, params, weights; missing {sorted(missing)}")
+        spec = check_problem(load_target(args.target)(), f"target {args.target!r}")
     strategies = _strategies(args.strategies, args.lr, args.cg_iters, args.damping)
     rows = check_hypergradient(
         spec["per_sample_loss"],
@@ -101,7 +194,7 @@ def cmd_check_hypergrad(args: argparse.Namespace) -> int:
 def cmd_noisy_labels(args: argparse.Namespace) -> int:
     from recipes.examples.noisy_labels import compare
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = _int_list(args.seeds, "--seeds")
     overrides = {"epochs": args.epochs} if args.epochs else {}
     compare(seeds, args.strategy, Path(args.out) if args.out else None, **overrides)
     return 0
@@ -113,7 +206,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from recipes.run.config import parse_sets
 
     recipe = get_recipe(args.recipe)
-    cfg = recipe.resolve(args.env, args.preset, parse_sets(args.set), steps=args.steps, seed=args.seed)
+    sets = parse_sets(args.set)
+    if getattr(args, "init", None) is not None or getattr(args, "init_parts", None) is not None:
+        if "init" not in recipe.config.model_fields:
+            raise ValueError(f"--init: recipe {recipe.name!r} cannot start from a checkpoint (dreamerv2 and tempo can)")
+        if args.init is None:
+            raise ValueError("--init-parts: give --init RUN_DIR too (the run to start from)")
+        init = Path(args.init)
+        if not (init / "checkpoints").is_dir():
+            raise ValueError(f"--init {args.init}: not a run directory (expected {init / 'checkpoints'}/)")
+        sets["init"] = str(init.resolve())
+        if args.init_parts is not None:
+            sets["init_parts"] = args.init_parts
+    cfg = recipe.resolve(args.env, args.preset, sets, steps=args.steps, seed=args.seed)
     make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()).close()  # validate before writing
     summary = recipe.run(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
     print(
@@ -123,11 +228,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``reweigh pretrain``: a run of ``--recipe`` on the set ``--envs`` (an ordinary run directory)."""
+    from recipes.envs.multitask import split_names
+
+    members = split_names(args.envs)
+    if len(members) < 2:
+        raise ValueError(f"--envs {args.envs!r}: pre-training needs at least two environments (a comma list)")
+    args.recipe, args.env, args.init, args.init_parts = args.recipe, ",".join(members), None, None
+    return cmd_run(args)
+
+
+def _check_variants(variants: Sequence[Any], env: str, preset: str, sets: list[str], steps: int) -> None:
+    """Resolve every variant's config before any run starts (a typo fails here, not in a subprocess's log).
+
+    Raises:
+        ValueError: naming the variant and the offending setting.
+    """
+    from recipes.registry import get_recipe
+    from recipes.run.config import parse_sets
+
+    for v in variants:
+        try:
+            get_recipe(v.recipe).resolve(env, preset, parse_sets([*sets, *v.sets]), steps=steps)
+        except ValueError as err:
+            raise ValueError(f"--recipes {v.label!r}: {err}") from None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from recipes.compare import Variant, compare
 
     variants = [Variant.parse(x) for x in args.recipes.split(",") if x.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = _int_list(args.seeds, "--seeds")
+    _check_variants(variants, args.env, args.preset, args.set or [], args.steps)
     compare(
         variants,
         seeds,
@@ -140,6 +273,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         threads=args.threads,
         run=not args.no_run,
         name=args.name,
+        backend=args.backend,
+        address=args.address,
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from recipes.sweep import run_sweep
+
+    run_sweep(
+        args.sweep,
+        backend=args.backend,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        dry_run=args.dry_run,
     )
     return 0
 
@@ -206,7 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--force", action="store_true", help="resume even if the config changed")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument(
+        "--init", metavar="RUN_DIR", help="start from this run's checkpoint (e.g. of reweigh pretrain): fine-tuning"
+    )
+    run.add_argument(
+        "--init-parts",
+        choices=["wm", "wm+ac"],
+        metavar="PARTS",
+        help="what --init loads: wm (the world model) or wm+ac (and the actor-critic; default)",
+    )
     run.set_defaults(func=cmd_run)
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train one agent on a set of environments (one drawn per episode); fine-tune with run --init",
+    )
+    pre.add_argument("--envs", required=True, help="comma list sharing spaces, e.g. dmc:walker_stand,walker_walk")
+    pre.add_argument("--recipe", default="dreamerv2", help="dreamerv2 (default) or tempo")
+    pre.add_argument("--steps", type=int, default=100_000, help="environment steps over all tasks together")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--logdir", required=True)
+    pre.add_argument("--preset", default="cpu", help="cpu (default) or paper")
+    pre.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    pre.add_argument("--force", action="store_true", help="resume even if the config changed")
+    pre.add_argument("--no-progress", action="store_true")
+    pre.set_defaults(func=cmd_pretrain)
 
     cmp = sub.add_parser("compare", help="run or reuse several recipes over seeds; curves and Welch's t-test")
     cmp.add_argument(
@@ -224,7 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--threads", type=int, default=1, help="torch threads per run")
     cmp.add_argument("--no-run", action="store_true", help="only summarise the runs already in --logdir")
     cmp.add_argument("--name", default="compare", help="basename of the .png/.json/.md written in --logdir")
+    cmp.add_argument(
+        "--backend", default="local", choices=["local", "ray"], help="run missing runs here (default) or on Ray"
+    )
+    cmp.add_argument("--address", default=None, help="Ray cluster address for --backend ray (default: a local Ray)")
     cmp.set_defaults(func=cmd_compare)
+
+    swp = sub.add_parser("sweep", help="recipes × envs × seeds × overrides from a YAML file, each trial on Ray")
+    swp.add_argument("sweep", help="the sweep file (YAML; docs/sweeps.md)")
+    swp.add_argument(
+        "--address",
+        default=None,
+        help="a running Ray cluster (HOST:PORT, or auto on a cluster node); default: a local Ray for this sweep only",
+    )
+    swp.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: this machine's)")
+    swp.add_argument("--num-gpus", type=float, default=None, help="GPUs of the local Ray (default: detected)")
+    swp.add_argument(
+        "--backend", default="ray", choices=["ray", "local"], help="ray (default) or local subprocesses (jobs:)"
+    )
+    swp.add_argument("--dry-run", action="store_true", help="print the trials and their commands; run nothing")
+    swp.set_defaults(func=cmd_sweep)
 
     ins = sub.add_parser("inspect-weights", help="TEMPO Table 2: meta vs naive weights of a tempo checkpoint")
     ins.add_argument("logdir")

@@ -381,3 +381,41 @@ def test_stats_len_and_dtypes_of_python_scalars(tmp_path):
         Replay(tmp_path, seq_len=0)
     with pytest.raises(ValueError):
         Replay(tmp_path, seq_len=4, boundary="wrap")  # type: ignore[arg-type]
+
+
+def test_time_limit_end_is_not_padded_termination_is(tmp_path):
+    """Absorbing padding (§5.2) applies to true terminations only: a truncated episode continues into an episode
+    start instead, with no invented terminal; a terminated one is padded."""
+    r = Replay(tmp_path / "trunc", seq_len=8, seed=2)
+    fill(r, [3, 3], terminal=False)  # is_last by time limit: discount 1, is_terminal False
+    b = r.sample(64)
+    assert (b["discount"] == 1).all() and not b["is_terminal"].any() and (b["reward"] > 0).all()
+    _, k = ids(b)
+    np.testing.assert_array_equal(b["is_first"][:, 1:], k[:, 1:] == 0)  # a reset exactly at each boundary
+
+    r = Replay(tmp_path / "term", seq_len=8, seed=2)
+    fill(r, [3, 3], terminal=True)
+    b = r.sample(64)
+    last = np.argmax(b["is_last"], 1)
+    for row in range(64):
+        pad = slice(int(last[row]) + 1, None)
+        assert (b["discount"][row, pad] == 0).all() and b["is_terminal"][row, pad].all()
+        assert (b["reward"][row, pad] == 0).all() and not b["is_first"][row, pad].any()
+
+
+def test_sample_by_episode_balances_short_episodes(tmp_path):
+    """One long and nine short episodes: by step the long one starts ~90% of the sequences (its share of steps),
+    by episode ~10% (its share of episodes)."""
+    lengths = [900] + [10] * 9
+    by_step = Replay(tmp_path / "a", seq_len=4, seed=0)
+    by_episode = Replay(tmp_path / "b", seq_len=4, seed=0, sample_by="episode")
+    fill(by_step, lengths)
+    fill(by_episode, lengths)
+    e_step, _ = ids(by_step.sample(4000))
+    e_ep, k_ep = ids(by_episode.sample(4000))
+    assert abs((e_step[:, 0] == 0).mean() - 0.9) < 0.03
+    assert abs((e_ep[:, 0] == 0).mean() - 0.1) < 0.03
+    starts = k_ep[e_ep[:, 0] == 0, 0]  # a start uniformly within the drawn episode
+    assert starts.min() < 50 and starts.max() > 850
+    with pytest.raises(ValueError, match="sample_by"):
+        Replay(tmp_path / "c", seq_len=4, sample_by="task")

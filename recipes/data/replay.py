@@ -34,20 +34,27 @@ stay on disk unloaded.
 
 1. Each of the B sequences draws a stored step uniformly among all stored steps, i.e. an episode with probability
    proportional to its length and then a start index uniformly among its L steps (every step, the last one
-   included, can start a sequence).
+   included, can start a sequence).  With ``sample_by="episode"`` it draws an episode uniformly among the stored
+   episodes (segments count as episodes) and then a start uniformly among its steps: with one task drawn per
+   episode (:mod:`recipes.envs.multitask`), tasks whose episodes are short keep their share of the batch.
 2. The sequence takes the next min(T, L − start) consecutive steps of that episode.
 3. If it is not yet T steps long, it continues according to ``boundary``:
 
-   * ``"absorbing"`` (default), after an episode whose last step has ``is_last=True``: the remaining steps are the
+   * ``"absorbing"`` (default), after an episode that ended by a *true termination* (its last step has
+     ``is_last=True`` and ``is_terminal=True``): the remaining steps are the
      absorbing state of §5.2 — ``obs`` (and every extra key) repeats the last step's value, ``reward`` 0,
      ``discount`` 0, ``is_first`` False, ``is_last`` False, ``is_terminal`` True, and ``action`` is drawn at
      random per padded step (``action_sampler``; by default uniform in [-1, 1]^A for continuous actions, a
      uniformly random one-hot for discrete ones).  The real last step is left as recorded (``is_last`` True);
      ``is_last`` stays False on the padding so that every episode has exactly one ``is_last`` and its position
-     marks where the real data ends.  Note that a time-limit end is padded too (as in the paper), which teaches
-     a termination that did not happen; prefer ``"concat"`` for tasks that end only by time limit.
-   * ``"concat"``, and in both modes after a segment that has no ``is_last`` at its end (a flushed chunk: its
-     episode did not end there, so absorbing padding would invent a terminal): the sequence continues at step 0
+     marks where the real data ends.  An episode cut by a time limit (``is_last`` without ``is_terminal``) is
+     *not* padded: the state after it is not absorbing, and padding would teach the model a termination that did
+     not happen; it continues as in ``"concat"``.  (The paper pads every short episode; its Mario episodes end
+     by death or the flag, i.e. by termination.)  An episode stored without an ``is_terminal`` key counts as
+     terminated when its last ``discount`` is 0.
+   * ``"concat"``, and in both modes after a time-limit end or a segment that has no ``is_last`` at its end (a
+     flushed chunk: its episode did not end there, so absorbing padding would invent a terminal): the sequence
+     continues at step 0
      of an episode drawn uniformly among the stored episodes whose first step has ``is_first=True`` (it may be
      the same episode; if there is none, among all episodes), and ``is_first`` is set True at that position so
      the world model resets its state exactly there.  This repeats until T steps are filled, so episodes shorter
@@ -110,7 +117,10 @@ class Replay:
         capacity_steps: most steps kept (oldest episodes dropped from memory and disk); None = unbounded.
         seed: seed of the sampling generator.
         action_sampler: ``rng -> action [A]`` for the absorbing padding; None infers continuous/discrete.
-        boundary: ``"absorbing"`` pads past an episode's end, ``"concat"`` continues into another episode.
+        boundary: ``"absorbing"`` pads past an episode's true termination, ``"concat"`` continues into another
+            episode.
+        sample_by: ``"step"`` draws sequence starts uniformly over stored steps, ``"episode"`` an episode
+            uniformly and then a start in it.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class Replay:
         seed: int = 0,
         action_sampler: ActionSampler | None = None,
         boundary: Literal["absorbing", "concat"] = "absorbing",
+        sample_by: Literal["step", "episode"] = "step",
     ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -129,6 +140,9 @@ class Replay:
             raise ValueError(f"capacity_steps must be >= 1 or None, got {capacity_steps}")
         if boundary not in ("absorbing", "concat"):
             raise ValueError(f"boundary must be 'absorbing' or 'concat', got {boundary!r}")
+        if sample_by not in ("step", "episode"):
+            raise ValueError(f"sample_by must be 'step' or 'episode', got {sample_by!r}")
+        self.sample_by = sample_by
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.seq_len = int(seq_len)
@@ -141,6 +155,7 @@ class Replay:
         self._lengths: list[int] = []
         self._starts_first: list[bool] = []  # first step has is_first
         self._ends_last: list[bool] = []  # last step has is_last (a finished episode, not a chunk)
+        self._ends_terminal: list[bool] = []  # ... and is a true termination (absorbing padding applies)
         self._action_kind: list[tuple[bool, bool]] = []  # (has one-hot rows, has other rows), is_first rows excluded
         self._pending: dict[int, list[dict[str, np.ndarray]]] = {}
         self._steps = 0
@@ -283,6 +298,8 @@ class Replay:
         self._lengths.append(len(first))
         self._starts_first.append(bool(first[0]))
         self._ends_last.append(bool(episode["is_last"][-1]))
+        terminal = episode["is_terminal"][-1] if "is_terminal" in episode else episode.get("discount", [1.0])[-1] == 0
+        self._ends_terminal.append(bool(episode["is_last"][-1]) and bool(terminal))
         self._action_kind.append((bool(onehot.any()), bool((~onehot).any())))
         self._steps += len(first)
         self._cache = None
@@ -297,6 +314,7 @@ class Replay:
                 self._lengths,
                 self._starts_first,
                 self._ends_last,
+                self._ends_terminal,
                 self._action_kind,
             ):
                 del seq[0]
@@ -366,11 +384,15 @@ class Replay:
             raise RuntimeError("replay is empty: no stored episode yet (finish one with is_last or call flush())")
         cache = self._refresh()
         cum, continue_into = cache["cum"], cache["continue_into"]
-        T, eps, lengths, ends_last = self.seq_len, self._episodes, self._lengths, self._ends_last
+        T, eps, lengths, ends_terminal = self.seq_len, self._episodes, self._lengths, self._ends_terminal
         absorbing = self.boundary == "absorbing"
-        u = self._rng.integers(0, cum[-1], size=batch)
-        which = np.searchsorted(cum, u, side="right") - 1
-        offsets = u - cum[which]
+        if self.sample_by == "episode":
+            which = self._rng.integers(0, len(eps), size=batch)
+            offsets = np.floor(self._rng.random(batch) * np.asarray(lengths)[which]).astype(np.int64)
+        else:
+            u = self._rng.integers(0, cum[-1], size=batch)
+            which = np.searchsorted(cum, u, side="right") - 1
+            offsets = u - cum[which]
         out = {k: np.empty((batch, T, *v.shape[1:]), v.dtype) for k, v in eps[0].items()}
         items = list(out.items())
         padded = np.zeros((batch, T), bool)
@@ -386,7 +408,7 @@ class Replay:
                 t += n
                 if t == T:
                     break
-                if absorbing and ends_last[i]:
+                if absorbing and ends_terminal[i]:
                     for k, arr in items:
                         arr[b, t:] = ep[k][-1]
                     padded[b, t:] = True

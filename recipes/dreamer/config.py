@@ -103,9 +103,28 @@ class DreamerConfig(RunConfig):
     # replay and collection
     batch_size: int = Field(16, ge=1)
     seq_len: int = Field(50, ge=2)
-    replay_boundary: Literal["absorbing", "concat"] = "absorbing"
+    replay_boundary: Literal["absorbing", "concat"] = Field(
+        "absorbing",
+        description="past a true termination: absorbing padding (Pre-training world models §5.2) or the next "
+        "episode; time-limit ends always continue into the next episode (recipes.data.replay)",
+    )
+    replay_sample_by: Literal["auto", "step", "episode"] = Field(
+        "auto",
+        description="sequence starts uniform over stored steps or over episodes (auto: episodes for a set of "
+        "environments, so the tasks stay balanced in the batch; steps otherwise)",
+    )
     replay_capacity: int | None = Field(2_000_000, ge=1, description="env steps kept in replay")
     expl_noise: float = Field(0.0, ge=0.0, description="extra Gaussian action noise while collecting")
+
+    # initialisation from another run (pre-training, then fine-tuning)
+    init: str | None = Field(
+        None,
+        description="a run directory (e.g. of reweigh pretrain) whose checkpoint initialises this run when it "
+        "starts; its replay is not carried over",
+    )
+    init_parts: Literal["wm", "wm+ac"] = Field(
+        "wm+ac", description="what --init loads: the world model only, or the world model and the actor-critic"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DreamerConfig:
@@ -142,6 +161,12 @@ class TempoConfig(DreamerConfig):
         description="meta-weighter inputs (TEMPO Fig. 5b): any of D (h_t), "
         "S (posterior and prior statistics), V (normalised V(s_post), V(s_prior))",
     )
+    weighter_task: Literal["none", "id", "embedding"] = Field(
+        "none",
+        description="a set of environments: the weighter also sees the episode's task, as a one-hot id or as a "
+        "learned embedding (bilevel.MetaWeighter groups), so weights can differ per task (TEMPO Appendix A.5)",
+    )
+    task_embed_dim: int = Field(8, ge=1, description="size of the task embedding of weighter_task=embedding")
     weighter_layers: int = Field(5, ge=0)
     weighter_units: int = Field(400, ge=1)
     weighter_activation: str = "elu"
@@ -177,6 +202,11 @@ class TempoConfig(DreamerConfig):
             )
         if self.task_loss not in available_task_losses():
             raise ValueError(f"task_loss: unknown {self.task_loss!r}; registered: {available_task_losses()}")
+        if self.weighter_task != "none" and self.num_tasks < 2:
+            raise ValueError(
+                f"weighter_task: {self.weighter_task!r} needs a set of environments (env = a comma list), "
+                f"got env {self.env!r}"
+            )
         return self
 
 
@@ -309,6 +339,11 @@ PRESETS: Presets = {
 }
 
 
+# Super Mario Bros ("Pre-training world models on related tasks" §5.2): "We reuse all hyperparameters from the
+# Atari experiments" — 64×64 grayscale, action repeat 4, sticky actions (the env's own, 0.2).
+for _preset in PRESETS.values():
+    _preset["mario"] = dict(_preset["atari"])
+
 #: Extra presets of the ``tempo`` recipe, applied after :data:`PRESETS` (same keys).  ``paper``: TEMPO Table 1
 #: (the field defaults).  ``cpu``: a smaller weighter and the upper level every 16th update, sized by measurement
 #: so that a TEMPO train step costs at most ~1.15× a DreamerV2 one (benchmarks/tempo_overhead.py).
@@ -317,6 +352,7 @@ TEMPO_PRESETS: Presets = {
     "cpu": {
         "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
         "atari": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
+        "mario": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
         "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
     },
 }

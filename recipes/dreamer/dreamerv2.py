@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bilevel import BilevelUpdate, LevelOutputs, Strategy, Uniform
+from bilevel import BilevelUpdate, LevelOutputs, NonFiniteError, Strategy, Uniform
 from recipes.agents.compile import MaybeCompiled
 from recipes.agents.dreamer_ac import ActorCritic
 from recipes.data.replay import Replay
 from recipes.dreamer.config import DreamerConfig
-from recipes.envs import Env
-from recipes.run import loop
+from recipes.envs import Env, make_env
+from recipes.run import loop, rundir
 from recipes.run.precision import autocast_fn, resolve_precision
 from worldmodels import ModelLoss, RSSMWorldModel
 
@@ -124,12 +124,26 @@ class DreamerAgent(nn.Module):
         return True
 
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One world-model update (weighted by the strategy) and one actor-critic update in imagination."""
-        metrics, out = self.world_model_step(batch)
+        """One world-model update (weighted by the strategy) and one actor-critic update in imagination.
+
+        Raises:
+            bilevel.NonFiniteError: (names prefixed ``model/`` or ``agent/``) a NaN or infinite loss or gradient.
+                A non-finite world model (or weighter) skips the whole step: no optimiser steps, and the
+                actor-critic, which would imagine from its NaN states, is not updated either.  A non-finite
+                actor-critic skips the actor's and the critic's steps; the world model's step of this update stands.
+        """
+        try:
+            metrics, out = self.world_model_step(batch)
+        except NonFiniteError as err:
+            raise err.prefixed("model/") from None
         for name, term in out.terms.items():
             metrics[f"model/{name}"] = float(term.detach().mean())
         terminal = batch["discount"] == 0 if "discount" in batch else None
-        metrics.update({f"agent/{k}": v for k, v in self.ac.update(out.states["post"], terminal).items()})
+        try:
+            agent = self.ac.update(out.states["post"], terminal)
+        except NonFiniteError as err:
+            raise err.prefixed("agent/") from None
+        metrics.update({f"agent/{k}": v for k, v in agent.items()})
         return metrics
 
     # -- acting ----------------------------------------------------------------------------------------------
@@ -173,10 +187,15 @@ class DreamerLearner(loop.Learner):
         return self.replay.num_episodes > 0
 
     def train(self, env_steps: int) -> tuple[int, dict[str, float]]:
+        """``train_steps`` updates; one with a non-finite loss or gradient is skipped (``self.skips``)."""
         metrics: dict[str, float] = {}
+        done = 0
         for _ in range(self.cfg.train_steps):
-            metrics = self.agent.train_step(_to_torch(self.replay.sample(self.cfg.batch_size), self.cfg.device))
-        return self.cfg.train_steps, metrics
+            batch = _to_torch(self.replay.sample(self.cfg.batch_size), self.cfg.device)
+            out = self.skips.run(self.agent.train_step, batch)
+            if out is not None:
+                metrics, done = out, done + 1
+        return done, metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -203,19 +222,91 @@ def make_replay(cfg: DreamerConfig, logdir: Path, seed: int | None = None) -> Re
         capacity_steps=cfg.replay_capacity,
         seed=cfg.seed if seed is None else seed,
         boundary=cfg.replay_boundary,
+        sample_by=sample_by(cfg),
     )
+
+
+def sample_by(cfg: DreamerConfig) -> Literal["step", "episode"]:
+    """``cfg.replay_sample_by`` with ``auto`` resolved: by episode for a set of environments, else by step."""
+    if cfg.replay_sample_by == "auto":
+        return "episode" if cfg.num_tasks > 1 else "step"
+    return cfg.replay_sample_by
+
+
+#: the agent's state-dict prefixes that ``--init`` loads, per ``init_parts``
+INIT_PARTS: dict[str, tuple[str, ...]] = {"wm": ("wm.",), "wm+ac": ("wm.", "ac.")}
+#: counters that restart in a fine-tuning run (the slow-critic and meta cadences count from its start)
+INIT_SKIP = ("ac.updates",)
+
+
+def init_state(agent: DreamerAgent, cfg: DreamerConfig) -> dict[str, Tensor]:
+    """The tensors of ``cfg.init``'s checkpoint that initialise ``agent`` (``cfg.init_parts``), checked to fit.
+
+    Returns:
+        state-dict entries (a subset of ``agent.state_dict()``'s keys, same shapes).
+
+    Raises:
+        ValueError: in one line, if ``cfg.init`` holds no readable checkpoint, or its agent lacks a tensor this
+            agent has under the loaded prefixes, or a tensor's shape differs (other observation/action spaces or
+            model sizes); naming the first offending tensor and both shapes.
+    """
+    assert cfg.init is not None
+    source = Path(cfg.init)
+    try:
+        ckpt = rundir.load_checkpoint(source)
+    except Exception as err:  # a damaged file: say which
+        raise ValueError(f"--init {source}: cannot read its checkpoint ({type(err).__name__}: {err})") from None
+    if ckpt is None or "agent" not in ckpt:
+        raise ValueError(f"--init {source}: no Dreamer-family checkpoint there (expected checkpoints/latest.pt)")
+    theirs: dict[str, Tensor] = ckpt["agent"]
+    prefixes = INIT_PARTS[cfg.init_parts]
+    out: dict[str, Tensor] = {}
+    for key, mine in agent.state_dict().items():
+        if not key.startswith(prefixes) or key in INIT_SKIP:
+            continue
+        if key not in theirs:
+            raise ValueError(
+                f"--init {source}: its checkpoint has no {key} (a different model: check twohot_bins, "
+                "discount_head and the layer counts)"
+            )
+        if tuple(theirs[key].shape) != tuple(mine.shape):
+            raise ValueError(
+                f"--init {source}: {key} has shape {tuple(theirs[key].shape)} there and {tuple(mine.shape)} here "
+                "(different observation/action spaces or model sizes)"
+            )
+        out[key] = theirs[key]
+    return out
+
+
+def load_init(agent: DreamerAgent, cfg: DreamerConfig) -> int:
+    """Copy :func:`init_state` into ``agent``; returns the number of tensors loaded."""
+    state = init_state(agent, cfg)
+    agent.load_state_dict(state, strict=False)
+    return len(state)
 
 
 def make_learner(
     cfg: DreamerConfig, env: Env, logdir: Path, agent_cls: Callable[..., DreamerAgent] = DreamerAgent
 ) -> DreamerLearner:
     """The learner of a ``dreamerv2`` run (``agent_cls``: the agent class, e.g. ``tempo``'s)."""
-    agent = agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete).to(cfg.device)
-    return DreamerLearner(cfg, agent, make_replay(cfg, logdir))
+    agent = agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete)
+    if cfg.init is not None and not (logdir / "checkpoints" / "latest.pt").exists():
+        load_init(agent, cfg)  # a fresh run; a resumed one loads its own checkpoint
+    return DreamerLearner(cfg, agent.to(cfg.device), make_replay(cfg, logdir))
+
+
+def check_init(cfg: DreamerConfig, logdir: Path, agent_cls: Callable[..., DreamerAgent] = DreamerAgent) -> None:
+    """Before a fresh run writes anything: raise :func:`init_state`'s ``ValueError`` if ``cfg.init`` does not fit
+    (builds the agent once on the CPU; nothing to do without ``init`` or when resuming)."""
+    if cfg.init is None or (logdir / "checkpoints" / "latest.pt").exists():
+        return
+    with make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()) as env:
+        init_state(agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete), cfg)
 
 
 def train(
     cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "dreamerv2"
 ) -> dict[str, Any]:
     """Train (or resume) a ``dreamerv2`` run in ``logdir`` (:func:`recipes.run.loop.train`)."""
+    check_init(cfg, logdir)
     return loop.train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)

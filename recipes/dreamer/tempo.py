@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from bilevel import BatchNormalizer, BilevelUpdate, LevelOutputs, MetaWeighter, Naive, Strategy, Uniform
@@ -31,6 +32,7 @@ from bilevel import make_strategy as _make_strategy
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
 from recipes.run import loop, rundir
+from recipes.run.config import explain
 from recipes.run.precision import autocast_fn
 from tasklosses import make_task_loss
 from worldmodels import ModelLoss
@@ -73,12 +75,15 @@ class TempoAgent(dreamerv2.DreamerAgent):
         rssm = self.wm.rssm
         stats = rssm.stoch_size  # Gaussian: the mean (S); categorical: the logits (S·C)
         sizes = {"D": rssm.deter_size, "S": 2 * stats, "V": 2}
+        task_features = {"none": 0, "id": cfg.num_tasks, "embedding": 1}[cfg.weighter_task]
         self.weighter = MetaWeighter(
-            sum(sizes[k] for k in cfg.weighter_inputs),
+            sum(sizes[k] for k in cfg.weighter_inputs) + task_features,
             layers=cfg.weighter_layers,
             hidden=cfg.weighter_units,
             activation=cfg.weighter_activation,
             norm=cfg.weighter_norm,
+            groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0,
+            group_dim=cfg.task_embed_dim,
         )
         self.weighter_opt = torch.optim.AdamW(
             self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps, weight_decay=cfg.weighter_wd
@@ -109,9 +114,10 @@ class TempoAgent(dreamerv2.DreamerAgent):
         draw = torch.rand if rssm.classes else torch.randn
         return draw(shape, device=obs.device, dtype=dtype), draw(shape, device=obs.device, dtype=dtype)
 
-    def level_outputs(self, out: ModelLoss) -> LevelOutputs:
+    def level_outputs(self, out: ModelLoss, task: Tensor | None = None) -> LevelOutputs:
         """ℓ, weighter features and the per-step upper loss from one observe pass; ``aux`` holds the pass's
-        :class:`worldmodels.ModelLoss` and the raw values (for logging)."""
+        :class:`worldmodels.ModelLoss` and the raw values (for logging).  ``task``: the batch's task ids [B, T]
+        (int) for ``weighter_task``."""
         rssm = self.wm.rssm
         post, prior = out.states["post"], out.states["prior"]
         feat_post, feat_prior = out.states["feat"], rssm.features(prior)
@@ -129,14 +135,22 @@ class TempoAgent(dreamerv2.DreamerAgent):
             "S": [post[key].flatten(2), prior[key].flatten(2)],
             "V": [n_post.unsqueeze(-1), n_prior.unsqueeze(-1)],
         }
-        features = torch.cat([x.detach() for k in self.cfg.weighter_inputs for x in parts[k]], -1)
+        inputs = [x.detach() for k in self.cfg.weighter_inputs for x in parts[k]]
+        if self.cfg.weighter_task != "none":
+            if task is None:
+                raise ValueError("weighter_task: the batch has no 'task' key (the env is not a set of environments)")
+            if self.cfg.weighter_task == "id":
+                inputs.append(torch.nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(inputs[0].dtype))
+            else:  # the id itself, embedded by the weighter (MetaWeighter groups)
+                inputs.append(task.to(inputs[0].dtype).unsqueeze(-1))
+        features = torch.cat(inputs, -1)
         return LevelOutputs(
             loss=out.loss, features=features, upper=upper, aux=(out, {"value_post": v_post, "value_prior": v_prior})
         )
 
     def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
-        noise = self._noise(batch)
-        return lambda fn: self.level_outputs(fn(batch, noise))
+        noise, task = self._noise(batch), batch.get("task")
+        return lambda fn: self.level_outputs(fn(batch, noise), task)
 
     def meta_due(self) -> bool:
         return int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
@@ -156,6 +170,7 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a ``tempo`` run in ``logdir`` (:func:`recipes.run.loop.train`); at the end also
     ``diagnostics.png`` (:func:`plot_diagnostics`)."""
+    dreamerv2.check_init(cfg, logdir, TempoAgent)
     result = loop.train(
         cfg,
         logdir,
@@ -245,10 +260,16 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
     config_path = logdir / "config.json"
     if not config_path.exists():
         raise ValueError(f"logdir: no config.json in {logdir}")
-    config = json.loads(config_path.read_text())
-    if config.pop("recipe", None) != "tempo":
-        raise ValueError(f"logdir: {logdir} is not a tempo run")
-    cfg = TempoConfig(**config)
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_path}: not a JSON config ({err})") from None
+    if not isinstance(config, dict) or config.pop("recipe", None) != "tempo":
+        raise ValueError(f"logdir: {logdir} is not a tempo run (its config.json names no recipe 'tempo')")
+    try:
+        cfg = TempoConfig(**config)
+    except ValidationError as err:
+        raise ValueError(f"{config_path}: {explain(err, TempoConfig)}") from None
     ckpt = rundir.load_checkpoint(logdir)
     if ckpt is None:
         raise ValueError(f"logdir: no checkpoint in {logdir / 'checkpoints'}")

@@ -25,24 +25,38 @@ Names (anything else raises ``ValueError`` naming it; the CLI turns that into ex
 * ``admrl:FAMILY`` — AdMRL's reward families parameterised by ψ ∈ [−1, 1]^k, differentiable in ψ:
   ``admrl:ant2d``, ``admrl:ant3d``, ``admrl:hopper2d``, ``admrl:walker2d``, ``admrl:halfcheetah-vel``,
   ``admrl:cheetah-highdim`` (:mod:`recipes.envs.admrl`; ``set_task(psi)``).  Action repeat 1, vector observations.
+* ``mario:WORLD-STAGE`` — one Super Mario Bros level through gym-super-mario-bros 7.4.0 on nes-py 8.2.1 (the
+  optional extra ``pip install 'reweigh[mario]'``; nes-py compiles C++), e.g. ``mario:1-1``, ``mario:3-2``, as in
+  "Pre-training world models on related tasks" §5 (:mod:`recipes.envs.mario`): the package's 12-action
+  ``COMPLEX_MOVEMENT``, its reward (x progress, clock ticks, −25 on death, clipped to ±15 per frame), grayscale
+  ``size``×``size`` frames, action repeat 4, sticky actions 0.2 per frame.  Death and the flag end the episode as
+  true terminals (``discount`` 0); the game clock ends every episode long before the 27000-agent-step limit.
+  ``mario:3-1,3-2,3-3,3-4`` is the paper's four-level multi-task set.
 * ``gym:ID`` — any registered gymnasium id, e.g. ``gym:Pendulum-v1``, ``gym:HalfCheetah-v5``: vector observations
   (``gymnasium.spaces.flatten``, float32), or with ``pixels=True`` the ``rgb_array`` render resized to
   ``size``×``size`` (MuJoCo envs render at that size directly, without shadows or anti-aliasing as for dmc;
   classic-control frames need pygame).  Action repeat 1 by default; episode length is the id's own
   ``max_episode_steps`` unless ``time_limit`` is given.
 
+* ``A,B,C`` — a comma list of the names above: a multi-task environment that draws one member per episode
+  (uniformly, or by ``task_weights``) and adds ``task`` (the member's index) to every step dict; the members must
+  share their spaces (:mod:`recipes.envs.multitask`).  ``dmc:walker_stand,walker_walk`` — a member without a family
+  takes the previous one's.
+
 Arguments:
 
 * ``seed`` seeds everything random in the env (dm_control's task RNG, gymnasium's ``reset(seed=...)`` on the first
   reset, hence ALE's sticky actions and no-ops): the same seed and the same actions give the same observations.
   Later resets continue the seeded streams, so a run of episodes is reproducible too.
-* ``pixels``: ``None`` picks the family default — False for ``dmc`` and ``gym``, True for ``atari``.  Recipes pass
-  it explicitly for ``dmc``.  ``atari`` with ``pixels=False`` observes the 128-byte RAM as float32.
+* ``pixels``: ``None`` picks the family default — False for ``dmc`` and ``gym``, True for ``atari`` and ``mario``.
+  Recipes pass it explicitly for ``dmc``.  ``atari`` with ``pixels=False`` observes the 128-byte RAM as float32,
+  ``mario`` the 2 KiB NES RAM.
 * ``size``: side of the square pixel observations.
-* ``action_repeat``: env steps per agent step (``None`` → 2 dmc, 4 atari, 1 gym); rewards are summed over it and
-  the repeat stops early when the episode ends.
+* ``action_repeat``: env steps per agent step (``None`` → 2 dmc, 4 atari and mario, 1 gym); rewards are summed over
+  it and the repeat stops early when the episode ends.
 * ``time_limit``: in **agent** steps (after the action repeat), as DreamerV2's ``TimeLimit`` wrapper counts.
-  ``None`` → the family default (dmc: the suite's own 1000 env steps; atari: 27000; gym: the id's own limit).
+  ``None`` → the family default (dmc: the suite's own 1000 env steps; atari and mario: 27000; gym: the id's own
+  limit).
   When given it is the only limit: the underlying env's own limit is lifted.  Reaching it truncates the episode
   (``is_last`` with ``discount`` 1).
 
@@ -72,6 +86,8 @@ user set is left alone.  ``make setup`` installs Debian's Mesa packages for both
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from recipes.envs.atari import ATARI_TIME_LIMIT, AtariEnv
 from recipes.envs.base import Env
 from recipes.envs.dmc import DMCEnv
@@ -79,9 +95,9 @@ from recipes.envs.gl import ensure_headless_gl
 from recipes.envs.gym import GymEnv
 
 #: The one list of environment families (configs validate against it).
-FAMILIES = ("dmc", "atari", "gym", "meta", "admrl")
-DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1, "admrl": 1}
-DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False, "admrl": False}
+FAMILIES = ("dmc", "atari", "gym", "meta", "admrl", "mario")
+DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1, "admrl": 1, "mario": 4}
+DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False, "admrl": False, "mario": True}
 
 
 def make_env(
@@ -94,13 +110,34 @@ def make_env(
     time_limit: int | None = None,
     task_switch: int | None = None,
     split: str = "train",
+    task_weights: Sequence[float] | None = None,
 ) -> Env:
     """Make ``dmc:DOMAIN_TASK``, ``atari:GAME``, ``gym:ID`` or ``meta:FAMILY`` (see the module docstring for every
-    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see :mod:`recipes.envs.metarl`)."""
+    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see :mod:`recipes.envs.metarl`), or,
+    for a comma list of names, a :class:`recipes.envs.multitask.MultiTaskEnv` over them (``task_weights``: the
+    member draw's probabilities; None = uniform)."""
+    if "," in name:
+        from recipes.envs.multitask import make_multitask
+
+        return make_multitask(
+            name,
+            seed=seed,
+            make=make_env,
+            weights=task_weights,
+            pixels=pixels,
+            size=size,
+            action_repeat=action_repeat,
+            time_limit=time_limit,
+            task_switch=task_switch,
+            split=split,
+        )
+    if task_weights is not None:
+        raise ValueError(f"task_weights apply to a set of environments (a comma list), not {name!r}")
     family, sep, task = name.partition(":")
     if not sep or family not in FAMILIES or not task:
         raise ValueError(
-            f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY or admrl:FAMILY"
+            f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY, admrl:FAMILY"
+            " or mario:WORLD-STAGE"
         )
     if family != "meta" and (task_switch is not None or split != "train"):
         raise ValueError(f"task_switch and split apply to meta: environments only, not {name!r}")
@@ -126,6 +163,12 @@ def make_env(
             time_limit=time_limit,
             task_switch=task_switch,
             split=split,
+        )
+    if family == "mario":  # imported here: nes-py and legacy gym load only when a mario: env is made
+        from recipes.envs.mario import make_mario_env
+
+        return make_mario_env(
+            task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit
         )
     if family == "admrl":
         from recipes.envs.admrl import make_admrl_env

@@ -8,6 +8,8 @@ The config is the only place a number lives.  A recipe's presets are dicts of ov
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -38,6 +40,9 @@ class RunConfig(BaseModel):
     image_size: Literal[32, 64] = 64
     action_repeat: int = Field(2, ge=1)
     time_limit: int | None = Field(None, ge=1, description="agent steps per episode (default: the env own limit)")
+    task_weights: list[float] | None = Field(
+        None, description="a set of environments (env = a comma list): each member's draw probability per episode"
+    )
 
     # loop cadences
     prefill: int = Field(5_000, ge=0, description="env steps of random actions before training")
@@ -49,16 +54,49 @@ class RunConfig(BaseModel):
     checkpoint_every: int = Field(10_000, ge=1)
     video: bool = True
 
+    # faults and logging (run control: a resumed run may change these without --force)
+    max_nonfinite: int = Field(
+        10,
+        ge=1,
+        description="updates in a row with a NaN/inf loss or gradient (each skipped, nothing written into the model) "
+        "after which the run stops, its last checkpoint from before the first of them",
+    )
+    wandb: bool = Field(False, description="also log metrics to Weights & Biases (needs: pip install wandb)")
+    wandb_project: str = Field("reweigh", min_length=1, description="the W&B project of wandb=true")
+
     @model_validator(mode="after")
     def _check_env(self) -> RunConfig:
         from recipes.envs import FAMILIES
+        from recipes.envs.multitask import split_names
 
-        family = self.env.split(":", 1)[0]
-        if family not in FAMILIES:
+        members = split_names(self.env) if "," in self.env else [self.env]
+        for member in members:
+            family = member.split(":", 1)[0]
+            if family not in FAMILIES:
+                raise ValueError(
+                    f"env: unknown family {family!r} in {member!r}; use " + ", ".join(f"{f}:" for f in FAMILIES)
+                )
+        if len({m.split(":", 1)[0] for m in members}) > 1:
+            raise ValueError(f"env: the members of {self.env!r} must share one family")
+        if self.task_weights is not None and len(self.task_weights) != len(members):
             raise ValueError(
-                f"env: unknown family {family!r} in {self.env!r}; use " + ", ".join(f"{f}:" for f in FAMILIES)
+                f"task_weights: expected {len(members)} numbers, one per member of {self.env!r}, "
+                f"got {self.task_weights}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_wandb(self) -> RunConfig:
+        if self.wandb and importlib.util.find_spec("wandb") is None:  # looked up, not imported
+            from recipes.run.rundir import WANDB_MISSING
+
+            raise ValueError(WANDB_MISSING)
+        return self
+
+    @property
+    def num_tasks(self) -> int:
+        """Members of ``env``: 1 for one environment, N for a comma list of N (a multi-task set)."""
+        return len(self.env.split(","))
 
     def env_kwargs(self, *, evaluation: bool = False) -> dict[str, Any]:
         """Keyword arguments of :func:`recipes.envs.make_env` for the training (or evaluation) environment."""
@@ -67,6 +105,7 @@ class RunConfig(BaseModel):
             "size": self.image_size,
             "action_repeat": self.action_repeat,
             "time_limit": self.time_limit,
+            **({"task_weights": self.task_weights} if self.task_weights is not None else {}),
         }
 
 
@@ -82,15 +121,33 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     """``["key=value", ...]`` → ``{key: parsed value}``.
 
     Raises:
-        ValueError: for an item without ``=``.
+        ValueError: for an item without ``=`` or with an empty key.
     """
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set batch_size=16")
         out[key.strip()] = parse_value(raw)
     return out
+
+
+def explain(err: ValidationError, cls: type[BaseModel]) -> str:
+    """One line for the first error of ``err`` (validating ``cls``): the field, what it expected and what it got;
+    for an unknown key the closest known ones."""
+    first = err.errors()[0]
+    field = ".".join(str(x) for x in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(field, list(cls.model_fields), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"{field}: unknown setting{hint} (the settings are the fields of {cls.__module__}.{cls.__name__})"
+    if not field:  # a model validator: its message names the field
+        return msg
+    expected = msg.replace("Input should be ", "", 1)
+    if expected.startswith(("greater", "less")):
+        expected = "a number " + expected
+    return f"{field}: expected {expected}, got {first.get('input')!r}"
 
 
 def resolve(
@@ -130,6 +187,4 @@ def resolve(
     try:
         return cls(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(x) for x in first["loc"]) or "config"
-        raise ValueError(f"{field}: {first['msg']}") from None
+        raise ValueError(explain(err, cls)) from None
