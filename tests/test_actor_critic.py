@@ -319,3 +319,27 @@ def test_unimix_actor_keeps_every_action_possible():
     assert float(ent.min()) > 0.01  # the plain softmax's entropy is ~0 here
     with pytest.raises(ValueError, match="unimix"):
         Actor(6, 3, True, unimix=1.0)
+
+
+def test_bounded_normal_actor_matches_torch_normal_and_keeps_std_in_bounds():
+    """DreamerV3's bounded Normal (actor_dist=normal): log-probabilities and entropies are torch's Normal's at the
+    actor's mean and std, the std stays in [0.1, max_std] for any logit, and the deterministic action is the mean."""
+    torch.manual_seed(0)
+    actor = Actor(6, 3, False, layers=1, units=16, dist="normal", max_std=1.0)
+    with torch.no_grad():
+        actor.net[-1].weight.mul_(100.0)  # extreme logits: the bounds must hold
+    feat = torch.randn(4000, 6)
+    action, log_prob, entropy = actor(feat)
+    mean, raw_std = actor.net(feat).chunk(2, -1)
+    std = 0.9 * torch.sigmoid(raw_std + 2.0) + 0.1
+    assert std.min() >= 0.1 - 1e-6 and std.max() <= 1.0 + 1e-6 and std.min() < 0.2 and std.max() > 0.9
+    normal = torch.distributions.Normal(torch.tanh(mean), std)
+    torch.testing.assert_close(log_prob, normal.log_prob(action).sum(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy, normal.entropy().sum(-1), rtol=1e-5, atol=1e-5)
+    det, _, _ = actor(feat, deterministic=True)
+    torch.testing.assert_close(det, torch.tanh(mean))
+    assert (action.abs() > 1).any()  # not truncated: the environment clips
+    with pytest.raises(ValueError, match="dist"):
+        Actor(6, 3, False, dist="beta")
+    with pytest.raises(ValueError, match="max_std"):
+        Actor(6, 3, False, dist="normal", max_std=0.05)

@@ -83,12 +83,15 @@ class Actor(nn.Module):
     """π(a | features).  Continuous: DreamerV2's truncated Normal on [−1, 1] (mean tanh(·), std
     2·σ((·+init_std)/2) + min_std), sampled by the reparameterised inverse CDF (:func:`truncated_normal`);
     discrete: one-hot categorical with a straight-through sample, optionally mixed with ``unimix`` of the uniform
-    (DreamerV3).
+    (DreamerV3).  ``dist="normal"``: DreamerV3's bounded Normal instead (Hafner et al. 2023; danijar/dreamerv3
+    ``bounded_normal``): mean tanh(·), std (max_std − min_std)·σ(· + 2) + min_std ∈ [0.1, 1], not truncated — the
+    environment clips the action — so even at its largest std the policy still follows its mean (the truncated
+    Normal's std reaches 2.1, where P(a > 0 | mean = 1) is only 0.56: near-uniform exploration).
 
     Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
 
     Raises:
-        ValueError: ``unimix`` outside [0, 1).
+        ValueError: ``unimix`` outside [0, 1), an unknown ``dist``, or ``max_std <= min_std``.
     """
 
     def __init__(
@@ -101,10 +104,17 @@ class Actor(nn.Module):
         min_std: float = 0.1,
         init_std: float = 0.0,
         unimix: float = 0.0,
+        dist: str = "trunc_normal",
+        max_std: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= unimix < 1.0:
             raise ValueError(f"unimix must be in [0, 1), got {unimix}")
+        if dist not in ("trunc_normal", "normal"):
+            raise ValueError(f"dist must be 'trunc_normal' or 'normal', got {dist!r}")
+        if dist == "normal" and not max_std > min_std:
+            raise ValueError(f"max_std must exceed min_std ({min_std}), got {max_std}")
+        self.dist, self.max_std = dist, max_std
         self.discrete, self.action_dim, self.min_std, self.init_std = discrete, action_dim, min_std, init_std
         self.unimix = unimix
         self.net = mlp(feat, action_dim if discrete else 2 * action_dim, layers, units)
@@ -128,6 +138,13 @@ class Actor(nn.Module):
             return action, log_prob, entropy
         mean, std = out.chunk(2, -1)
         mean = torch.tanh(mean)
+        if self.dist == "normal":  # DreamerV3's bounded Normal
+            std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
+            noise = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
+            action = mean + std * noise
+            log_prob = -0.5 * noise**2 - std.log() - 0.5 * math.log(2 * math.pi)
+            entropy = _LOG_SQRT_2PI_E + std.log()
+            return action, log_prob.sum(-1), entropy.sum(-1)
         std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
         action, log_prob, entropy = truncated_normal(mean, std, deterministic)
         return action, log_prob.sum(-1), entropy.sum(-1)
@@ -152,6 +169,8 @@ class ActorCritic(nn.Module):
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
+        actor_dist, actor_max_std: continuous actions: ``trunc_normal`` (DreamerV2) or ``normal`` (DreamerV3's
+            bounded Normal, std ∈ [0.1, ``actor_max_std``]); see :class:`Actor`.
         twohot_bins: 0: DreamerV2's critic (a scalar, squared error); K > 0: a two-hot critic over K symlog-spaced
             bins (DreamerV3 §3, 255; :class:`worldmodels.nets.TwoHotHead`).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
@@ -190,6 +209,8 @@ class ActorCritic(nn.Module):
         twohot_bins: int = 0,
         return_norm_decay: float = 0.99,
         return_norm_limit: float = 1.0,
+        actor_dist: str = "trunc_normal",
+        actor_max_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.autocast_dtype = autocast_dtype
@@ -207,7 +228,9 @@ class ActorCritic(nn.Module):
             self.register_buffer("return_scale", torch.full((), float("nan")))
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
-        self.actor = Actor(feat, action_dim, discrete, layers, units, unimix=unimix)
+        self.actor = Actor(
+            feat, action_dim, discrete, layers, units, unimix=unimix, dist=actor_dist, max_std=actor_max_std
+        )
         self.critic: nn.Module = (
             TwoHotHead(feat, layers, units, twohot_bins) if twohot_bins else mlp(feat, 1, layers, units)
         )

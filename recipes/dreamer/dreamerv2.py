@@ -88,6 +88,8 @@ class DreamerAgent(nn.Module):
             twohot_bins=cfg.twohot_bins,
             return_norm_decay=cfg.return_norm_decay,
             return_norm_limit=cfg.return_norm_limit,
+            actor_dist=cfg.actor_dist,
+            actor_max_std=cfg.actor_max_std,
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
         # subclasses that differentiate the pass twice replace)
