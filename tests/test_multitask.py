@@ -246,6 +246,11 @@ def test_tempo_weighter_sees_the_task(tmp_path, mode):
         first = next(k for k in agent if k.startswith("weighter.body.0.weight"))
         assert agent[first].shape[1] == 16 + 2 * 4 + 2 + 2  # D + S + V + one-hot of 2 tasks
     assert any("model/weight_mean" in r for r in records(logdir))
+    from recipes.dreamer.tempo import inspect_weights
+
+    per_task = inspect_weights(logdir, sequences=8)["per_task"]  # the meta weights' mean per task
+    assert per_task and set(per_task) <= {"dmc:cartpole_balance", "dmc:cartpole_swingup"}
+    assert all(0.75 < v["mean"] < 1.25 and v["steps"] > 0 for v in per_task.values())
 
 
 def test_weighter_task_needs_a_set(tmp_path, capsys):

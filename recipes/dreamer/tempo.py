@@ -298,4 +298,14 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
             values = " ".join(f"{x:5.2f}" for x in rows[kind][i][:show])
             r = f"{rows['pearson'][i]:+.2f}" if kind == "meta" else ""
             print(f"{i + 1 if kind == 'meta' else '':>3}  {kind:<5}  [{values} ...]  {r}")
+    if "task" in batch:  # a set of environments: the meta weights' mean and spread per task
+        task = batch["task"].long()
+        rows["per_task"] = {}
+        from recipes.envs.multitask import split_names
+
+        for i, name in enumerate(split_names(cfg.env)):
+            w = meta[task == i]
+            if w.numel():
+                rows["per_task"][name] = {"mean": float(w.mean()), "std": float(w.std()), "steps": int(w.numel())}
+                print(f"task {name}: meta weight {w.mean():.3f} ± {w.std():.3f} over {w.numel()} steps")
     return rows
