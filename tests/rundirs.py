@@ -54,4 +54,18 @@ def kill_mid_run(logdir: Path, argv: list[str], *, after: int = 300, timeout: fl
     return killed_at, int(torch.load(ckpt, weights_only=False)["counters"]["env_steps"])
 
 
+#: ``--set`` items of a tiny Dreamer-family agent (a few seconds per hundred env steps), shared by the run tests
+TINY_AGENT = [
+    "deter=16",
+    "stoch=4",
+    "hidden=16",
+    "mlp_layers=1",
+    "mlp_units=16",
+    "ac_layers=1",
+    "ac_units=16",
+    "batch_size=4",
+    "seq_len=8",
+    "horizon=3",
+]
+
 ArgsFn = Callable[[Path, int], list[str]]

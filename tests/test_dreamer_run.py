@@ -6,21 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from rundirs import eval_steps, kill_mid_run, records
+from rundirs import TINY_AGENT, eval_steps, kill_mid_run, records
 
 from recipes.cli import main
 
 TINY = [
-    "deter=16",
-    "stoch=4",
-    "hidden=16",
-    "mlp_layers=1",
-    "mlp_units=16",
-    "ac_layers=1",
-    "ac_units=16",
-    "batch_size=4",
-    "seq_len=8",
-    "horizon=3",
+    *TINY_AGENT,
     "depth=4",
     "prefill=100",
     "train_every=20",

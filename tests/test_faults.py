@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from rundirs import records
+from rundirs import TINY_AGENT, records
 
 import bilevel as B
 from recipes.agents.sac import SAC
@@ -41,16 +41,7 @@ AGENT = {
     "weighter_units": 8,
 }
 RUN = [
-    "deter=16",
-    "stoch=4",
-    "hidden=16",
-    "mlp_layers=1",
-    "mlp_units=16",
-    "ac_layers=1",
-    "ac_units=16",
-    "batch_size=4",
-    "seq_len=8",
-    "horizon=3",
+    *TINY_AGENT,
     "prefill=100",
     "train_every=20",
     "eval_every=1000",

@@ -10,21 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rundirs import TINY_AGENT
 
 from recipes.cli import main
 from recipes.run.progress import Progress
 
 RUN = [
-    "deter=16",
-    "stoch=4",
-    "hidden=16",
-    "mlp_layers=1",
-    "mlp_units=16",
-    "ac_layers=1",
-    "ac_units=16",
-    "batch_size=4",
-    "seq_len=8",
-    "horizon=3",
+    *TINY_AGENT,
     "prefill=100",
     "train_every=20",
     "eval_every=200",
