@@ -235,7 +235,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     members = split_names(args.envs)
     if len(members) < 2:
         raise ValueError(f"--envs {args.envs!r}: pre-training needs at least two environments (a comma list)")
-    args.recipe, args.env, args.init, args.init_parts = args.recipe, ",".join(members), None, None
+    args.env, args.init, args.init_parts = ",".join(members), None, None
     return cmd_run(args)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rundirs import TINY_AGENT
 
 import bilevel as B
 from recipes.cli import main
@@ -266,16 +267,7 @@ def test_paper_preset_is_tempo_table_1():
 
 
 CLI_TINY = [
-    "deter=16",
-    "stoch=4",
-    "hidden=16",
-    "mlp_layers=1",
-    "mlp_units=16",
-    "ac_layers=1",
-    "ac_units=16",
-    "batch_size=4",
-    "seq_len=8",
-    "horizon=3",
+    *TINY_AGENT,
     "prefill=100",
     "train_every=20",
     "eval_every=200",

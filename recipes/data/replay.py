@@ -154,8 +154,7 @@ class Replay:
         self._paths: list[Path] = []
         self._lengths: list[int] = []
         self._starts_first: list[bool] = []  # first step has is_first
-        self._ends_last: list[bool] = []  # last step has is_last (a finished episode, not a chunk)
-        self._ends_terminal: list[bool] = []  # ... and is a true termination (absorbing padding applies)
+        self._ends_terminal: list[bool] = []  # last step is_last and a true termination (absorbing padding applies)
         self._action_kind: list[tuple[bool, bool]] = []  # (has one-hot rows, has other rows), is_first rows excluded
         self._pending: dict[int, list[dict[str, np.ndarray]]] = {}
         self._steps = 0
@@ -297,7 +296,6 @@ class Replay:
         self._paths.append(path)
         self._lengths.append(len(first))
         self._starts_first.append(bool(first[0]))
-        self._ends_last.append(bool(episode["is_last"][-1]))
         terminal = episode["is_terminal"][-1] if "is_terminal" in episode else episode.get("discount", [1.0])[-1] == 0
         self._ends_terminal.append(bool(episode["is_last"][-1]) and bool(terminal))
         self._action_kind.append((bool(onehot.any()), bool((~onehot).any())))
@@ -313,7 +311,6 @@ class Replay:
                 self._paths,
                 self._lengths,
                 self._starts_first,
-                self._ends_last,
                 self._ends_terminal,
                 self._action_kind,
             ):
