@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, truncated_normal
+from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, replay_lambda_return, truncated_normal
 from worldmodels import RSSMWorldModel
 
 
@@ -343,3 +343,103 @@ def test_bounded_normal_actor_matches_torch_normal_and_keeps_std_in_bounds():
         Actor(6, 3, False, dist="beta")
     with pytest.raises(ValueError, match="max_std"):
         Actor(6, 3, False, dist="normal", max_std=0.05)
+
+
+def test_replay_lambda_return_cuts_at_episode_starts():
+    # one sequence of T = 5: steps 0-2 are one episode (time limit after step 2), step 3 starts the next
+    reward = torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0])[:, None]
+    value = torch.tensor([0.5, 1.0, 3.0, 7.0, 2.0])[:, None]
+    is_first = torch.tensor([True, False, False, True, False])[:, None]
+    discount = torch.full((5, 1), 0.9)
+    ret, mask = replay_lambda_return(reward, value, discount, is_first, 0.5)
+    r2 = 3.0  # no transition 2 -> 3: bootstrap with v_2, and no weight
+    r1 = 2.0 + 0.9 * (0.5 * 3.0 + 0.5 * r2)
+    r0 = 1.0 + 0.9 * (0.5 * 1.0 + 0.5 * r1)
+    r3 = 4.0 + 0.9 * 2.0  # R_3 = r_4 + γ v_4 (λ-return ends at the last step)
+    torch.testing.assert_close(ret[:, 0], torch.tensor([r0, r1, r2, r3]))
+    torch.testing.assert_close(mask[:, 0], torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    # with no episode start inside, it is lambda_return over the same arrays
+    none = torch.zeros(5, 1, dtype=torch.bool)
+    torch.testing.assert_close(
+        replay_lambda_return(reward, value, discount, none, 0.5)[0], lambda_return(reward, value, discount, 0.5)
+    )
+    # a termination (γ_t = 0) ends the return at its reward
+    discount[2] = 0.0
+    ret, _ = replay_lambda_return(reward, value, discount, none, 0.5)
+    torch.testing.assert_close(ret[1, 0], torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("twohot_bins", [0, 15])
+def test_replay_value_loss_adds_the_critic_regression_on_real_rewards(twohot_bins):
+    """repval_scale > 0: the critic's gradient is the imagined loss's plus repval_scale × the gradient of the masked
+    regression to replay_lambda_return's targets (computed independently here); the actor's is unchanged."""
+
+    def make(repval_scale):
+        torch.manual_seed(0)
+        wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8).double()
+        kw = {"horizon": 3, "layers": 1, "units": 8, "twohot_bins": twohot_bins, "repval_scale": repval_scale}
+        ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, **kw).double()
+        with torch.no_grad():  # a slow critic that differs from the critic, so bootstrap values matter
+            for p in ac.slow_critic.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        got = {}
+        ac.actor_opt.step = lambda: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
+        ac.critic_opt.step = lambda: got.update(critic=[p.grad.clone() for p in ac.critic.parameters()])
+        ac.clip = 1e9
+        return wm, ac, got
+
+    gen = torch.Generator().manual_seed(3)
+    feat_b = torch.randn(2, 6, 8 + 3, generator=gen, dtype=torch.float64)
+    replay = {
+        "feat": feat_b,
+        "reward": torch.rand(2, 6, generator=gen, dtype=torch.float64),
+        "is_first": torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool),
+    }
+    start = {
+        k: v.detach() for k, v in RSSMWorldModel((4,), 3, deter=8, stoch=3).rssm.initial(4, dtype=torch.float64).items()
+    }
+    start["deter"] = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    grads = {}
+    for scale in (0.0, 0.3):
+        _, ac, got = make(scale)
+        torch.manual_seed(1)
+        metrics = ac.update(start, replay=replay)
+        grads[scale] = got
+    assert "repval_loss" in metrics
+    for a, b in zip(grads[0.3]["actor"], grads[0.0]["actor"], strict=True):
+        torch.testing.assert_close(a, b)
+    # the expected extra gradient, by hand: targets from the slow critic, mask where a real transition follows
+    _, ac, _ = make(0.3)
+    with torch.no_grad():
+        v = ac.slow_critic(feat_b).squeeze(-1)  # [B, T]
+    lam, gamma = ac.lam, ac.gamma
+    loss, count = 0.0, 0
+    for b in range(2):
+        for t in range(5):
+            if replay["is_first"][b, t + 1]:
+                continue
+            ret, k = None, 5  # walk back from the end of this episode segment
+            for j in range(t + 1, 6):
+                if j == 5 or replay["is_first"][b, j + 1]:
+                    k = j
+                    break
+            ret = v[b, k]
+            for j in range(k, t, -1):
+                ret = replay["reward"][b, j] + gamma * ((1 - lam) * v[b, j] + lam * ret)
+            if twohot_bins:
+                nll = ac.critic.nll(feat_b[b, t], ret)
+            else:
+                nll = 0.5 * (ac.critic(feat_b[b, t]).squeeze(-1) - ret) ** 2
+            loss, count = loss + nll, count + 1
+    extra = torch.autograd.grad(0.3 * loss / count, list(ac.critic.parameters()))
+    for got, base, e in zip(grads[0.3]["critic"], grads[0.0]["critic"], extra, strict=True):
+        torch.testing.assert_close(got, base + e)
+
+
+def test_replay_value_loss_needs_the_replay():
+    wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
+    with pytest.raises(ValueError, match="repval_scale must be"):
+        ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, repval_scale=-1.0)
+    ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, horizon=2, layers=1, units=8, repval_scale=0.3)
+    with pytest.raises(ValueError, match="needs the replayed sequences"):
+        ac.update(wm.rssm.initial(4))

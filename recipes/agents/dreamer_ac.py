@@ -46,6 +46,36 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -
     return torch.stack(out[::-1], 0)
 
 
+def replay_lambda_return(
+    reward: Tensor, value: Tensor, discount: Tensor, is_first: Tensor, lam: float
+) -> tuple[Tensor, Tensor]:
+    """λ-returns along replayed sequences with the real rewards, cut where a new episode starts.
+
+    R_t = r_{t+1} + γ_{t+1} ((1 − λ) v_{t+1} + λ R_{t+1}) as :func:`lambda_return`, except that where step t+1
+    starts another episode (``is_first``: the sequence continued past a time limit into the next episode) there is
+    no real transition, so R_t = v_t (bootstrapped at the episode's last state, a time-limit truncation) and the
+    step gets no weight.  The last step has no target either.
+
+    Args:
+        reward: [T, N], r_t received on arriving at step t.
+        value: [T, N], the bootstrap values v(s_t).
+        discount: [T, N], γ_t (γ times 0 after a true termination).
+        is_first: [T, N] bool, step t starts an episode.
+        lam: λ.
+
+    Returns:
+        (R [T − 1, N], mask [T − 1, N] float: 1 where R_t is a real target).
+    """
+    cont = ~is_first[1:]
+    out = []
+    last = value[-1]
+    for t in reversed(range(reward.shape[0] - 1)):
+        step = reward[t + 1] + discount[t + 1] * ((1 - lam) * value[t + 1] + lam * last)
+        last = torch.where(cont[t], step, value[t])
+        out.append(last)
+    return torch.stack(out[::-1], 0), cont.to(value.dtype)
+
+
 _LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
 
@@ -178,6 +208,12 @@ class ActorCritic(nn.Module):
             (decay ``return_norm_decay``, 0.99) of the 5th-95th percentile range of the λ-returns and L =
             ``return_norm_limit`` (1): large returns are scaled down, small ones are not scaled up, so the entropy
             bonus keeps its weight while returns are tiny (sparse rewards).
+        repval_scale: 0 (DreamerV2): the critic learns from imagined returns only; > 0: DreamerV3's replay value
+            loss (Hafner et al. 2023; danijar/dreamerv3 ``repval``, 0.3) is added to the critic's loss with this
+            weight — the critic also regresses, at the replayed posterior states, λ-returns of the *real* rewards
+            (:func:`replay_lambda_return`), so value spreads from the rare rewarded states actually visited.
+            Bootstrapped with the slow critic (DreamerV3 bootstraps with the imagined returns).  Needs ``replay``
+            in :meth:`update`.
     """
 
     def __init__(
@@ -211,8 +247,12 @@ class ActorCritic(nn.Module):
         return_norm_limit: float = 1.0,
         actor_dist: str = "trunc_normal",
         actor_max_std: float = 1.0,
+        repval_scale: float = 0.0,
     ) -> None:
         super().__init__()
+        if not repval_scale >= 0.0:
+            raise ValueError(f"repval_scale must be >= 0, got {repval_scale}")
+        self.repval_scale = repval_scale
         self.autocast_dtype = autocast_dtype
         if not 0.0 <= return_norm_decay < 1.0:
             raise ValueError(f"return_norm_decay must be in [0, 1), got {return_norm_decay}")
@@ -253,12 +293,20 @@ class ActorCritic(nn.Module):
         """An action for acting in the environment."""
         return self.actor(feat, deterministic)[0].detach()
 
-    def update(self, start: dict[str, Tensor], is_terminal: Tensor | None = None) -> dict[str, float]:
+    def update(
+        self,
+        start: dict[str, Tensor],
+        is_terminal: Tensor | None = None,
+        replay: dict[str, Tensor] | None = None,
+    ) -> dict[str, float]:
         """One actor and one critic step on a rollout imagined from ``start`` (posterior states [..., ·]).
 
         Args:
             start: posterior states (any leading shape; flattened); detached here.
             is_terminal: optional [...] bool, the start states that are terminal (their γ_0 is 0).
+            replay: for ``repval_scale > 0``: the replayed sequences, ``feat`` [B, T, F] (posterior features),
+                ``reward`` [B, T], ``is_first`` [B, T] bool and optionally ``discount`` [B, T] (0 after a
+                termination); ignored otherwise.
 
         Returns:
             ``actor_loss``, ``critic_loss``, the rollout's statistics, ``actor_grad_norm``, ``critic_grad_norm``.
@@ -279,6 +327,12 @@ class ActorCritic(nn.Module):
         try:
             with autocast(start["deter"].device, self.autocast_dtype):
                 actor_loss, critic_loss, stats = self._loss_fn(start, is_terminal)
+                if self.repval_scale > 0.0:
+                    if replay is None:
+                        raise ValueError("repval_scale > 0 needs the replayed sequences (update(..., replay=...))")
+                    repval = self._replay_value_loss(replay)
+                    critic_loss = critic_loss + self.repval_scale * repval
+                    stats = {**stats, "repval_loss": repval.detach()}
         finally:
             for p in self._wm_params():
                 p.requires_grad_(True)
@@ -362,6 +416,25 @@ class ActorCritic(nn.Module):
             "actor_entropy": ent.detach().mean(),
         }
         return actor_loss, critic_loss, stats
+
+    def _replay_value_loss(self, replay: dict[str, Tensor]) -> Tensor:
+        """DreamerV3's replay value loss: the critic at the replayed posterior features against λ-returns of the
+        real rewards (:func:`replay_lambda_return`, bootstrapped with the slow critic), masked where no real
+        transition follows; a scalar."""
+        feat = replay["feat"].detach().transpose(0, 1)  # [T, B, F]
+        reward = replay["reward"].detach().transpose(0, 1).float()
+        is_first = replay["is_first"].bool().transpose(0, 1)
+        discount = torch.full_like(reward, self.gamma)
+        if "discount" in replay:
+            discount = discount * replay["discount"].detach().transpose(0, 1).float()
+        with torch.no_grad():
+            value = at_least_fp32(self.slow_critic(feat).squeeze(-1))
+            target, mask = replay_lambda_return(reward, value, discount, is_first, self.lam)
+        if isinstance(self.critic, TwoHotHead):
+            nll = self.critic.nll(feat[:-1], target)
+        else:
+            nll = 0.5 * (self.critic(feat[:-1]).squeeze(-1) - target) ** 2
+        return (mask * nll).sum() / mask.sum().clamp_min(1.0)
 
     @torch.no_grad()
     def _return_scale(self, target: Tensor) -> Tensor:

@@ -73,6 +73,13 @@ class DreamerConfig(RunConfig):
         description="continuous actions: DreamerV2's truncated Normal (std up to 2.1) or DreamerV3's bounded Normal "
         "(std in [0.1, actor_max_std], the env clips; Hafner et al. 2023)",
     )
+    repval_scale: float = Field(
+        0.0,
+        ge=0.0,
+        description="DreamerV3's replay value loss (Hafner et al. 2023; danijar/dreamerv3 'repval': 0.3): the critic "
+        "also regresses λ-returns of the real replayed rewards at the posterior states, with this weight; 0: off "
+        "(DreamerV2)",
+    )
     actor_max_std: float = Field(1.0, gt=0.1, description="the largest std of actor_dist=normal (DreamerV3: 1)")
     slow_every: int = Field(100, ge=1)
     imag_starts: int | None = Field(

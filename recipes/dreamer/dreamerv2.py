@@ -90,6 +90,7 @@ class DreamerAgent(nn.Module):
             return_norm_limit=cfg.return_norm_limit,
             actor_dist=cfg.actor_dist,
             actor_max_std=cfg.actor_max_std,
+            repval_scale=cfg.repval_scale,
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
         # subclasses that differentiate the pass twice replace)
@@ -142,7 +143,12 @@ class DreamerAgent(nn.Module):
             metrics[f"model/{name}"] = float(term.detach().mean())
         terminal = batch["discount"] == 0 if "discount" in batch else None
         try:
-            agent = self.ac.update(out.states["post"], terminal)
+            replay = None
+            if self.ac.repval_scale > 0.0:
+                replay = {"feat": out.states["feat"], "reward": batch["reward"], "is_first": batch["is_first"]}
+                if "discount" in batch:
+                    replay["discount"] = batch["discount"]
+            agent = self.ac.update(out.states["post"], terminal, replay=replay)
         except NonFiniteError as err:
             raise err.prefixed("agent/") from None
         metrics.update({f"agent/{k}": v for k, v in agent.items()})
