@@ -443,3 +443,44 @@ def test_replay_value_loss_needs_the_replay():
     ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, horizon=2, layers=1, units=8, repval_scale=0.3)
     with pytest.raises(ValueError, match="needs the replayed sequences"):
         ac.update(wm.rssm.initial(4))
+
+
+def test_tanh_normal_actor_matches_torch_and_its_entropy_stops_saturation():
+    """actor_dist=tanh_normal: log π(a) is torch's tanh-transformed Normal's at DreamerV1's mean and std; the
+    deterministic action is tanh(μ); and an actor saturated at full action turns round when the reward does, which
+    the bounded Normal (tanh on the mean) cannot."""
+    torch.manual_seed(0)
+    actor = Actor(6, 2, False, layers=1, units=16, dist="tanh_normal").double()
+    feat = torch.randn(500, 6, dtype=torch.float64)
+    action, log_prob, entropy = actor(feat)
+    raw_mean, raw_std = actor.net(feat).chunk(2, -1)
+    mean = 5.0 * torch.tanh(raw_mean / 5.0)
+    std = torch.nn.functional.softplus(raw_std + math.log(math.expm1(5.0))) + 1e-4
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, std), [torch.distributions.TanhTransform(cache_size=1)]
+    )
+    inside = action.abs().amax(-1) < 1 - 1e-6  # where atanh is still exact in float64
+    assert inside.float().mean() > 0.3
+    torch.testing.assert_close(log_prob[inside], dist.log_prob(action).sum(-1)[inside], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy, -log_prob)
+    torch.testing.assert_close(actor(feat, deterministic=True)[0], torch.tanh(mean))
+
+    def mean_action_after_reversal(dist_name: str) -> float:
+        """Start saturated (pre-tanh mean 20, where fp32 tanh′ is exactly 0), then maximise −action with Adam."""
+        torch.manual_seed(1)
+        a = Actor(4, 1, False, layers=0, units=1, dist=dist_name)
+        with torch.no_grad():
+            a.net[-1].weight.zero_()
+            a.net[-1].bias[0] = 20.0
+        opt = torch.optim.Adam(a.parameters(), 1e-2)
+        x = torch.ones(256, 4)
+        for _ in range(300):
+            act, _, ent = a(x)
+            loss = -(-act.squeeze(-1).clamp(-1, 1) + 3e-4 * ent).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(a(x, deterministic=True)[0].detach().mean())
+
+    assert mean_action_after_reversal("normal") > 0.99  # stuck at full torque: no gradient reaches the mean
+    assert mean_action_after_reversal("tanh_normal") < 0.0  # the squashed sample keeps a gradient: it turns round

@@ -77,6 +77,9 @@ def replay_lambda_return(
 
 
 _LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+# DreamerV1's tanh-Normal actor (danijar/dreamer, networks.ActionDecoder): mean_scale 5, init_std 5, min_std 1e-4
+_TANH_MEAN_SCALE, _TANH_MIN_STD = 5.0, 1e-4
+_TANH_RAW_INIT_STD = math.log(math.expm1(5.0))
 
 
 def truncated_normal(
@@ -118,6 +121,15 @@ class Actor(nn.Module):
     environment clips the action — so even at its largest std the policy still follows its mean (the truncated
     Normal's std reaches 2.1, where P(a > 0 | mean = 1) is only 0.56: near-uniform exploration).
 
+    ``dist="tanh_normal"``: DreamerV1's (Hafner et al. 2020, §4 and its code) and SAC's (Haarnoja et al. 2018,
+    App. C eq. 21) squashed Normal: u ~ N(μ, σ²), a = tanh(u), with μ = 5·tanh(·/5), σ = softplus(· + softplus⁻¹(5))
+    + 1e-4 (DreamerV1's mean_scale, init_std, min_std); log π(a) = log N(u) − Σ log(1 − tanh²u), and the entropy is
+    the one-sample estimate −log π(a), whose log-Jacobian term falls without bound as u saturates — so the entropy
+    bonus holds the pre-squash mean where tanh still has a gradient.  The other two put tanh on the *mean*: once
+    dynamics backprop pushes a mean's pre-activation far out (Adam steps at full size whatever tanh′ is), its
+    gradient vanishes for good, which is what left a pendulum swing-up actor at a constant full torque (pre-tanh
+    means of −48 … 37; docs/recipe-dreamerv2.md).  Deterministic action: tanh(μ).
+
     Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
 
     Raises:
@@ -140,8 +152,8 @@ class Actor(nn.Module):
         super().__init__()
         if not 0.0 <= unimix < 1.0:
             raise ValueError(f"unimix must be in [0, 1), got {unimix}")
-        if dist not in ("trunc_normal", "normal"):
-            raise ValueError(f"dist must be 'trunc_normal' or 'normal', got {dist!r}")
+        if dist not in ("trunc_normal", "normal", "tanh_normal"):
+            raise ValueError(f"dist must be 'trunc_normal', 'normal' or 'tanh_normal', got {dist!r}")
         if dist == "normal" and not max_std > min_std:
             raise ValueError(f"max_std must exceed min_std ({min_std}), got {max_std}")
         self.dist, self.max_std = dist, max_std
@@ -167,6 +179,15 @@ class Actor(nn.Module):
             entropy = -(probs * logp_all).sum(-1)
             return action, log_prob, entropy
         mean, std = out.chunk(2, -1)
+        if self.dist == "tanh_normal":  # DreamerV1 / SAC: squash the sample, not the mean
+            mean = _TANH_MEAN_SCALE * torch.tanh(mean / _TANH_MEAN_SCALE)
+            std = F.softplus(std + _TANH_RAW_INIT_STD) + _TANH_MIN_STD
+            noise = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
+            u = mean + std * noise
+            # log(1 − tanh²u) = 2 (log 2 − u − softplus(−2u)), stable for large |u| (SAC App. C eq. 21)
+            log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+            log_prob = (-0.5 * noise**2 - std.log() - 0.5 * math.log(2 * math.pi) - log_det).sum(-1)
+            return torch.tanh(u), log_prob, -log_prob
         mean = torch.tanh(mean)
         if self.dist == "normal":  # DreamerV3's bounded Normal
             std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
@@ -199,8 +220,9 @@ class ActorCritic(nn.Module):
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
-        actor_dist, actor_max_std: continuous actions: ``trunc_normal`` (DreamerV2) or ``normal`` (DreamerV3's
-            bounded Normal, std ∈ [0.1, ``actor_max_std``]); see :class:`Actor`.
+        actor_dist, actor_max_std: continuous actions: ``trunc_normal`` (DreamerV2), ``normal`` (DreamerV3's
+            bounded Normal, std ∈ [0.1, ``actor_max_std``]) or ``tanh_normal`` (DreamerV1 / SAC: the sample
+            squashed, entropy with its log-Jacobian); see :class:`Actor`.
         twohot_bins: 0: DreamerV2's critic (a scalar, squared error); K > 0: a two-hot critic over K symlog-spaced
             bins (DreamerV3 §3, 255; :class:`worldmodels.nets.TwoHotHead`).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's

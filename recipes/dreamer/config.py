@@ -68,10 +68,11 @@ class DreamerConfig(RunConfig):
     return_norm_decay: float = Field(0.99, ge=0.0, lt=1.0, description="EMA decay of the return range (DreamerV3)")
     return_norm_limit: float = Field(1.0, gt=0.0, description="L: returns are never scaled up (DreamerV3)")
     actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
-    actor_dist: Literal["trunc_normal", "normal"] = Field(
+    actor_dist: Literal["trunc_normal", "normal", "tanh_normal"] = Field(
         "trunc_normal",
-        description="continuous actions: DreamerV2's truncated Normal (std up to 2.1) or DreamerV3's bounded Normal "
-        "(std in [0.1, actor_max_std], the env clips; Hafner et al. 2023)",
+        description="continuous actions: DreamerV2's truncated Normal (std up to 2.1), DreamerV3's bounded Normal "
+        "(std in [0.1, actor_max_std], the env clips; Hafner et al. 2023) or DreamerV1's / SAC's tanh-squashed Normal "
+        "(its entropy bonus keeps the pre-squash mean out of tanh's flat tails; Haarnoja et al. 2018, App. C)",
     )
     repval_scale: float = Field(
         0.0,
