@@ -85,6 +85,8 @@ def test_world_model_with_twohot_reward_and_symlog_obs():
         (["--set", "symlog_obs=true", "--set", "pixels=true"], "symlog_obs"),
         (["--set", "unimix=1.5"], "unimix"),
         (["--set", "return_norm_decay=1.0"], "return_norm_decay"),
+        (["--set", "repval_scale=-0.3"], "repval_scale"),
+        (["--set", "actor_dist=beta"], "actor_dist"),
     ],
 )
 def test_bad_dreamerv3_options_are_one_line_errors(tmp_path, capsys, argv, field):
@@ -102,10 +104,12 @@ def test_dreamerv2_run_with_every_dreamerv3_option(tmp_path):
     tiny = "deter=16 stoch=4 classes=4 hidden=16 mlp_layers=1 mlp_units=16 ac_layers=1 ac_units=16 batch_size=4"
     tiny += " seq_len=8 horizon=3 prefill=100 train_every=20 eval_every=200 log_every=100 checkpoint_every=100"
     tiny += " time_limit=100 twohot_bins=31 symlog_obs=true unimix=0.01 return_norm=true entropy=3e-4"
+    tiny += " repval_scale=0.3 actor_dist=tanh_normal"
     argv = ["run", "dreamerv2", "--env", "dmc:cartpole_swingup", "--steps", "200", "--logdir", str(logdir)]
     for item in tiny.split():
         argv += ["--set", item]
     assert main([*argv, "--no-progress"]) == 0
     recs = records(logdir)
     assert any("agent/return_scale" in r for r in recs)
+    assert any("agent/repval_loss" in r for r in recs)
     assert [r["step"] for r in recs if "eval_return" in r] == [200]
