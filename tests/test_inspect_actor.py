@@ -1,0 +1,49 @@
+"""benchmarks/inspect_actor.py on a tiny run: saturation statistics and both evaluation modes, numbers in range."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from rundirs import TINY_AGENT
+
+from recipes.cli import main as reweigh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("inspect_actor", ROOT / "benchmarks" / "inspect_actor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_inspect_actor_reports_saturation_and_both_evaluations(tmp_path):
+    logdir = tmp_path / "run"
+    sets = [*TINY_AGENT, "prefill=100", "train_every=20", "eval_every=200", "time_limit=60", "actor_dist=normal"]
+    argv = ["run", "dreamerv2", "--env", "dmc:cartpole_swingup", "--steps", "200", "--logdir", str(logdir)]
+    for item in sets:
+        argv += ["--set", item]
+    assert reweigh([*argv, "--no-progress"]) == 0
+    run = _module()
+    out = run.main([str(logdir), "--episodes", "2", "--sequences", "2", "--out", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == out
+    lo, mid, hi = out["pre_squash_mean_q05_q50_q95"]
+    assert lo <= mid <= hi and 0.0 <= out["share_abs_mean_over_5"] <= 1.0
+    for mode in ("mode", "sample"):
+        assert len(out[mode]["returns"]) == 2 and all(0.0 <= r <= 30.0 for r in out[mode]["returns"])
+        assert 0.0 <= out[mode]["share_at_bounds"] <= 1.0 and -1.0 <= out[mode]["action_mean"][0] <= 1.0
+    # push the actor into saturation in the checkpoint (mean pre-activation 20 everywhere): reported as such
+    ckpt_path = logdir / "checkpoints" / "latest.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    weights = sorted(k for k in ckpt["agent"] if k.startswith("ac.actor.net.") and k.endswith(".weight"))
+    last = weights[-1].removesuffix(".weight")
+    ckpt["agent"][f"{last}.weight"].zero_()
+    ckpt["agent"][f"{last}.bias"][:1] = 20.0  # the mean half of the (mean, std) output
+    torch.save(ckpt, ckpt_path)
+    out = run.main([str(logdir), "--episodes", "1", "--sequences", "2"])
+    assert out["share_abs_mean_over_5"] == 1.0 and out["pre_squash_mean_q05_q50_q95"] == [20.0, 20.0, 20.0]
+    assert out["mode"]["share_at_bounds"] == 1.0 and out["mode"]["action_mean"] == [1.0]
