@@ -45,10 +45,10 @@ def load(logdir: Path) -> tuple[DreamerConfig, Any]:
     if ckpt is None:
         raise SystemExit(f"{logdir}: no checkpoint")
     env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
-    agent = agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete)
     env.close()
     if env.discrete:
         raise SystemExit(f"{logdir}: discrete actions; nothing to saturate")
+    agent = agent_cls(cfg, env.obs_shape, env.action_dim, env.discrete)
     agent.load_state_dict(ckpt["agent"])
     agent.eval()
     return cfg, agent
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 step = env.step(action)
                 total += float(step["reward"])
             returns.append(total)
-        acts = np.concatenate([a.reshape(1, -1) for a in actions])
+        acts = np.stack(actions)  # [steps, A]
         out[mode] = {
             "returns": [round(r, 1) for r in returns],
             "mean": round(float(np.mean(returns)), 1),
