@@ -6,8 +6,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, replay_lambda_return, truncated_normal
+from recipes.dreamer.config import DreamerConfig
 from worldmodels import RSSMWorldModel
 
 
@@ -484,3 +486,65 @@ def test_tanh_normal_actor_matches_torch_and_its_entropy_stops_saturation():
 
     assert mean_action_after_reversal("normal") > 0.99  # stuck at full torque: no gradient reaches the mean
     assert mean_action_after_reversal("tanh_normal") < 0.0  # the squashed sample keeps a gradient: it turns round
+
+
+def test_actor_mean_bound_penalty_and_a_saturated_actor_turns_round():
+    """mean_bound b: sample() returns Σ_a max(0, |μ̃_a| − b)² of the pre-tanh mean μ̃ (none when off or discrete);
+    the actor-critic adds its mean over imagined states to the actor's loss; and an actor saturated at pre-tanh mean
+    20 (fp32 tanh′ exactly 0) is pulled back into range and turns round when the reward flips, which the same actor
+    without the bound cannot (test above)."""
+    torch.manual_seed(0)
+    for dist in ("trunc_normal", "normal"):
+        actor = Actor(6, 2, False, layers=1, units=16, dist=dist, mean_bound=3.0)
+        feat = 20.0 * torch.randn(300, 6)
+        _, _, _, penalty = actor.sample(feat)
+        raw_mean = actor.net(feat).chunk(2, -1)[0]
+        expected = ((raw_mean.abs() - 3.0).clamp(min=0) ** 2).sum(-1)
+        torch.testing.assert_close(penalty, expected)
+        assert (penalty == 0).any() and (penalty > 0).any()  # both sides of the hinge are exercised
+        assert Actor(6, 2, False, layers=1, units=16, dist=dist).sample(feat)[3] is None
+    assert Actor(6, 3, True, layers=1, units=8).sample(torch.randn(4, 6))[3] is None
+    for kwargs, match in (
+        ({"dist": "tanh_normal", "mean_bound": 3.0}, "tanh-mean actor"),
+        ({"mean_bound": 0.0}, "mean_bound must be positive"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Actor(6, 2, False, **kwargs)
+    with pytest.raises(ValueError, match="tanh-mean actor"):
+        Actor(6, 2, True, mean_bound=3.0)
+    with pytest.raises(ValidationError, match="actor_mean_bound"):
+        DreamerConfig(actor_dist="tanh_normal", actor_mean_bound=3.0)
+
+    # the actor-critic's loss carries the penalty: equal to the same loss without it plus the penalty's mean
+    wm = RSSMWorldModel((4,), 2, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
+    start = wm.rssm.initial(16)
+    ac_off = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8)
+    ac_on = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8, actor_mean_bound=0.01)
+    ac_on.load_state_dict(ac_off.state_dict())
+    losses = {}
+    for bound, ac in ((None, ac_off), (0.01, ac_on)):
+        torch.manual_seed(1)
+        losses[bound] = ac._losses(start, None)
+    penalty = losses[0.01][2]["actor_mean_penalty"]
+    assert penalty > 0
+    torch.testing.assert_close(losses[0.01][0], losses[None][0] + penalty)
+    torch.testing.assert_close(losses[0.01][1], losses[None][1])
+
+    def mean_action_after_reversal(bound: float | None) -> float:
+        torch.manual_seed(1)
+        a = Actor(4, 1, False, layers=0, units=1, dist="normal", mean_bound=bound)
+        with torch.no_grad():
+            a.net[-1].weight.zero_()
+            a.net[-1].bias[0] = 20.0
+        opt = torch.optim.Adam(a.parameters(), 0.2)
+        x = torch.ones(256, 4)
+        for _ in range(400):
+            act, _, ent, pen = a.sample(x)
+            loss = -(-act.squeeze(-1).clamp(-1, 1) + 3e-4 * ent).mean() + (0.0 if pen is None else pen.mean())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(a(x, deterministic=True)[0].detach().mean())
+
+    assert mean_action_after_reversal(None) > 0.99
+    assert mean_action_after_reversal(3.0) < -0.9

@@ -130,10 +130,18 @@ class Actor(nn.Module):
     gradient vanishes for good, which is what left a pendulum swing-up actor at a constant full torque (pre-tanh
     means of −48 … 37; docs/recipe-dreamerv2.md).  Deterministic action: tanh(μ).
 
-    Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``.
+    ``mean_bound`` b (``trunc_normal`` and ``normal``; None: off): :meth:`sample` also returns the hinge penalty
+    Σ_a max(0, |μ̃_a| − b)² on the pre-tanh mean μ̃, which the actor-critic adds to the actor's loss, so the mean stays
+    where tanh′ ≥ tanh′(b) (0.0099 at b = 3) and the policy can still turn round.  It is the bounded counterpart of
+    the pre-squash mean regulariser of SAC's original code (Haarnoja et al. 2018, haarnoja/sac: 1e-3·μ̃²), and
+    leaves the mean free inside [−b, b].
+
+    Shapes: ``forward(feat[..., F]) -> (action[..., A], log_prob[...], entropy[...])``;
+    ``sample(feat) -> (action, log_prob, entropy, mean_penalty[...])``.
 
     Raises:
-        ValueError: ``unimix`` outside [0, 1), an unknown ``dist``, or ``max_std <= min_std``.
+        ValueError: ``unimix`` outside [0, 1), an unknown ``dist``, ``max_std <= min_std``, or a ``mean_bound``
+        that is not positive or is given with ``tanh_normal`` or discrete actions.
     """
 
     def __init__(
@@ -148,8 +156,15 @@ class Actor(nn.Module):
         unimix: float = 0.0,
         dist: str = "trunc_normal",
         max_std: float = 1.0,
+        mean_bound: float | None = None,
     ) -> None:
         super().__init__()
+        if mean_bound is not None:
+            if not mean_bound > 0.0:
+                raise ValueError(f"mean_bound must be positive, got {mean_bound}")
+            if discrete or dist == "tanh_normal":
+                raise ValueError("mean_bound bounds a tanh-mean actor: continuous trunc_normal or normal only")
+        self.mean_bound = mean_bound
         if not 0.0 <= unimix < 1.0:
             raise ValueError(f"unimix must be in [0, 1), got {unimix}")
         if dist not in ("trunc_normal", "normal", "tanh_normal"):
@@ -162,6 +177,12 @@ class Actor(nn.Module):
         self.net = mlp(feat, action_dim if discrete else 2 * action_dim, layers, units)
 
     def forward(self, feat: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        action, log_prob, entropy, _ = self.sample(feat, deterministic)
+        return action, log_prob, entropy
+
+    def sample(self, feat: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``forward``'s action, log-probability and entropy, and the pre-tanh mean's hinge penalty [...] (None
+        without ``mean_bound``)."""
         out = self.net(feat)
         if self.discrete:
             logp_all = out.log_softmax(-1)
@@ -177,7 +198,7 @@ class Actor(nn.Module):
             action = onehot + probs - probs.detach()
             log_prob = (onehot * logp_all).sum(-1)
             entropy = -(probs * logp_all).sum(-1)
-            return action, log_prob, entropy
+            return action, log_prob, entropy, None
         mean, std = out.chunk(2, -1)
         if self.dist == "tanh_normal":  # DreamerV1 / SAC: squash the sample, not the mean
             mean = _TANH_MEAN_SCALE * torch.tanh(mean / _TANH_MEAN_SCALE)
@@ -187,7 +208,10 @@ class Actor(nn.Module):
             # log(1 − tanh²u) = 2 (log 2 − u − softplus(−2u)), stable for large |u| (SAC App. C eq. 21)
             log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
             log_prob = (-0.5 * noise**2 - std.log() - 0.5 * math.log(2 * math.pi) - log_det).sum(-1)
-            return torch.tanh(u), log_prob, -log_prob
+            return torch.tanh(u), log_prob, -log_prob, None
+        penalty = None
+        if self.mean_bound is not None:
+            penalty = (mean.abs() - self.mean_bound).clamp(min=0.0).square().sum(-1)
         mean = torch.tanh(mean)
         if self.dist == "normal":  # DreamerV3's bounded Normal
             std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
@@ -195,10 +219,10 @@ class Actor(nn.Module):
             action = mean + std * noise
             log_prob = -0.5 * noise**2 - std.log() - 0.5 * math.log(2 * math.pi)
             entropy = _LOG_SQRT_2PI_E + std.log()
-            return action, log_prob.sum(-1), entropy.sum(-1)
+            return action, log_prob.sum(-1), entropy.sum(-1), penalty
         std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
         action, log_prob, entropy = truncated_normal(mean, std, deterministic)
-        return action, log_prob.sum(-1), entropy.sum(-1)
+        return action, log_prob.sum(-1), entropy.sum(-1), penalty
 
 
 class ActorCritic(nn.Module):
@@ -223,6 +247,9 @@ class ActorCritic(nn.Module):
         actor_dist, actor_max_std: continuous actions: ``trunc_normal`` (DreamerV2), ``normal`` (DreamerV3's
             bounded Normal, std ∈ [0.1, ``actor_max_std``]) or ``tanh_normal`` (DreamerV1 / SAC: the sample
             squashed, entropy with its log-Jacobian); see :class:`Actor`.
+        actor_mean_bound: None (default): off; b > 0: the actor's loss also has the mean over imagined states of
+            Σ_a max(0, |μ̃_a| − b)² on the pre-tanh mean μ̃ (:class:`Actor`), so dynamics backprop, whose tiny
+            gradients Adam steps at full size, cannot push the mean into tanh's flat tails for good.
         twohot_bins: 0: DreamerV2's critic (a scalar, squared error); K > 0: a two-hot critic over K symlog-spaced
             bins (DreamerV3 §3, 255; :class:`worldmodels.nets.TwoHotHead`).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
@@ -270,6 +297,7 @@ class ActorCritic(nn.Module):
         actor_dist: str = "trunc_normal",
         actor_max_std: float = 1.0,
         repval_scale: float = 0.0,
+        actor_mean_bound: float | None = None,
     ) -> None:
         super().__init__()
         if not repval_scale >= 0.0:
@@ -291,7 +319,15 @@ class ActorCritic(nn.Module):
         self._wm = {"rssm": rssm, "reward": reward_head, "discount": discount_head}  # not submodules
         feat = rssm.feat_size
         self.actor = Actor(
-            feat, action_dim, discrete, layers, units, unimix=unimix, dist=actor_dist, max_std=actor_max_std
+            feat,
+            action_dim,
+            discrete,
+            layers,
+            units,
+            unimix=unimix,
+            dist=actor_dist,
+            max_std=actor_max_std,
+            mean_bound=actor_mean_bound,
         )
         self.critic: nn.Module = (
             TwoHotHead(feat, layers, units, twohot_bins) if twohot_bins else mlp(feat, 1, layers, units)
@@ -390,13 +426,15 @@ class ActorCritic(nn.Module):
         """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
         eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
         rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
-        logps, ents = [], []
+        logps, ents, penalties = [], [], []
         reinforce = self.actor_grad == "reinforce"
 
         def policy(feat: Tensor) -> Tensor:
-            action, logp, ent = self.actor(feat)
+            action, logp, ent, penalty = self.actor.sample(feat)
             logps.append(logp)
             ents.append(ent)
+            if penalty is not None:
+                penalties.append(penalty)
             # REINFORCE needs no gradient through the dynamics: a detached action keeps the whole rollout, its
             # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
             return action.detach() if reinforce else action
@@ -424,6 +462,9 @@ class ActorCritic(nn.Module):
             advantage = (target - baseline).detach()
             objective = logp * (advantage if scale is None else advantage / scale)
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
+        if penalties:  # the pre-tanh mean held in [−b, b] (Actor.mean_bound), unweighted by the discount
+            mean_penalty = torch.stack(penalties, 0).mean()
+            actor_loss = actor_loss + mean_penalty
         if isinstance(self.critic, TwoHotHead):  # DreamerV3 eq. 10: cross-entropy against twohot(symlog R)
             critic_nll = self.critic.nll(feat[:-1].detach(), target.detach())
         else:
@@ -436,6 +477,7 @@ class ActorCritic(nn.Module):
             "imag_value": value_slow.detach().mean(),
             "imag_return": target.detach().mean(),
             "actor_entropy": ent.detach().mean(),
+            **({"actor_mean_penalty": mean_penalty.detach()} if penalties else {}),
         }
         return actor_loss, critic_loss, stats
 

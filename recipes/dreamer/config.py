@@ -82,6 +82,13 @@ class DreamerConfig(RunConfig):
         "(DreamerV2)",
     )
     actor_max_std: float = Field(1.0, gt=0.1, description="the largest std of actor_dist=normal (DreamerV3: 1)")
+    actor_mean_bound: float | None = Field(
+        None,
+        gt=0.0,
+        description="continuous trunc_normal/normal actors: add the hinge penalty max(0, |mu| - bound)^2 on the "
+        "pre-tanh mean to the actor's loss, so dynamics backprop cannot saturate tanh for good (a pendulum actor's "
+        "pre-tanh means reached -48..37 without it; docs/recipe-dreamerv2.md); None: off (DreamerV2, DreamerV3)",
+    )
     slow_every: int = Field(100, ge=1)
     imag_starts: int | None = Field(
         None,
@@ -146,6 +153,8 @@ class DreamerConfig(RunConfig):
             raise ValueError("symlog_obs: applies to vector observations (pixels=false)")
         if self.twohot_bins == 1:
             raise ValueError("twohot_bins: needs at least 2 bins (0 turns the two-hot heads off)")
+        if self.actor_mean_bound is not None and self.actor_dist == "tanh_normal":
+            raise ValueError("actor_mean_bound: bounds a tanh mean (trunc_normal, normal); tanh_normal has its own")
         if self.batch_size * self.seq_len > 100_000:
             raise ValueError("batch_size × seq_len is implausibly large (> 100000)")
         return self

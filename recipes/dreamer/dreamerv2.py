@@ -91,6 +91,7 @@ class DreamerAgent(nn.Module):
             actor_dist=cfg.actor_dist,
             actor_max_std=cfg.actor_max_std,
             repval_scale=cfg.repval_scale,
+            actor_mean_bound=cfg.actor_mean_bound,
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
         # subclasses that differentiate the pass twice replace)
