@@ -11,7 +11,7 @@ from rundirs import TINY_AGENT
 
 import bilevel as B
 from recipes.cli import main
-from recipes.dreamer.tempo import TempoAgent, make_strategy
+from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy
 from recipes.registry import resolve
 
 TINY = {
@@ -317,6 +317,15 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
         assert -1.0 <= r <= 1.0
         weights = [float(x) for x in line.split("[")[1].split("...")[0].split()]
         assert len(weights) == 4 and all(0.75 <= w <= 1.25 for w in weights)
+    assert len([x for x in lines if x.startswith("meta weights over ")]) == 1
+    # a weighter pushed to its upper bound (output bias +50) reads as all weights there
+    ckpt_path = logdir / "checkpoints" / "latest.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["agent"]["weighter.head.bias"].fill_(50.0)
+    torch.save(ckpt, ckpt_path)
+    rows = inspect_weights(logdir, sequences=3, show=4)
+    assert rows["summary"]["share_near_high"] == 1.0 and rows["summary"]["share_near_low"] == 0.0
+    assert rows["summary"]["q05_q50_q95"][0] > 1.24
 
 
 def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):

@@ -248,7 +248,9 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
     sequence over all its T steps.
 
     Returns:
-        ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence]}``.
+        ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence], "summary": {mean, std,
+        q05_q50_q95, share_near_low, share_near_high}}`` — the shares of all steps' weights within 2% of the
+        weighter's range of its lower and upper bound.
 
     Raises:
         ValueError: if ``logdir`` holds no ``tempo`` run or no checkpoint.
@@ -298,6 +300,24 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
             values = " ".join(f"{x:5.2f}" for x in rows[kind][i][:show])
             r = f"{rows['pearson'][i]:+.2f}" if kind == "meta" else ""
             print(f"{i + 1 if kind == 'meta' else '':>3}  {kind:<5}  [{values} ...]  {r}")
+    # the weights over all replayed steps against the weighter's bounds (shift, shift + scale): a batch's min and max
+    # reach the bounds long before most weights do (issue 12), so the share near each bound is what tells
+    lo, hi = agent.weighter.shift, agent.weighter.shift + agent.weighter.scale
+    flat, near = meta.flatten().float(), 0.02 * agent.weighter.scale
+    q05, q50, q95 = torch.quantile(flat, torch.tensor([0.05, 0.5, 0.95])).tolist()
+    rows["summary"] = {
+        "mean": float(flat.mean()),
+        "std": float(flat.std()),
+        "q05_q50_q95": [q05, q50, q95],
+        "share_near_low": float((flat < lo + near).float().mean()),
+        "share_near_high": float((flat > hi - near).float().mean()),
+    }
+    summary = rows["summary"]
+    print(
+        f"meta weights over {flat.numel()} steps: mean {summary['mean']:.3f} ± {summary['std']:.3f}, "
+        f"5/50/95% {q05:.3f}/{q50:.3f}/{q95:.3f}; within {near:.2f} of a bound: "
+        f"{summary['share_near_low']:.1%} near {lo:g}, {summary['share_near_high']:.1%} near {hi:g}"
+    )
     if "task" in batch:  # a set of environments: the meta weights' mean and spread per task
         task = batch["task"].long()
         rows["per_task"] = {}
