@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from rundirs import TINY_AGENT
 
 import bilevel as B
 from recipes.cli import main
-from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy
+from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy, weights_by_reward
 from recipes.registry import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "deter": 12,
@@ -318,6 +321,7 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
         weights = [float(x) for x in line.split("[")[1].split("...")[0].split()]
         assert len(weights) == 4 and all(0.75 <= w <= 1.25 for w in weights)
     assert len([x for x in lines if x.startswith("meta weights over ")]) == 1
+    assert len([x for x in lines if x.startswith("meta weight vs reward: Pearson r ")]) == 1
     # a weighter pushed to its upper bound (output bias +50) reads as all weights there
     ckpt_path = logdir / "checkpoints" / "latest.pt"
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -328,7 +332,51 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
     assert rows["summary"]["q05_q50_q95"][0] > 1.24
 
 
+def test_weights_by_reward_on_a_sparse_reward():
+    reward = torch.zeros(4, 10)
+    reward[0, 3] = reward[2, 7] = 1.0  # two rewarded steps of 40
+    up = 1.0 + 0.2 * reward  # a weighter that up-weights exactly the rewarded steps
+    s = weights_by_reward(up, reward)
+    assert s["pearson"] == pytest.approx(1.0) and s["spearman"] == pytest.approx(1.0)
+    assert s["mean_rewarded"] == pytest.approx(1.2) and s["mean_unrewarded"] == pytest.approx(1.0)
+    assert s["share_rewarded"] == pytest.approx(0.05)
+    down = weights_by_reward(1.0 - 0.2 * reward + 0.01 * torch.rand(4, 10), reward)
+    assert down["pearson"] < -0.9 and down["mean_rewarded"] < down["mean_unrewarded"]
+    flat = weights_by_reward(torch.ones(4, 10), reward)  # a constant side has no correlation
+    assert math.isnan(flat["pearson"]) and math.isnan(flat["spearman"]) and flat["mean_rewarded"] == 1.0
+    assert math.isnan(weights_by_reward(up, torch.zeros(4, 10))["mean_rewarded"])  # no rewarded step
+    with pytest.raises(ValueError, match="same shape"):
+        weights_by_reward(up, reward[:, :5])
+
+
 def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"recipe": "dreamerv2"}))
     assert main(["inspect-weights", str(tmp_path)]) == 2
     assert "not a tempo run" in capsys.readouterr().err
+
+
+def test_weights_history_rebuilds_each_snapshot_with_its_replay(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weights_history", ROOT / "benchmarks" / "weights_history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    logdir = tmp_path / "tempo"
+    assert main(_cli(logdir, 200)) == 0
+    episodes = sorted(p.name for p in (logdir / "replay").iterdir())
+    history = tmp_path / "history"
+    history.mkdir()
+    (history / f"ep{len(episodes):03d}.pt").write_bytes((logdir / "checkpoints" / "latest.pt").read_bytes())
+    # a view of the first episode only: that file (the replay's order), the run's config, the given checkpoint
+    view = mod.snapshot_view(logdir, history / f"ep{len(episodes):03d}.pt", 1, tmp_path / "view")
+    assert [p.name for p in (view / "replay").iterdir()] == episodes[:1]
+    assert (view / "config.json").read_text() == (logdir / "config.json").read_text()
+    assert (view / "checkpoints" / "latest.pt").resolve() == (history / f"ep{len(episodes):03d}.pt").resolve()
+    rows = mod.main(["--run", str(logdir), "--history", str(history), "--sequences", "4"])
+    assert [r["episodes"] for r in rows] == [len(episodes)]
+    row = rows[0]
+    assert 0.0 <= row["share_rewarded"] <= 1.0
+    side = row["mean_rewarded"] if row["share_rewarded"] > 0 else row["mean_unrewarded"]
+    assert 0.75 <= side <= 1.25 and (math.isnan(row["pearson"]) or -1.0 <= row["pearson"] <= 1.0)
+    written = json.loads((history / "weights_history.json").read_text())["rows"]  # strict JSON: NaN as null
+    assert written == [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]

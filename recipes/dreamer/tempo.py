@@ -240,6 +240,38 @@ def plot_diagnostics(logdirs: list[Path], path: Path, title: str) -> Path | None
     return path
 
 
+def weights_by_reward(meta: Tensor, reward: Tensor) -> dict[str, float]:
+    """How the meta weights of replayed steps go with those steps' real rewards.
+
+    Args:
+        meta: [B, T] meta weights.
+        reward: [B, T] rewards of the same steps (the reward term of the step's ELBO predicts ``reward[b, t]``).
+
+    Returns:
+        ``pearson`` and ``spearman`` (NaN where either side is constant), ``mean_rewarded`` / ``mean_unrewarded``
+        (mean weight where reward > 0 / <= 0; NaN where no step is), ``share_rewarded`` (fraction of steps with
+        reward > 0).  On DMC's sparse tasks (pendulum, reacher: reward 1 inside the target region, else 0) this
+        asks whether the weighter up-weights the rare rewarded transitions.
+
+    Raises:
+        ValueError: ``meta`` and ``reward`` differ in shape.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    if meta.shape != reward.shape:
+        raise ValueError(f"meta {tuple(meta.shape)} and reward {tuple(reward.shape)} must have the same shape")
+    w, r = meta.flatten().double().numpy(), reward.flatten().double().numpy()
+    constant = bool(np.ptp(w) == 0.0 or np.ptp(r) == 0.0)
+    rewarded = r > 0
+    return {
+        "pearson": float("nan") if constant else float(pearsonr(w, r).statistic),
+        "spearman": float("nan") if constant else float(spearmanr(w, r).statistic),
+        "mean_rewarded": float(w[rewarded].mean()) if rewarded.any() else float("nan"),
+        "mean_unrewarded": float(w[~rewarded].mean()) if (~rewarded).any() else float("nan"),
+        "share_rewarded": float(rewarded.mean()),
+    }
+
+
 def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: int = 0) -> dict[str, Any]:
     """TEMPO Table 2 for a run's latest checkpoint: meta and naive weights of a few replayed sequences.
 
@@ -249,8 +281,9 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
 
     Returns:
         ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence], "summary": {mean, std,
-        q05_q50_q95, share_near_low, share_near_high}}`` — the shares of all steps' weights within 2% of the
-        weighter's range of its lower and upper bound.
+        q05_q50_q95, share_near_low, share_near_high}, "by_reward": ...}`` — the shares of all steps' weights within
+        2% of the weighter's range of its lower and upper bound; ``by_reward``: :func:`weights_by_reward` of all
+        steps.
 
     Raises:
         ValueError: if ``logdir`` holds no ``tempo`` run or no checkpoint.
@@ -317,6 +350,12 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
         f"meta weights over {flat.numel()} steps: mean {summary['mean']:.3f} ± {summary['std']:.3f}, "
         f"5/50/95% {q05:.3f}/{q50:.3f}/{q95:.3f}; within {near:.2f} of a bound: "
         f"{summary['share_near_low']:.1%} near {lo:g}, {summary['share_near_high']:.1%} near {hi:g}"
+    )
+    by_reward = rows["by_reward"] = weights_by_reward(meta, batch["reward"])
+    print(
+        f"meta weight vs reward: Pearson r {by_reward['pearson']:+.3f}, Spearman {by_reward['spearman']:+.3f}; "
+        f"mean {by_reward['mean_rewarded']:.3f} where r > 0 ({by_reward['share_rewarded']:.1%} of steps), "
+        f"{by_reward['mean_unrewarded']:.3f} where r <= 0"
     )
     if "task" in batch:  # a set of environments: the meta weights' mean and spread per task
         task = batch["task"].long()
