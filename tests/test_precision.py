@@ -154,9 +154,9 @@ def _dreamer(recipe: str, precision: str, classes: int):
 @pytest.mark.parametrize("classes", [0, 4])
 def test_world_model_loss_under_bf16_is_fp32_and_close(classes):
     agent, batch = _dreamer("dreamerv2", "fp32", classes)
-    noise = (torch.rand(3, 6, 4, classes), torch.rand(3, 6, 4, classes)) if classes else None
-    if not classes:
-        noise = (torch.randn(3, 6, 4), torch.randn(3, 6, 4))
+    shape = agent.wm.rssm.noise_shape(3, 6)
+    draw = torch.rand if classes else torch.randn
+    noise = (draw(shape), draw(shape))
     out32 = agent.wm.loss(batch, noise)
     with autocast("cpu", torch.bfloat16):
         out16 = agent.wm.loss(batch, noise)

@@ -160,6 +160,36 @@ def test_categorical_kl_and_straight_through_sample():
     assert set(sample.detach().unique().tolist()) <= {0.0, 1.0}
     (g,) = torch.autograd.grad((sample * torch.randn(4, 2, 3)).sum(), lq)
     assert g.abs().sum() > 0  # straight-through gradient
+    assert rssm.noise_shape(4) == (4, 2)
+    with pytest.raises(ValueError, match="noise_shape"):  # per-class noise (Gumbel-max's shape) is refused
+        rssm._sample({"logits": lq}, torch.rand(4, 2, 3))
+
+
+def test_categorical_one_hot_samples_the_categorical():
+    """Inverse-CDF one-hot samples: frequencies match the probabilities (chi-square), a class of probability 0 is
+    never drawn, the last class takes u beyond a CDF that rounds below 1, and a given u picks the class whose CDF
+    interval holds it."""
+    from scipy.stats import chisquare
+
+    from worldmodels.rssm import categorical_one_hot
+
+    torch.manual_seed(0)
+    p = torch.tensor([0.1, 0.0, 0.25, 0.05, 0.6])
+    n = 200_000
+    onehot = categorical_one_hot(p.expand(n, 5), torch.rand(n))
+    assert torch.equal(onehot.sum(-1), torch.ones(n)) and set(onehot.unique().tolist()) == {0.0, 1.0}
+    counts = onehot.sum(0)
+    assert counts[1] == 0
+    keep = p > 0
+    assert chisquare(counts[keep].numpy(), (n * p[keep]).numpy()).pvalue > 1e-3
+    # a wrong sampler (e.g. the CDF compared the wrong way) fails this by far: the test can fail
+    shifted = categorical_one_hot(p.roll(1).expand(n, 5), torch.rand(n)).sum(0)[keep]
+    assert chisquare(shifted.numpy(), (shifted.sum() * p[keep] / p[keep].sum()).numpy()).pvalue < 1e-6
+    u = torch.tensor([0.0, 0.0999, 0.1, 0.349, 0.35, 0.3999, 0.4, 0.99999])
+    index = categorical_one_hot(p.expand(len(u), 5), u).argmax(-1)
+    assert index.tolist() == [0, 0, 2, 2, 3, 3, 4, 4]
+    short = torch.tensor([[0.5, 0.4999]])  # its CDF ends below 1: u past it goes to the last class
+    assert categorical_one_hot(short, torch.tensor([0.99995])).tolist() == [[0.0, 1.0]]
 
 
 def test_imagine_shapes():
@@ -169,6 +199,31 @@ def test_imagine_shapes():
     policy = torch.nn.Linear(model.rssm.feat_size, 2)
     states, actions = model.rssm.imagine(lambda f: torch.tanh(policy(f)), start, horizon=4)
     assert states["deter"].shape == (5, 18, 16) and actions.shape == (4, 18, 2)
+    assert set(states) == {"deter", "stoch", "mean", "std"}
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+def test_imagine_features_only_equals_features_of_the_states(classes):
+    """``keys=("feat",)`` (the actor-critic's call) gives exactly features(states) of the full rollout under the same
+    random draws, with the same gradient to the policy's parameters; an unknown key raises."""
+    model = RSSMWorldModel((5,), 2, classes=classes, **SMALL)
+    start = {k: v.detach().flatten(0, 1) for k, v in model.loss(_batch((5,))).states["post"].items()}
+    policy = torch.nn.Linear(model.rssm.feat_size, 2)
+    act = lambda f: torch.tanh(policy(f))  # noqa: E731
+    torch.manual_seed(3)
+    full, a_full = model.rssm.imagine(act, start, horizon=4)
+    feat_full = model.rssm.features(full)
+    (g_full,) = torch.autograd.grad(feat_full.square().sum(), policy.weight)
+    torch.manual_seed(3)
+    only, a_only = model.rssm.imagine(act, start, horizon=4, keys=("feat",))
+    assert set(only) == {"feat"} and only["feat"].shape == (5, 18, model.rssm.feat_size)
+    torch.testing.assert_close(only["feat"], feat_full, rtol=0, atol=0)
+    torch.testing.assert_close(a_only, a_full, rtol=0, atol=0)
+    (g_only,) = torch.autograd.grad(only["feat"].square().sum(), policy.weight)
+    torch.testing.assert_close(g_only, g_full)
+    assert g_only.abs().sum() > 0
+    with pytest.raises(KeyError, match="unknown state keys"):
+        model.rssm.imagine(act, start, horizon=2, keys=("feat", "features"))
 
 
 @pytest.mark.parametrize("classes", [0, 3])
@@ -225,7 +280,7 @@ def test_unimix_latents_are_a_normalised_mixture_with_the_uniform():
     torch.testing.assert_close(p_mixed.sum(-1), torch.ones(5, 3))
     torch.testing.assert_close(p_mixed, (1 - u) * p_plain + u / c)
     assert p_mixed.min() >= u / c * (1 - 1e-5) and p_plain.min() < 1e-6
-    # the Gumbel-max sample follows the mixture: a class of plain probability ~0 is drawn at rate ~u/C
+    # the sample follows the mixture: a class of plain probability ~0 is drawn at rate ~u/C
     stats = {"logits": mixed._stats(x[:1].expand(20000, -1))["logits"]}
     sample = mixed._sample(stats, None).reshape(20000, 3, c)
     rare = p_plain[0] < 1e-9

@@ -439,8 +439,8 @@ class ActorCritic(nn.Module):
             # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
             return action.detach() if reinforce else action
 
-        states, _ = rssm.imagine(policy, start, self.horizon)
-        feat = rssm.features(states)  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
+        states, _ = rssm.imagine(policy, start, self.horizon, keys=("feat",))
+        feat = states["feat"]  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
         reward = reward_head(feat).squeeze(-1)
         if discount_head is not None:
             discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
