@@ -31,26 +31,22 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from worldmodels.rssm import RSSM, categorical_one_hot  # noqa: E402
+from worldmodels.rssm import RSSM  # noqa: E402
+
+CURRENT_SAMPLE = RSSM._sample  # the inverse-CDF sampler (worldmodels.rssm.categorical_one_hot)
 
 
 def gumbel_max_sample(self: RSSM, stats: dict[str, torch.Tensor], noise: torch.Tensor | None) -> torch.Tensor:
-    """The previous ``RSSM._sample`` for categorical latents (Gumbel-max, one uniform per class), for timing."""
+    """The previous ``RSSM._sample`` for categorical latents (Gumbel-max, one uniform per class), for timing;
+    Gaussian latents go to the current method, which is unchanged."""
     if not self.classes:
-        eps = torch.randn_like(stats["mean"]) if noise is None else noise
-        return stats["mean"] + stats["std"] * eps
+        return CURRENT_SAMPLE(self, stats, noise)
     logits = stats["logits"]
     u = torch.rand_like(logits)
     gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
     index = (logits.detach() + gumbel).argmax(-1)
     probs = logits.softmax(-1)
     return (F.one_hot(index, self.classes).to(probs) + probs - probs.detach()).flatten(-2)
-
-
-def inverse_cdf_sample(logits: torch.Tensor) -> torch.Tensor:
-    probs = logits.softmax(-1)
-    u = torch.rand(logits.shape[:-1], dtype=probs.dtype)
-    return categorical_one_hot(probs.detach(), u) + probs - probs.detach()
 
 
 def _median_ms(fn: Any, reps: int) -> float:
@@ -74,13 +70,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result: dict[str, Any] = {"threads": args.threads, "sampler_ms": {}}
-    old = RSSM._sample
     rssm = RSSM(embed=4, action_dim=2, deter=8, stoch=32, classes=32, hidden=8)
     print(f"{'sampler, [N, 32, 32]':<24} {'Gumbel-max ms':>14} {'inverse CDF ms':>15} {'ratio':>7}")
     for n in (16, 800, 12_800):
         logits = torch.randn(n, 32, 32, requires_grad=True)
         a = _median_ms(lambda logits=logits: gumbel_max_sample(rssm, {"logits": logits}, None), 21)
-        b = _median_ms(lambda logits=logits: inverse_cdf_sample(logits), 21)
+        b = _median_ms(lambda logits=logits: CURRENT_SAMPLE(rssm, {"logits": logits}, None), 21)
         result["sampler_ms"][n] = {"gumbel_max": a, "inverse_cdf": b, "ratio": a / b}
         print(f"{'N = ' + str(n):<24} {a:14.3f} {b:15.3f} {a / b:6.2f}x")
 
@@ -90,7 +85,7 @@ def main() -> None:
     env, preset, overrides, sizes = CONFIGS["sheeprl"]
     variant = "dreamerv2" + overrides + "".join(f"+{s}" for s in args.set)
     agent, batch, _ = build(variant, preset, env, **sizes)
-    samplers = {"gumbel_max": gumbel_max_sample, "inverse_cdf": old}
+    samplers = {"gumbel_max": gumbel_max_sample, "inverse_cdf": CURRENT_SAMPLE}
     for fn in samplers.values():
         RSSM._sample = fn  # type: ignore[method-assign]
         for _ in range(args.warmup):
@@ -102,7 +97,7 @@ def main() -> None:
             t = time.perf_counter()
             agent.train_step(batch)
             times[name].append(time.perf_counter() - t)
-    RSSM._sample = old  # type: ignore[method-assign]
+    RSSM._sample = CURRENT_SAMPLE  # type: ignore[method-assign]
     step = {k: statistics.median(v) for k, v in times.items()}
     result.update(variant=variant, train_step_s=step, train_step_ratio=step["gumbel_max"] / step["inverse_cdf"])
     print(f"train step at the sheeprl config ({args.threads} threads, {args.rounds} alternating rounds, medians):")
