@@ -18,7 +18,10 @@ For each config, one agent is built from a synthetic batch (as ``benchmarks/temp
   step is dispatch-bound, not compute-bound.
 
 Columns: GFLOP per step, seconds, achieved GFLOP/s, % of the fp32 peak, and ``×GEMM`` = measured time / the time the
-part's FLOPs would take at the peak (1.0 is the roofline).  Usage::
+part's FLOPs would take at the peak (1.0 is the roofline).  ``GEMM kernels s`` is the time spent inside the matmul
+and convolution kernels themselves (:class:`GemmTimer`, each call timed), and ``×GEMM floor`` that time over the
+time at the peak: the ×GEMM the part would reach if every other op cost nothing, since the step's GEMMs (batch-16
+recurrent steps, 800-row imagination steps) run below the large square GEMM's peak.  Usage::
 
     python benchmarks/roofline.py [--configs cpu,cpu-pixels,sheeprl,paper] [--threads 1] [--reps 10]
 
@@ -190,6 +193,29 @@ class PartCounter(TorchDispatchMode):
         return out
 
 
+class GemmTimer(TorchDispatchMode):
+    """Wall-clock seconds spent inside the matmul/convolution kernels (the ops ``flop_registry`` has formulas for)
+    while the mode is active, and their FLOPs: the GEMMs' own achieved rate at the step's actual shapes.
+
+    CPU kernels are synchronous, so timing each call around ``func`` measures the kernel; other ops run untimed
+    (slower than usual under the mode's Python dispatch, which does not change the GEMMs' time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds, self.flops = 0.0, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            return func(*args, **kwargs)
+        t0 = time.perf_counter()
+        out = func(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.flops += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
 def _parts(agent: Any, step: str) -> dict[str, list[torch.nn.Module]]:
     """Labelled modules of ``step`` (``"wm"`` or ``"ac"``): in the actor-critic update the world model's modules
     are the imagination; in TEMPO's world-model step the critic is its upper loss's value function."""
@@ -230,6 +256,14 @@ def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
             _ac_update(agent, out)
             t_wm.append(t1 - t0)
             t_ac.append(time.perf_counter() - t1)
+        g_wm, g_ac = [], []
+        for _ in range(max(1, reps // 3)):  # the GEMM kernels' own time, timed one call at a time
+            with GemmTimer() as gt:
+                _, out = agent.world_model_step(batch)
+            g_wm.append(gt.seconds)
+            with GemmTimer() as gt:
+                _ac_update(agent, out)
+            g_ac.append(gt.seconds)
         results[recipe] = {
             "wm_flops": wm_count.total,
             "ac_flops": ac_count.total,
@@ -237,27 +271,31 @@ def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
             "wm_parts": {p: [wm_count.forward[p], wm_count.backward[p]] for p in wm_count.forward},
             "wm_s": statistics.median(t_wm),
             "ac_s": statistics.median(t_ac),
+            "wm_gemm_s": statistics.median(g_wm),
+            "ac_gemm_s": statistics.median(g_ac),
             "aten_ops": wm_count.calls + ac_count.calls,
         }
         del agent, batch, out
     d, t = results["dreamerv2"], results["tempo"]
 
-    def row(flops: float, seconds: float | None) -> dict[str, Any]:
+    def row(flops: float, seconds: float | None, gemm_s: float | None = None) -> dict[str, Any]:
         r: dict[str, Any] = {"gflop": flops / 1e9, "gemm_s_at_peak": flops / 1e9 / peak}
         if seconds is not None:
             r.update(seconds=seconds, gflops=flops / 1e9 / seconds, pct_peak=100 * flops / 1e9 / seconds / peak)
             r["x_gemm"] = seconds / max(r["gemm_s_at_peak"], 1e-12)
+        if gemm_s is not None:  # the GEMM kernels alone: the ×GEMM that zero-cost non-GEMM work would reach
+            r.update(gemm_s=gemm_s, x_gemm_floor=gemm_s / max(r["gemm_s_at_peak"], 1e-12))
         return r
 
-    rows["world model"] = row(d["wm_flops"], d["wm_s"])
+    rows["world model"] = row(d["wm_flops"], d["wm_s"], d["wm_gemm_s"])
     for part in ("imagination", "actor", "critic"):
         fwd, bwd = d["ac_parts"][part]
         rows[part] = {**row(fwd + bwd, None), "forward_gflop": fwd / 1e9}
-    rows["actor-critic"] = row(d["ac_flops"], d["ac_s"])
+    rows["actor-critic"] = row(d["ac_flops"], d["ac_s"], d["ac_gemm_s"])
     rows["actor-critic"]["check"] = sum(sum(v) for v in d["ac_parts"].values()) / max(d["ac_flops"], 1)
-    rows["dreamerv2 step"] = row(d["wm_flops"] + d["ac_flops"], d["wm_s"] + d["ac_s"])
+    rows["dreamerv2 step"] = row(d["wm_flops"] + d["ac_flops"], d["wm_s"] + d["ac_s"], d["wm_gemm_s"] + d["ac_gemm_s"])
     rows["tempo extra"] = row(t["wm_flops"] - d["wm_flops"], max(t["wm_s"] - d["wm_s"], 0.0))
-    rows["tempo step"] = row(t["wm_flops"] + t["ac_flops"], t["wm_s"] + t["ac_s"])
+    rows["tempo step"] = row(t["wm_flops"] + t["ac_flops"], t["wm_s"] + t["ac_s"], t["wm_gemm_s"] + t["ac_gemm_s"])
     rows["dreamerv2 step"]["aten_ops"] = d["aten_ops"]
     rows["tempo step"]["aten_ops"] = t["aten_ops"]
     results["rows"] = rows
@@ -278,16 +316,17 @@ def markdown(table: dict[str, Any]) -> str:
             + (f", {res['overrides']})" if res["overrides"] else ")")
             + (" — against the **bf16** peak" if res.get("peak") == "bf16" else ""),
             "",
-            "| part | GFLOP | s | GFLOP/s | % peak | ×GEMM | aten ops |",
-            "|---|---|---|---|---|---|---|",
+            "| part | GFLOP | s | GFLOP/s | % peak | ×GEMM | GEMM kernels s | ×GEMM floor | aten ops |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for part, r in res["rows"].items():
             if "seconds" in r:
                 cells = f"{r['seconds']:.3f} | {r['gflops']:.1f} | {r['pct_peak']:.0f} | {r['x_gemm']:.1f}"
             else:
                 cells = f"– | – | – | ({r['gemm_s_at_peak']:.3f} s at peak)"
+            floor = f"{r['gemm_s']:.3f} | {r['x_gemm_floor']:.2f}" if "gemm_s" in r else "| "
             note = f" (parts/counted {r['check']:.2f})" if "check" in r else ""
-            lines.append(f"| {part}{note} | {r['gflop']:.3f} | {cells} | {r.get('aten_ops', '')} |")
+            lines.append(f"| {part}{note} | {r['gflop']:.3f} | {cells} | {floor} | {r.get('aten_ops', '')} |")
         lines.append("")
     return "\n".join(lines)
 
