@@ -19,9 +19,10 @@ For each config, one agent is built from a synthetic batch (as ``benchmarks/temp
 
 Columns: GFLOP per step, seconds, achieved GFLOP/s, % of the fp32 peak, and ``×GEMM`` = measured time / the time the
 part's FLOPs would take at the peak (1.0 is the roofline).  ``GEMM kernels s`` is the time spent inside the matmul
-and convolution kernels themselves (:class:`GemmTimer`, each call timed), and ``×GEMM floor`` that time over the
-time at the peak: the ×GEMM the part would reach if every other op cost nothing, since the step's GEMMs (batch-16
-recurrent steps, 800-row imagination steps) run below the large square GEMM's peak.  Usage::
+and convolution kernels themselves (``PartCounter.gemm_seconds``, each call timed, in the counted step), and
+``×GEMM floor`` that time over the time at the peak: the ×GEMM the part would reach if every other op cost nothing,
+since the step's GEMMs (batch-16 recurrent steps, 800-row imagination steps) run below the large square GEMM's
+peak.  Usage::
 
     python benchmarks/roofline.py [--configs cpu,cpu-pixels,sheeprl,paper] [--threads 1] [--reps 10]
 
@@ -126,11 +127,13 @@ class PartCounter(TorchDispatchMode):
     work that actually runs) count to its :attr:`backward`; :attr:`total` counts everything, labelled or
     not (a double backward's work, for one, runs outside any node hook's label only when it has no module).
     List every submodule of a part (e.g. ``list(m.modules())``): the innermost module labels its nodes first.
+    :attr:`gemm_seconds` is the wall time spent inside those matmul/convolution calls (each timed; the hooks' and
+    the mode's Python overhead falls outside them): the GEMMs' own time at the step's actual shapes.
     """
 
     def __init__(self, parts: dict[str, list[torch.nn.Module]]) -> None:
         super().__init__()
-        self.calls, self.total = 0, 0
+        self.calls, self.total, self.gemm_seconds = 0, 0, 0.0
         self.forward: dict[str, int] = dict.fromkeys(parts, 0)
         self.backward: dict[str, int] = dict.fromkeys(parts, 0)
         self._stack: list[str] = []  # labels of the modules whose forward is running
@@ -180,9 +183,14 @@ class PartCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.calls += 1
         formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            out = func(*args, **kwargs)
+        else:  # a CPU kernel is synchronous: the call's wall time is the GEMM's own
+            t0 = time.perf_counter()
+            out = func(*args, **kwargs)
+            self.gemm_seconds += time.perf_counter() - t0
+        self.calls += 1
         if formula is not None:
             flops = int(formula(*args, **kwargs, out_val=out))
             self.total += flops
@@ -190,29 +198,6 @@ class PartCounter(TorchDispatchMode):
                 self.backward[self._bstack[-1]] += flops
             elif self._stack and torch.is_grad_enabled():
                 self.forward[self._stack[-1]] += flops
-        return out
-
-
-class GemmTimer(TorchDispatchMode):
-    """Wall-clock seconds spent inside the matmul/convolution kernels (the ops ``flop_registry`` has formulas for)
-    while the mode is active, and their FLOPs: the GEMMs' own achieved rate at the step's actual shapes.
-
-    CPU kernels are synchronous, so timing each call around ``func`` measures the kernel; other ops run untimed
-    (slower than usual under the mode's Python dispatch, which does not change the GEMMs' time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds, self.flops = 0.0, 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is None:
-            return func(*args, **kwargs)
-        t0 = time.perf_counter()
-        out = func(*args, **kwargs)
-        self.seconds += time.perf_counter() - t0
-        self.flops += int(formula(*args, **kwargs, out_val=out))
         return out
 
 
@@ -256,14 +241,6 @@ def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
             _ac_update(agent, out)
             t_wm.append(t1 - t0)
             t_ac.append(time.perf_counter() - t1)
-        g_wm, g_ac = [], []
-        for _ in range(max(1, reps // 3)):  # the GEMM kernels' own time, timed one call at a time
-            with GemmTimer() as gt:
-                _, out = agent.world_model_step(batch)
-            g_wm.append(gt.seconds)
-            with GemmTimer() as gt:
-                _ac_update(agent, out)
-            g_ac.append(gt.seconds)
         results[recipe] = {
             "wm_flops": wm_count.total,
             "ac_flops": ac_count.total,
@@ -271,8 +248,8 @@ def measure(name: str, threads: int, reps: int, peak: float) -> dict[str, Any]:
             "wm_parts": {p: [wm_count.forward[p], wm_count.backward[p]] for p in wm_count.forward},
             "wm_s": statistics.median(t_wm),
             "ac_s": statistics.median(t_ac),
-            "wm_gemm_s": statistics.median(g_wm),
-            "ac_gemm_s": statistics.median(g_ac),
+            "wm_gemm_s": wm_count.gemm_seconds,
+            "ac_gemm_s": ac_count.gemm_seconds,
             "aten_ops": wm_count.calls + ac_count.calls,
         }
         del agent, batch, out
