@@ -134,8 +134,9 @@ def main() -> None:
         import math
 
         steps = math.lcm(*[m for _, _, m in built.values()])
-    for agent, batch, _ in built.values():  # warm-up
+    for agent, batch, _ in built.values():  # warm-up (and torch.compile, with compile=true)
         agent.train_step(batch)
+    print("warm-up done, timing", file=sys.stderr, flush=True)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:

@@ -37,6 +37,10 @@ from bilevel.normalizers import make_normalizer
 
 PerSampleLoss = Callable[[dict[str, Tensor]], Tensor]
 UpperLoss = Callable[[dict[str, Tensor]], Tensor]
+#: ``(params, tangents) -> (ℓ(θ), J·v)``: the per-sample losses at ``params`` (all of θ, by name) and their
+#: directional derivatives along ``tangents`` (a subset of the names; the other parameters held constant), e.g.
+#: ``torch.func.jvp`` of a ``per_sample_loss`` that the caller compiled.
+PerSampleJvp = Callable[[dict[str, Tensor], dict[str, Tensor]], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -53,6 +57,10 @@ class BilevelProblem:
         loss: optional ℓ(θ) already computed from exactly these ``params`` tensors with its autograd graph (the
             bi-level update passes the forward it ran anyway, so no strategy repeats it).
         upper: optional L_up(θ) likewise.
+        per_sample_jvp: optional ``(params, tangents) -> (ℓ(θ), J·v)`` with J = ∂ℓ/∂θ, the same function as
+            ``torch.func.jvp`` of ``per_sample_loss`` (e.g. a ``torch.compile``-d one, which removes the
+            thousands of small aten calls an eager forward-mode pass makes); ``SameState`` then takes the JVP route
+            under ``method="auto"``.
     """
 
     per_sample_loss: PerSampleLoss
@@ -60,6 +68,7 @@ class BilevelProblem:
     params: dict[str, Tensor]
     loss: Tensor | None = None
     upper: Tensor | None = None
+    per_sample_jvp: PerSampleJvp | None = None
     names: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -206,7 +215,7 @@ class SameState(Strategy):
         theta = problem.tensors
         method = self.method
         if method == "auto":
-            method = "double_backward" if problem.loss is not None else "jvp"
+            method = "double_backward" if problem.loss is not None and problem.per_sample_jvp is None else "jvp"
         if method == "jvp":
             try:
                 return self._compute_jvp(problem, weights)
@@ -226,17 +235,28 @@ class SameState(Strategy):
         return HypergradientResult(self._scale() * mixed.detach(), lower_grad, upper.detach())
 
     def _compute_jvp(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:
-        """(1/N) J a by forward-mode AD of θ ↦ ℓ(θ) along a = ∇θ L_up(θ) (torch.func.jvp)."""
+        """(1/N) J a by forward-mode AD of θ ↦ ℓ(θ) along a = ∇θ L_up(θ) (torch.func.jvp, or the problem's own
+        ``per_sample_jvp``).  Only the parameters L_up depends on carry tangents; the others (a = 0 there by
+        structure: a world model's decoder and reward head under a value-based upper loss) enter as constants, so
+        their layers propagate the input's tangent only (one product per layer instead of two)."""
         theta = problem.tensors
         upper = problem.upper_at()
-        a = ad.grads(upper, theta, retain_graph=True)
+        # keep the graph at θ when the caller still backpropagates L_low through it (BilevelUpdate)
+        a, used = ad.grads_used(upper, theta, retain_graph=True)
         names = problem.names
+        params = {n: t.detach() for n, t in zip(names, theta, strict=True)}
+        tangents = {n: x.detach() for n, x, u in zip(names, a, used, strict=True) if u}
+        if not tangents:  # L_up does not depend on θ: J a = 0
+            return HypergradientResult(torch.zeros_like(weights), None, upper.detach())
+        if problem.per_sample_jvp is not None:
+            _, jv = problem.per_sample_jvp(params, tangents)
+        else:
 
-        def f(*ps: Tensor) -> Tensor:
-            return problem.per_sample_loss(dict(zip(names, ps, strict=True)))
+            def f(p: dict[str, Tensor]) -> Tensor:
+                return problem.per_sample_loss({**params, **p})
 
-        loss, jv = torch.func.jvp(f, tuple(t.detach() for t in theta), tuple(x.detach() for x in a))
-        ad.lower_objective(loss, weights)  # shape check only
+            _, jv = torch.func.jvp(f, ({n: params[n] for n in tangents},), (tangents,))
+        ad.lower_objective(jv, weights)  # shape check only
         return HypergradientResult(self._scale() * jv.detach() / jv.numel(), None, upper.detach())
 
     def _compute_fd(self, problem: BilevelProblem, weights: Tensor) -> HypergradientResult:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bilevel import _autodiff as ad
 from bilevel.guard import NonFiniteError, as_floats, check_finite
-from bilevel.strategies import BilevelProblem, Strategy
+from bilevel.strategies import BilevelProblem, PerSampleJvp, Strategy
 
 ModelFn = Callable[..., Any]
 
@@ -104,6 +104,7 @@ class BilevelUpdate:
         *,
         meta: bool = True,
         outputs: LevelOutputs | None = None,
+        jvp: PerSampleJvp | None = None,
     ) -> dict[str, float]:
         """Run one bi-level update.
 
@@ -119,6 +120,10 @@ class BilevelUpdate:
             outputs: ``forward(model)`` if the caller already ran it (to keep its ``aux``): the update then uses it
                 as the real forward at θ instead of calling ``forward`` again.  It must come from the current θ
                 with its autograd graph.
+            jvp: optional ``(params, tangents) -> (ℓ, J·v)`` at the real model's parameters (see
+                :class:`bilevel.BilevelProblem`'s ``per_sample_jvp``), e.g. a compiled forward-mode pass of
+                ``forward``'s loss; ``SameState(method="auto")`` then computes (1/N) J a with it instead of the
+                double backward, and θ's gradient by a plain backward through ``outputs``.
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
@@ -170,6 +175,7 @@ class BilevelUpdate:
                 params=params,
                 loss=out.loss,
                 upper=upper_at_theta,
+                per_sample_jvp=jvp,
             )
             result = self.strategy.compute(problem, w.detach())
             g = result.hypergradient

@@ -141,6 +141,40 @@ def test_balanced_kl_forward_mode_matches_reverse_mode(classes):
     assert not torch.allclose(jv, jv_half)
 
 
+@pytest.mark.parametrize("classes", [0, 3])
+def test_balanced_kl_under_compile_has_the_same_first_order_derivatives(classes, monkeypatch):
+    """Under torch.compile the balanced KL is the two-copy ``detach`` form (dynamo ignores an autograd.Function's
+    ``jvp`` inside torch.func.jvp): same value, same forward-mode and reverse-mode derivatives as the function."""
+    rssm = RSSM(embed=4, action_dim=1, deter=4, stoch=2, classes=classes, hidden=4)
+    g = torch.Generator().manual_seed(5)
+    shapes = [(5, 2, 3), (5, 2, 3)] if classes else [(5, 2)] * 4
+    primals = tuple(
+        torch.randn(*s, generator=g, dtype=torch.float64).abs() + 0.5
+        if not classes and i % 2
+        else torch.randn(*s, generator=g, dtype=torch.float64)
+        for i, s in enumerate(shapes)
+    )
+    tangents = tuple(torch.randn(*x.shape, generator=g, dtype=torch.float64) for x in primals)
+    u = torch.randn(5, generator=g, dtype=torch.float64)
+
+    def derivatives():
+        def f(*x):
+            return rssm.kl(*_states(classes, x), balance=0.8, free=0.1)
+
+        value, jv = torch.func.jvp(f, primals, tangents)
+        leaves = [x.clone().requires_grad_(True) for x in primals]
+        return value, jv, torch.autograd.grad((f(*leaves) * u).sum(), leaves)
+
+    function = derivatives()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    composite = derivatives()
+    torch.testing.assert_close(composite[0], function[0])
+    torch.testing.assert_close(composite[1], function[1])
+    for a, b in zip(composite[2], function[2], strict=True):
+        torch.testing.assert_close(a, b)
+    assert function[1].abs().sum() > 0
+
+
 def _states(classes, x):
     if classes:
         return {"logits": x[0]}, {"logits": x[1]}

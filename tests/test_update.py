@@ -206,3 +206,46 @@ def test_outputs_passed_in_are_reused_and_give_the_same_step():
         strict=True,
     ):
         torch.testing.assert_close(p, q)
+
+
+def test_a_supplied_jvp_replaces_the_double_backward_and_gives_the_same_step():
+    """``step(..., jvp=)``: SameState(method="auto") computes (1/N) J a by the caller's forward-mode function (called
+    once, at θ, along a = ∇θ L_up) and θ's gradient by a plain backward: the same step as the double backward's
+    (float64); an explicit ``method="double_backward"`` ignores the function."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        runs = [_setup(B.SameState(0.1)) for _ in range(2)] + [_setup(B.SameState(0.1, method="double_backward"))]
+    finally:
+        torch.set_default_dtype(torch.float32)
+    calls = []
+
+    def jvp_of(model, x, y):
+        def jvp(params, tangents):
+            calls.append(sorted(tangents) == sorted(dict(model.named_parameters())))
+
+            def loss(p):
+                return (torch.func.functional_call(model, {**params, **p}, (x.double(),)).squeeze(-1) - y.double()) ** 2
+
+            return torch.func.jvp(loss, ({n: params[n] for n in tangents},), (tangents,))
+
+        return jvp
+
+    (
+        (upd, model, weighter, forward, upper, (x, y, _, _)),
+        (upd_ref, model_ref, weighter_ref, forward_ref, upper_ref, _),
+    ) = runs[:2]
+    metrics = upd.step(forward, upper, jvp=jvp_of(model, x, y))
+    metrics_ref = upd_ref.step(forward_ref, upper_ref)
+    assert calls == [True]
+    assert metrics["hypergrad_norm"] > 0
+    assert metrics["hypergrad_norm"] == pytest.approx(metrics_ref["hypergrad_norm"], rel=1e-10)
+    for p, q in zip(
+        [*model.parameters(), *weighter.parameters()],
+        [*model_ref.parameters(), *weighter_ref.parameters()],
+        strict=True,
+    ):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    upd2, model2, _, forward2, upper2, (x2, y2, _, _) = runs[2]
+    calls.clear()
+    upd2.step(forward2, upper2, jvp=jvp_of(model2, x2, y2))
+    assert calls == []

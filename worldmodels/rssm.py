@@ -294,11 +294,35 @@ class RSSM(nn.Module):
 
         Returns [...] (the leading shape of the states).
         """
-        if self.classes:
+        if torch.compiler.is_compiling():
+            # under torch.compile the two-copy form: dynamo traces an autograd.Function's forward and backward but
+            # not its ``jvp`` inside torch.func.jvp (the compiled tangents were the unbalanced KL's), and compiled
+            # graphs are first-order only, where both forms have the same derivative; inductor fuses the copies
+            value = balance * self._kl_value(post, prior, True, False) + (1 - balance) * self._kl_value(
+                post, prior, False, True
+            )
+        elif self.classes:
             value = _BalancedCategoricalKL.apply(post["logits"], prior["logits"], balance)
         else:
             value = _BalancedGaussianKL.apply(post["mean"], post["std"], prior["mean"], prior["std"], balance)
         return value.clamp_min(free) if free > 0 else value
+
+    def _kl_value(self, post: State, prior: State, stop_post: bool, stop_prior: bool) -> Tensor:
+        """KL(q ‖ p) per step [...], with the posterior's and/or the prior's statistics detached."""
+
+        def sg(x: Tensor, stop: bool) -> Tensor:
+            return x.detach() if stop else x
+
+        if self.classes:
+            log_q = sg(post["logits"], stop_post).log_softmax(-1)
+            log_p = sg(prior["logits"], stop_prior).log_softmax(-1)
+            return (log_q.exp() * (log_q - log_p)).sum((-1, -2))
+        return _gaussian_kl(
+            sg(post["mean"], stop_post),
+            sg(post["std"], stop_post),
+            sg(prior["mean"], stop_prior),
+            sg(prior["std"], stop_prior),
+        )
 
 
 def _gaussian_kl(mq: Tensor, sq: Tensor, mp: Tensor, sp: Tensor) -> Tensor:
@@ -550,7 +574,7 @@ class RSSMWorldModel(nn.Module):
     def loss(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
     ) -> ModelLoss:
-        """Per-step negative ELBO.
+        """Per-step negative ELBO: :meth:`observe_states` then :meth:`loss_from_states`.
 
         Args:
             batch: ``obs`` [B, T, *obs_shape], ``action`` [B, T, A], ``reward`` [B, T], ``is_first`` [B, T] bool,
@@ -562,9 +586,22 @@ class RSSMWorldModel(nn.Module):
             :class:`ModelLoss` with ``loss`` [B, T], ``terms`` (``obs``, ``reward``, ``discount``, ``kl``: [B, T],
             unscaled) and ``states`` (``post``, ``prior``: state dicts [B, T, ...]; ``feat``: posterior features).
         """
+        post, prior = self.observe_states(batch, noise, state)
+        return self.loss_from_states(batch, post, prior)
+
+    def observe_states(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
+    ) -> tuple[State, State]:
+        """The filtering half of :meth:`loss`: encoder and :meth:`RSSM.observe` → posterior and prior states
+        (dicts of [B, T, ...]).  Split out so that a caller can differentiate the states alone (a task loss of the
+        states, e.g. V-VAML, never reaches the heads) or compile the two halves as separate graphs."""
+        embed = self.encoder(self.preprocess(batch["obs"]))
+        return self.rssm.observe(embed, batch["action"].to(embed.dtype), batch["is_first"].bool(), state, noise)
+
+    def loss_from_states(self, batch: dict[str, Tensor], post: State, prior: State) -> ModelLoss:
+        """The likelihood half of :meth:`loss`: decoder, reward (and discount) NLLs and the balanced KL of given
+        posterior and prior states [B, T, ...] → :class:`ModelLoss` (its ``states`` are ``post`` and ``prior``)."""
         obs = self.preprocess(batch["obs"])
-        embed = self.encoder(obs)
-        post, prior = self.rssm.observe(embed, batch["action"].to(embed.dtype), batch["is_first"].bool(), state, noise)
         feat = self.rssm.features(post)
         dims = tuple(range(2, obs.dim()))
         terms = {"obs": (0.5 * (self.decoder(feat) - obs) ** 2 + _HALF_LOG_2PI).sum(dims)}

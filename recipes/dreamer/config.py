@@ -102,9 +102,10 @@ class DreamerConfig(RunConfig):
 
     compile: bool = Field(
         False,
-        description="torch.compile the world-model loss (dreamerv2; TEMPO's hypergradient differentiates it twice) "
-        "and the imagination + actor-critic losses: unrolled graphs, minutes to compile on a cold cache, eager "
-        "fallback (recipes.agents.compile)",
+        description="torch.compile the world-model loss and the imagination + actor-critic losses; in tempo also "
+        "SameState's mixed product, as a compiled forward-mode JVP (same_state_method auto/jvp; the strategies that "
+        "differentiate the forward twice keep it eager on weighter updates): unrolled graphs, minutes to compile on "
+        "a cold cache, eager fallback (recipes.agents.compile)",
     )
 
     model_precision: Precision = Field(
@@ -171,7 +172,9 @@ class TempoConfig(DreamerConfig):
         "descent direction of eq. 9) or 'official' (the official code's +∂/∂w ⟨∇θL_low, ∇θL_up⟩)",
     )
     same_state_method: Literal["auto", "double_backward", "jvp", "finite_difference"] = Field(
-        "auto", description="how SameState forms its mixed product (bilevel.SameState; auto = double backward here)"
+        "auto",
+        description="how SameState forms its mixed product (bilevel.SameState); auto: the double backward, with "
+        "compile=true the compiled forward-mode JVP",
     )
     fd_eps: float = Field(1e-2, gt=0.0, description="perturbation norm of same_state_method=finite_difference")
     task_loss: str = Field("vvaml", description="upper-level loss by registry name (tasklosses)")

@@ -27,8 +27,10 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from bilevel import BatchNormalizer, BilevelUpdate, LevelOutputs, MetaWeighter, Naive, Strategy, Uniform
+from bilevel import BatchNormalizer, BilevelUpdate, LevelOutputs, MetaWeighter, Naive, SameState, Strategy, Uniform
 from bilevel import make_strategy as _make_strategy
+from bilevel.strategies import PerSampleJvp
+from recipes.agents.compile import MaybeCompiled
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
 from recipes.run import loop, rundir
@@ -61,8 +63,11 @@ class TempoAgent(dreamerv2.DreamerAgent):
         cfg: a :class:`TempoConfig`.
         obs_shape, action_dim, discrete: the environment's spaces.
 
-    ``compile=True`` compiles the actor-critic only: this class's world-model forward (latent noise drawn once per
-    step) stays eager, as the hypergradient differentiates it twice, which compiled graphs do not support.
+    ``compile=True`` also compiles the world-model forward at θ wherever the step needs only first-order derivatives
+    through it (compiled graphs support no double backward): steps without a weighter update, and weighter updates by
+    ``SameState`` with ``same_state_method`` ``auto``/``jvp``/``finite_difference``, whose mixed product (1/N) J a
+    then comes from a compiled forward-mode pass (:meth:`loss_jvp`) instead of a double backward.  Other strategies
+    keep the eager forward on weighter updates.
     """
 
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
@@ -89,6 +94,25 @@ class TempoAgent(dreamerv2.DreamerAgent):
             self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps, weight_decay=cfg.weighter_wd
         )
         strategy = make_strategy(cfg)
+        # the hypergradient needs no second derivative through the forward at θ: it may be a compiled graph
+        self._first_order_meta = not strategy.trains_weighter or (
+            isinstance(strategy, SameState) and strategy.method in ("auto", "jvp", "finite_difference")
+        )
+        # the forward at θ as two compiled graphs, filtering (encoder, RSSM) and likelihood (heads, KL): the upper
+        # loss reads the states only, so its gradient runs the first graph's backward alone
+        self._compiled_halves = (
+            (
+                MaybeCompiled(self.wm.observe_states, "the world model's filtering pass"),
+                MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms"),
+            )
+            if cfg.compile
+            else None
+        )
+        self._compiled_jvp = (
+            MaybeCompiled(autocast_fn(self._loss_jvp, *self.autocast), "TEMPO's per-step ELBO JVP")
+            if cfg.compile and isinstance(strategy, SameState) and strategy.method in ("auto", "jvp")
+            else None
+        )
         self.update = BilevelUpdate(
             self.wm,
             self.model_opt,
@@ -148,17 +172,60 @@ class TempoAgent(dreamerv2.DreamerAgent):
             loss=out.loss, features=features, upper=upper, aux=(out, {"value_post": v_post, "value_prior": v_prior})
         )
 
-    def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
-        noise, task = self._noise(batch), batch.get("task")
-        return lambda fn: self.level_outputs(fn(batch, noise), task)
+    def world_model_forward(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, *, compiled: bool = False
+    ) -> Callable[[Any], LevelOutputs]:
+        """The ``forward`` closure of the bi-level update: ℓ, weighter features and the upper loss of one observe
+        pass with latent ``noise`` (drawn here when None).  ``compiled``: the pass at the real θ runs the compiled
+        world-model loss (first-order graphs only; virtual θ' stay eager)."""
+        noise = self._noise(batch) if noise is None else noise
+        task = batch.get("task")
+        halves = self._compiled_halves if compiled else None
+
+        def forward(fn: Any) -> LevelOutputs:
+            if halves is not None and fn is self.wm:
+                post, prior = halves[0](batch, noise)
+                heads = halves[1](batch, post, prior)
+                states = {"post": post, "prior": prior, "feat": self.wm.rssm.features(post)}
+                out = ModelLoss(loss=heads.loss, terms=heads.terms, states=states)
+            else:
+                out = fn(batch, noise)
+            return self.level_outputs(out, task)
+
+        return forward
+
+    def _loss_jvp(
+        self,
+        params: dict[str, Tensor],
+        tangents: dict[str, Tensor],
+        batch: dict[str, Tensor],
+        noise: tuple[Tensor, Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """(ℓ(θ), J·v): the per-step ELBO terms [B, T] at ``params`` and their directional derivatives along
+        ``tangents`` (a subset of the names; the rest held constant), by forward mode (``torch.func.jvp``; the world
+        model has no buffers to copy)."""
+
+        def loss(p: dict[str, Tensor]) -> Tensor:
+            return torch.func.functional_call(self.wm, {**params, **p}, (batch, noise)).loss
+
+        return torch.func.jvp(loss, ({n: params[n] for n in tangents},), (tangents,))
+
+    def loss_jvp(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor]) -> PerSampleJvp:
+        """``(params, tangents) -> (ℓ, J·v)`` on this batch and noise, compiled with ``compile=True``
+        (:class:`bilevel.BilevelProblem`'s ``per_sample_jvp``)."""
+        fn = self._compiled_jvp if self._compiled_jvp is not None else self._loss_jvp
+        return lambda params, tangents: fn(params, tangents, batch, noise)
 
     def meta_due(self) -> bool:
         return int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
-        forward = autocast_fn(self.world_model_forward(batch), *self.autocast)
+        meta, noise = self.meta_due(), self._noise(batch)
+        compiled = not meta or self._first_order_meta
+        forward = autocast_fn(self.world_model_forward(batch, noise, compiled=compiled), *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
-        metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=self.meta_due()).items()}
+        jvp = self.loss_jvp(batch, noise) if meta and self._compiled_jvp is not None else None
+        metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=meta, jvp=jvp).items()}
         out, values = levels.aux
         for name, v in values.items():
             metrics[f"tempo/{name}"] = float(v.detach().mean())
