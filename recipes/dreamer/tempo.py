@@ -98,11 +98,11 @@ class TempoAgent(dreamerv2.DreamerAgent):
         self._first_order_meta = not strategy.trains_weighter or (
             isinstance(strategy, SameState) and strategy.method in ("auto", "jvp", "finite_difference")
         )
-        # the forward at θ as two compiled graphs, filtering (encoder, RSSM) and likelihood (heads, KL): the upper
-        # loss reads the states only, so its gradient runs the first graph's backward alone
+        # the forward at θ as two compiled graphs, filtering + upper level (encoder, RSSM, slow-critic values, task
+        # loss, weighter features) and likelihood (heads, KL): the upper loss's gradient runs the first's backward
         self._compiled_halves = (
             (
-                MaybeCompiled(self.wm.observe_states, "the world model's filtering pass"),
+                MaybeCompiled(self._filter_and_upper, "the world model's filtering pass and the upper loss"),
                 MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms"),
             )
             if cfg.compile
@@ -142,9 +142,21 @@ class TempoAgent(dreamerv2.DreamerAgent):
         """ℓ, weighter features and the per-step upper loss from one observe pass; ``aux`` holds the pass's
         :class:`worldmodels.ModelLoss` and the raw values (for logging).  ``task``: the batch's task ids [B, T]
         (int) for ``weighter_task``."""
+        upper, features, values = self.upper_parts(out.states["post"], out.states["prior"], task)
+        return LevelOutputs(loss=out.loss, features=features, upper=upper, aux=(out, values))
+
+    def upper_parts(
+        self, post: dict[str, Tensor], prior: dict[str, Tensor], task: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """What the upper level reads of the posterior and prior states (dicts of [B, T, ...]): the per-step upper
+        loss [B, T] (TEMPO eq. 4), the weighter's features [B, T, F] (eq. 5, detached) and the raw values
+        ``value_post``/``value_prior`` [B, T] by the slow critic.
+
+        Raises:
+            ValueError: ``weighter_task`` is set but ``task`` is None.
+        """
         rssm = self.wm.rssm
-        post, prior = out.states["post"], out.states["prior"]
-        feat_post, feat_prior = out.states["feat"], rssm.features(prior)
+        feat_post, feat_prior = rssm.features(post), rssm.features(prior)
         v_post, v_prior = self.value(feat_post), self.value(feat_prior)
         value_loss = getattr(self.task_loss, "value_loss", None)
         if value_loss is not None:  # a loss of the values alone (V-VAML, TEMPO eq. 4): reuse V_post, V_prior
@@ -167,10 +179,15 @@ class TempoAgent(dreamerv2.DreamerAgent):
                 inputs.append(torch.nn.functional.one_hot(task.long(), self.cfg.num_tasks).to(inputs[0].dtype))
             else:  # the id itself, embedded by the weighter (MetaWeighter groups)
                 inputs.append(task.to(inputs[0].dtype).unsqueeze(-1))
-        features = torch.cat(inputs, -1)
-        return LevelOutputs(
-            loss=out.loss, features=features, upper=upper, aux=(out, {"value_post": v_post, "value_prior": v_prior})
-        )
+        return upper, torch.cat(inputs, -1), {"value_post": v_post, "value_prior": v_prior}
+
+    def _filter_and_upper(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], task: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """The first compiled graph of the forward at θ: filtering (encoder, RSSM) and :meth:`upper_parts`, so the
+        upper loss's gradient runs one compiled backward that never reaches the likelihood heads."""
+        post, prior = self.wm.observe_states(batch, noise)
+        return post, prior, self.upper_parts(post, prior, task)
 
     def world_model_forward(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, *, compiled: bool = False
@@ -184,13 +201,12 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
         def forward(fn: Any) -> LevelOutputs:
             if halves is not None and fn is self.wm:
-                post, prior = halves[0](batch, noise)
+                post, prior, (upper, features, values) = halves[0](batch, noise, task)
                 heads = halves[1](batch, post, prior)
                 states = {"post": post, "prior": prior, "feat": self.wm.rssm.features(post)}
                 out = ModelLoss(loss=heads.loss, terms=heads.terms, states=states)
-            else:
-                out = fn(batch, noise)
-            return self.level_outputs(out, task)
+                return LevelOutputs(loss=out.loss, features=features, upper=upper, aux=(out, values))
+            return self.level_outputs(fn(batch, noise), task)
 
         return forward
 
