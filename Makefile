@@ -59,6 +59,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hypergrad.py
 	$(BIN)/python benchmarks/tempo_overhead.py
+	$(BIN)/python benchmarks/tempo_overhead.py --variants dreamerv2+compile=true,tempo+meta_every=1+compile=true,tempo+compile=true --out benchmarks/results/tempo_overhead_cpu_compile.json
 	$(BIN)/python benchmarks/roofline.py --configs cpu,cpu-pixels,sheeprl,cpu-bf16,sheeprl-bf16
 	$(BIN)/python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true
 
