@@ -162,7 +162,8 @@ class SameState(Strategy):
     by-product) or a forward-mode JVP of θ ↦ ℓ(θ) (``method="jvp"``: a forward with dual numbers and no lower
     backward at all; needs a closure that torch.func can transform).  ``method="auto"`` (default) takes the
     double backward when the forward at θ was already run (``BilevelUpdate``, where the model needs ∇θ L_low
-    anyway) and the JVP otherwise (the functional :func:`bilevel.hypergradient`), falling back to the double
+    anyway, unless the problem brings its own ``per_sample_jvp``, e.g. a compiled one) and the JVP otherwise (the
+    functional :func:`bilevel.hypergradient`), falling back to the double
     backward if the closure cannot be transformed.  ``method="finite_difference"`` approximates the mixed
     product by central differences of the per-sample losses along a (as DARTS does, Liu et al. 2019, eq. 8):
     (1/N) J a ≈ (ℓ(θ + εâ) − ℓ(θ − εâ)) / (2ε) · ‖a‖ / N with â = a/‖a‖ and ε = ``fd_eps`` — two forwards without
