@@ -120,9 +120,13 @@ def test_compiled_tempo_step_equals_the_eager_double_backward():
     (no double backward); hypergradient and model gradient equal the eager double backward's, over two steps
     (the second from the compiled cache), with no silent eager fallback."""
     got = {}
-    for compile in (False, True):
-        agent, batch = _agent(compile=compile, same_state_method="auto")
-        rec = got[compile] = {"g": [], "model": []}
+    # (compile, compile_jvp, compile_chunk): eager; compiled forward + compiled JVP with the filtering loop unrolled
+    # (0) or in compiled chunks of 2 steps (5 = 2 + 2 + 1); compiled forward in chunks + eager JVP
+    compiled_keys = ((True, True, 0), (True, True, 2), (True, False, 2))
+    for key in ((False, None, 0), *compiled_keys):
+        compile, compile_jvp, chunk = key
+        agent, batch = _agent(compile=compile, compile_jvp=compile_jvp, compile_chunk=chunk, same_state_method="auto")
+        rec = got[key] = {"g": [], "model": []}
         compute = agent.update.strategy.compute
 
         def record(problem, weights, compute=compute, rec=rec):
@@ -141,13 +145,65 @@ def test_compiled_tempo_step_equals_the_eager_double_backward():
                 agent.world_model_step(batch)
         assert (agent._compiled_jvp is not None) == compile
         if compile:
-            assert agent._compiled_jvp.compiled is not None
-            assert all(half.compiled is not None for half in agent._compiled_halves)
-    for step in range(2):
-        assert got[False]["g"][step].norm() > 0
-        torch.testing.assert_close(got[True]["g"][step], got[False]["g"][step], rtol=1e-4, atol=1e-9)
-        for a, b in zip(got[True]["model"][step], got[False]["model"][step], strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+            assert (agent._compiled_jvp.compiled is not None) == compile_jvp
+            parts = (
+                [agent._observe_chunk.compiled, agent._compiled_upper, agent._compiled_likelihood]
+                if chunk
+                else list(agent._compiled_halves)
+            )
+            assert all(part.compiled is not None for part in parts)
+    eager = got[False, None, 0]
+    for key in compiled_keys:
+        for step in range(2):
+            assert eager["g"][step].norm() > 0
+            torch.testing.assert_close(got[key]["g"][step], eager["g"][step], rtol=1e-4, atol=1e-9)
+            for a, b in zip(got[key]["model"][step], eager["model"][step], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
+    """dreamerv2 with compile=true: the ELBO by the filtering loop in compiled chunks (5 steps = 2 + 2 + 1) and the
+    compiled likelihood graph gives the eager loss and model gradient, the chunks' graphs actually compiled."""
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+
+    dreamer_tiny = {k: v for k, v in TINY.items() if not k.startswith("weighter")}
+    got = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        over = {**dreamer_tiny, "compile": compile, "compile_chunk": 2}
+        agent = DreamerAgent(resolve("dmc:cartpole_swingup", "cpu", over, recipe="dreamerv2"), (5,), 1, False)
+        _, batch = _agent()
+        grads = []
+        agent.model_opt.step = lambda agent=agent, grads=grads: grads.append(
+            [p.grad.clone() for p in agent.wm.parameters()]
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="torch.compile of")
+            torch.manual_seed(1)
+            _, out = agent.world_model_step(batch)
+        got.append((out.loss.detach(), grads[0]))
+        assert (agent._observe_chunk is not None) == compile
+        if compile:
+            assert agent._observe_chunk.compiled.compiled is not None
+            assert agent._compiled_likelihood.compiled is not None
+    torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1][1], got[0][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("meta_every", "compile_jvp", "compiled"),
+    [(1, None, True), (8, None, True), (9, None, False), (16, None, False), (16, True, True), (1, False, False)],
+)
+def test_compile_jvp_compiles_the_jvp_graph_only_where_weighter_updates_amortise_it(meta_every, compile_jvp, compiled):
+    from recipes.dreamer.tempo import COMPILE_JVP_MAX_EVERY
+
+    assert COMPILE_JVP_MAX_EVERY == 8
+    agent, _ = _agent(compile=True, meta_every=meta_every, compile_jvp=compile_jvp)
+    assert agent._compiled_jvp is not None  # the forward-mode route either way, never a double backward
+    assert (agent._compiled_jvp.compiled is not None) == compiled
+    agent, _ = _agent(compile=False, meta_every=meta_every, compile_jvp=compile_jvp)
+    assert agent._compiled_jvp is None  # eager: SameState's double backward through the eager forward
 
 
 @pytest.mark.parametrize("strategy", ["same_state", "lookahead", "implicit"])

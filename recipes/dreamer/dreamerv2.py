@@ -27,6 +27,31 @@ from recipes.run.precision import autocast_fn, resolve_precision
 from worldmodels import ModelLoss, RSSMWorldModel
 
 
+class CompiledObserveChunk:
+    """:meth:`worldmodels.RSSM.observe_chunk` compiled (:class:`recipes.agents.compile.MaybeCompiled`), the
+    :data:`worldmodels.rssm.ObserveChunk` that :meth:`worldmodels.RSSM.observe` runs along the sequence.
+
+    A carried-in state that needs no gradient (the zero initial state of the first chunk) is passed as a leaf that
+    requires one, so that every chunk hits the same graph: dynamo specialises on ``requires_grad``, and the first
+    chunk would otherwise compile a second graph of its own.  Its gradient is computed and dropped (a [B, D + S]
+    zero state's; nothing reads it)."""
+
+    def __init__(self, rssm: Any) -> None:
+        self.compiled = MaybeCompiled(rssm.observe_chunk, "the RSSM's filtering chunk")
+
+    def __call__(
+        self,
+        state: dict[str, Tensor],
+        embed: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        noise: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        if torch.is_grad_enabled() and not any(v.requires_grad for v in state.values()):
+            state = {k: v.detach().requires_grad_() for k, v in state.items()}
+        return self.compiled(state, embed, action, is_first, noise)
+
+
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
 
@@ -94,12 +119,35 @@ class DreamerAgent(nn.Module):
             actor_mean_bound=cfg.actor_mean_bound,
         )
         # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
-        # subclasses that differentiate the pass twice replace)
-        self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss") if cfg.compile else None
+        # subclasses that differentiate the pass twice replace): with compile_chunk > 0 the filtering loop as one
+        # compiled graph of compile_chunk steps reused along the sequence, and the likelihood terms as another
+        self._observe_chunk: CompiledObserveChunk | None = None
+        self._compiled_likelihood: MaybeCompiled[ModelLoss] | None = None
+        self._compiled_loss: Callable[[dict[str, Tensor]], ModelLoss] | None = None
+        if cfg.compile and cfg.compile_chunk > 0:
+            self._observe_chunk = CompiledObserveChunk(self.wm.rssm)
+            self._compiled_likelihood = MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms")
+            self._compiled_loss = self._chunked_loss
+        elif cfg.compile:
+            self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss")
         self.model_opt = torch.optim.AdamW(
             self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd
         )
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
+
+    def observe_compiled(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """:meth:`worldmodels.RSSMWorldModel.observe_states` with the filtering loop in compiled chunks of
+        ``compile_chunk`` steps (needs ``compile=true`` and ``compile_chunk > 0``)."""
+        assert self._observe_chunk is not None
+        return self.wm.observe_states(batch, noise, chunk=self.cfg.compile_chunk, chunk_fn=self._observe_chunk)
+
+    def _chunked_loss(self, batch: dict[str, Tensor]) -> ModelLoss:
+        """The world-model loss by compiled parts: :meth:`observe_compiled`, then the compiled likelihood terms."""
+        assert self._compiled_likelihood is not None
+        post, prior = self.observe_compiled(batch)
+        return self._compiled_likelihood(batch, post, prior)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Every optimiser by checkpoint name (subclasses add theirs)."""

@@ -56,6 +56,13 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
     )
 
 
+#: ``compile_jvp=None`` compiles the weighter update's JVP graph when ``meta_every`` is at most this.  Measured at the
+#: cpu preset (AMX Xeon, one thread): the graph compiles in ~225 s on a cold cache and saves ~0.25 s per weighter
+#: update over the eager JVP (0.16 vs 0.41 s per TEMPO step), so it pays back after ~900 weighter updates — within a
+#: 100k-step cpu run (~9.5k model updates) up to meta_every ≈ 10 (docs/performance.md).
+COMPILE_JVP_MAX_EVERY = 8
+
+
 class TempoAgent(dreamerv2.DreamerAgent):
     """DreamerV2's agent plus a meta weighter N_α, a task-aware upper loss and a hypergradient strategy.
 
@@ -66,8 +73,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
     ``compile=True`` also compiles the world-model forward at θ wherever the step needs only first-order derivatives
     through it (compiled graphs support no double backward): steps without a weighter update, and weighter updates by
     ``SameState`` with ``same_state_method`` ``auto``/``jvp``/``finite_difference``, whose mixed product (1/N) J a
-    then comes from a compiled forward-mode pass (:meth:`loss_jvp`) instead of a double backward.  Other strategies
-    keep the eager forward on weighter updates.
+    then comes from a forward-mode pass (:meth:`loss_jvp`; compiled per ``compile_jvp``) instead of a double
+    backward.  Other strategies keep the eager forward on weighter updates.
     """
 
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
@@ -100,16 +107,23 @@ class TempoAgent(dreamerv2.DreamerAgent):
         )
         # the forward at θ as two compiled graphs, filtering + upper level (encoder, RSSM, slow-critic values, task
         # loss, weighter features) and likelihood (heads, KL): the upper loss's gradient runs the first's backward
-        self._compiled_halves = (
-            (
+        # (with compile_chunk > 0: the filtering loop in compiled chunks, the upper level as its own graph)
+        self._compiled_upper: MaybeCompiled[Any] | None = None
+        self._compiled_halves: tuple[Callable[..., Any], Callable[..., ModelLoss]] | None = None
+        if cfg.compile and cfg.compile_chunk > 0:
+            self._compiled_upper = MaybeCompiled(self.upper_parts, "TEMPO's upper level (values, task loss, features)")
+            assert self._compiled_likelihood is not None
+            self._compiled_halves = (self._chunked_filter_and_upper, self._compiled_likelihood)
+        elif cfg.compile:
+            self._compiled_halves = (
                 MaybeCompiled(self._filter_and_upper, "the world model's filtering pass and the upper loss"),
                 MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms"),
             )
-            if cfg.compile
-            else None
-        )
+        # SameState's mixed product by forward mode on the compiled forward's steps; the JVP graph itself is compiled
+        # only where enough weighter updates amortise its compile time (compile_jvp)
+        compile_jvp = cfg.compile_jvp if cfg.compile_jvp is not None else cfg.meta_every <= COMPILE_JVP_MAX_EVERY
         self._compiled_jvp = (
-            MaybeCompiled(autocast_fn(self._loss_jvp, *self.autocast), "TEMPO's per-step ELBO JVP")
+            MaybeCompiled(autocast_fn(self._loss_jvp, *self.autocast), "TEMPO's per-step ELBO JVP", enabled=compile_jvp)
             if cfg.compile and isinstance(strategy, SameState) and strategy.method in ("auto", "jvp")
             else None
         )
@@ -188,6 +202,15 @@ class TempoAgent(dreamerv2.DreamerAgent):
         upper loss's gradient runs one compiled backward that never reaches the likelihood heads."""
         post, prior = self.wm.observe_states(batch, noise)
         return post, prior, self.upper_parts(post, prior, task)
+
+    def _chunked_filter_and_upper(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], task: Tensor | None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """:meth:`_filter_and_upper` by compiled parts: the filtering loop in chunks (``compile_chunk``), then
+        :meth:`upper_parts` as one graph."""
+        assert self._compiled_upper is not None
+        post, prior = self.observe_compiled(batch, noise)
+        return post, prior, self._compiled_upper(post, prior, task)
 
     def world_model_forward(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, *, compiled: bool = False
