@@ -32,9 +32,10 @@ class CompiledObserveChunk:
     :data:`worldmodels.rssm.ObserveChunk` that :meth:`worldmodels.RSSM.observe` runs along the sequence.
 
     A carried-in state that needs no gradient (the zero initial state of the first chunk) is passed as a leaf that
-    requires one, so that every chunk hits the same graph: dynamo specialises on ``requires_grad``, and the first
-    chunk would otherwise compile a second graph of its own.  Its gradient is computed and dropped (a [B, D + S]
-    zero state's; nothing reads it)."""
+    requires one, and a carried state is made contiguous (its statistics are views of wider tensors), so that every
+    chunk hits the same graph: dynamo specialises on ``requires_grad`` and on strides, and the first chunk would
+    otherwise compile a second graph of its own.  The zero state's gradient is computed and dropped (nothing reads
+    it)."""
 
     def __init__(self, rssm: Any) -> None:
         self.compiled = MaybeCompiled(rssm.observe_chunk, "the RSSM's filtering chunk")
@@ -49,6 +50,8 @@ class CompiledObserveChunk:
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         if torch.is_grad_enabled() and not any(v.requires_grad for v in state.values()):
             state = {k: v.detach().requires_grad_() for k, v in state.items()}
+        else:  # a carried state's statistics are views of wider tensors: one layout for every chunk
+            state = {k: v.contiguous() for k, v in state.items()}
         return self.compiled(state, embed, action, is_first, noise)
 
 
