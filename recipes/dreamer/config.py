@@ -104,8 +104,8 @@ class DreamerConfig(RunConfig):
         False,
         description="torch.compile the world-model loss and the imagination + actor-critic losses; in tempo also "
         "SameState's mixed product, as a compiled forward-mode JVP (same_state_method auto/jvp; the strategies that "
-        "differentiate the forward twice keep it eager on weighter updates): unrolled graphs, minutes to compile on "
-        "a cold cache, eager fallback (recipes.agents.compile)",
+        "differentiate the forward twice keep it eager on weighter updates): unrolled graphs (the filtering loop in "
+        "compile_chunk-step chunks), minutes to compile on a cold cache, eager fallback (recipes.agents.compile)",
     )
     compile_chunk: int = Field(
         10,
