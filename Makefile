@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 EXTRAS := rl,oracles,examples,dev,sweep,docs
+# torch threads of make run: the main job runs alone on a 2-core machine, where 2 threads measured 1.18x faster than 1
+# per TEMPO update (docs/performance.md); use THREADS=1 when another job shares the machine.
+THREADS ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 # Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
@@ -34,11 +37,12 @@ setup: $(STAMP)
 
 # The main job: TEMPO (meta-weighted RSSM + Dreamer actor-critic) on DMC cartpole swing-up, cpu preset, proprio.
 # 100k env steps with the compiled train step (bf16 actor-critic only where the CPU measures it faster): swing-up
-# (>= 500) in ~24 min on 2 cores (README).  Re-running resumes from runs/tempo-cartpole-swingup (a finished run only
+# (>= 500) within 25 min on 2 cores (README).  Re-running resumes from runs/tempo-cartpole-swingup (a finished run only
 # re-plots).
 run: $(STAMP)
 	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 100000 --seed 0 \
-	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto
+	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto \
+	  --set threads=$(THREADS)
 
 example: $(STAMP)
 	$(BIN)/reweigh noisy-labels --seeds 0,1,2 --out runs/noisy-labels/results.json

@@ -14,6 +14,8 @@ from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normaliz
 from bilevel.strategies import (
     STRATEGY_NAMES,
     BilevelProblem,
+    FactoredJvp,
+    FactoredJvpAt,
     HypergradientResult,
     Implicit,
     Lookahead,
@@ -32,6 +34,8 @@ __all__ = [
     "BilevelProblem",
     "BilevelUpdate",
     "CheckRow",
+    "FactoredJvp",
+    "FactoredJvpAt",
     "HypergradientResult",
     "Implicit",
     "ImplicitInfo",

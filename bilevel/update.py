@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bilevel import _autodiff as ad
 from bilevel.guard import NonFiniteError, as_floats, check_finite
-from bilevel.strategies import BilevelProblem, PerSampleJvp, Strategy
+from bilevel.strategies import BilevelProblem, FactoredJvp, PerSampleJvp, Strategy
 
 ModelFn = Callable[..., Any]
 
@@ -104,7 +104,7 @@ class BilevelUpdate:
         *,
         meta: bool = True,
         outputs: LevelOutputs | None = None,
-        jvp: PerSampleJvp | None = None,
+        jvp: PerSampleJvp | FactoredJvp | None = None,
     ) -> dict[str, float]:
         """Run one bi-level update.
 
@@ -123,7 +123,9 @@ class BilevelUpdate:
             jvp: optional ``(params, tangents) -> (ℓ, J·v)`` at the real model's parameters (see
                 :class:`bilevel.BilevelProblem`'s ``per_sample_jvp``), e.g. a compiled forward-mode pass of
                 ``forward``'s loss; ``SameState(method="auto")`` then computes (1/N) J a with it instead of the
-                double backward, and θ's gradient by a plain backward through ``outputs``.
+                double backward, and θ's gradient by a plain backward through ``outputs``.  A
+                :class:`bilevel.FactoredJvp` builds the mixed product from its intermediates' tangents and θ's own
+                backward (w detached), which then runs when the strategy asks for J a.
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
@@ -169,13 +171,16 @@ class BilevelUpdate:
         elif self.strategy.trains_weighter:
             assert self.weighter is not None and self.weighter_optimizer is not None and out.features is not None
             w = self.weighter(out.features)
+            # a FactoredJvp runs θ's backward when the strategy asks for J a (after a = ∇θ L_up's backward)
+            factored = jvp.at(out.loss, w, list(params.values())) if isinstance(jvp, FactoredJvp) else None
+            per_sample_jvp = jvp if factored is None else factored
             problem = BilevelProblem(
                 per_sample_loss=lambda p: forward(self.view(p)).loss,
                 upper_loss=lambda p: upper_fn(self.view(p)),
                 params=params,
                 loss=out.loss,
                 upper=upper_at_theta,
-                per_sample_jvp=jvp,
+                per_sample_jvp=per_sample_jvp,
             )
             result = self.strategy.compute(problem, w.detach())
             g = result.hypergradient
@@ -188,7 +193,7 @@ class BilevelUpdate:
             tensors["hypergrad_norm"] = g.detach().norm()
             if result.upper is not None:
                 upper_at_theta = result.upper
-            lower_grad = result.lower_grad
+            lower_grad = factored.lower_grad if factored is not None and factored.lower_grad else result.lower_grad
             w = w.detach()
         else:
             upper_detached = None if upper_at_theta is None else upper_at_theta.detach()

@@ -116,8 +116,9 @@ def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
 
 
 def test_compiled_tempo_step_equals_the_eager_double_backward():
-    """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a the compiled forward-mode pass
-    (no double backward); hypergradient and model gradient equal the eager double backward's, over two steps
+    """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a a forward-mode pass of the
+    filtering alone, dotted per step with the lower backward's state cotangents (``bilevel.FactoredJvp``; no double
+    backward, no decoder JVP); hypergradient and model gradient equal the eager double backward's, over two steps
     (the second from the compiled cache), with no silent eager fallback."""
     got = {}
     # (compile, compile_jvp, compile_chunk): eager; compiled forward + compiled JVP with the filtering loop unrolled
@@ -152,6 +153,10 @@ def test_compiled_tempo_step_equals_the_eager_double_backward():
                 else list(agent._compiled_halves)
             )
             assert all(part.compiled is not None for part in parts)
+            # the filtering's JVP: whole (chunk 0) or the encoder's and one chunk graph (chunk > 0)
+            assert (agent._compiled_chunk_jvp is not None) == bool(chunk)
+            if chunk:
+                assert (agent._compiled_chunk_jvp.compiled is not None) == compile_jvp
     eager = got[False, None, 0]
     for key in compiled_keys:
         for step in range(2):
@@ -193,7 +198,7 @@ def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
 
 @pytest.mark.parametrize(
     ("meta_every", "compile_jvp", "compiled"),
-    [(1, None, True), (8, None, True), (9, None, False), (16, None, False), (16, True, True), (1, False, False)],
+    [(1, None, True), (16, None, True), (32, None, True), (33, None, False), (33, True, True), (1, False, False)],
 )
 def test_compile_jvp_compiles_the_jvp_graph_only_where_weighter_updates_amortise_it(meta_every, compile_jvp, compiled):
     agent, _ = _agent(compile=True, meta_every=meta_every, compile_jvp=compile_jvp)

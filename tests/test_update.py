@@ -249,3 +249,106 @@ def test_a_supplied_jvp_replaces_the_double_backward_and_gives_the_same_step():
     calls.clear()
     upd2.step(forward2, upper2, jvp=jvp_of(model2, x2, y2))
     assert calls == []
+
+
+class _Factored(nn.Module):
+    """z = tanh(A x), u = B x per sample (the 'filtering'), ℓ = (head([z, u]) − y)² + ‖u‖² (per-sample 'heads')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.aux, self.head = nn.Linear(3, 4), nn.Linear(3, 2), nn.Linear(6, 1)
+
+    def forward(self, x):
+        z, u = torch.tanh(self.enc(x)), self.aux(x)
+        return z, u, self.head(torch.cat([z, u], -1)).squeeze(-1)
+
+
+class _ReluWeighter(nn.Module):
+    """w = relu(linear(features)): exact zeros for some samples (FactoredJvp's second route)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        with torch.no_grad():  # w = relu(0.1 ℓ + y): zero for about half the samples
+            self.lin.weight.copy_(torch.tensor([[0.1, 1.0]]))
+            self.lin.bias.zero_()
+
+    def forward(self, features):
+        return torch.relu(self.lin(features)).squeeze(-1)
+
+
+def _factored_setup(relu: bool):
+    torch.manual_seed(3)
+    model = _Factored()
+    weighter = _ReluWeighter() if relu else B.MetaWeighter(2, layers=1, hidden=8, norm="none")
+    upd = B.BilevelUpdate(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        B.SameState(0.1),
+        weighter,
+        torch.optim.SGD(weighter.parameters(), lr=0.5),
+    )
+    x, y = torch.randn(12, 3), torch.randn(12)
+    keep = {}
+
+    def forward(fn):
+        z, u, pred = fn(x)
+        loss = (pred - y) ** 2 + u.pow(2).sum(-1)
+        keep.update(z=z, u=u)
+        # the upper loss reads the intermediates alone: a = 0 on the head
+        return B.LevelOutputs(loss=loss, features=torch.stack([loss.detach(), y], -1), upper=(z.sum(-1) - u[:, 0]) ** 2)
+
+    def tangents_of(names):
+        def tangents(params, tangents):
+            def inter(p):
+                z, u, _ = torch.func.functional_call(model, {**params, **p}, (x,))
+                return {"z": z, "u": u}
+
+            t = torch.func.jvp(inter, ({n: params[n] for n in tangents},), (tangents,))[1]
+            return {k: t[k] for k in names}
+
+        return tangents
+
+    return upd, model, weighter, forward, keep, tangents_of
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_factored_jvp_gives_the_double_backward_step(relu):
+    """``step(jvp=FactoredJvp)``: J a from the intermediates' tangents and the lower backward's per-sample cotangents
+    (divided by w_i/N, or by a backward of Σ ℓ where some w_i = 0) gives the double backward's step (float64); with an
+    intermediate left out it does not (the test can fail)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        runs = [_factored_setup(relu) for _ in range(3)]
+    finally:
+        torch.set_default_dtype(torch.float32)
+    results = []
+    for (upd, model, weighter, forward, keep, tangents_of), names in zip(runs, (None, ("z", "u"), ("z",)), strict=True):
+        if names is None:
+            metrics = upd.step(forward)
+        else:
+            out = forward(model)
+            metrics = upd.step(forward, outputs=out, jvp=B.FactoredJvp(dict(keep), tangents_of(names)))
+        results.append((metrics, [p.detach().clone() for p in [*model.parameters(), *weighter.parameters()]]))
+    (ref, ref_params), (got, got_params), (partial, _) = results
+    assert ref["hypergrad_norm"] > 0
+    assert (ref["weight_min"] == 0.0 and ref["weight_max"] > 0) == relu  # the second route: some w_i exactly 0
+    assert got["hypergrad_norm"] == pytest.approx(ref["hypergrad_norm"], rel=1e-10)
+    assert got["model_grad_norm"] == pytest.approx(ref["model_grad_norm"], rel=1e-10)
+    for p, q in zip(got_params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert partial["hypergrad_norm"] != pytest.approx(ref["hypergrad_norm"], rel=1e-3)
+
+
+def test_a_factored_jvp_rejects_intermediates_and_tangents_of_the_wrong_shape():
+    theta = torch.ones(3, requires_grad=True)
+    z = theta.sum() * torch.ones(4, 5, 2)
+    loss, w = z.sum(-1) ** 2, torch.rand(4, 5) + 0.5
+    with pytest.raises(ValueError, match="leading dimensions"):
+        B.FactoredJvp({"z": z, "y": torch.zeros(5, 4)}, lambda p, t: {"z": z}).at(loss, w, [theta])
+    for name, shape, match in (("q", (4, 5, 2), "not one of the intermediates"), ("z", (4, 5, 1), "has shape")):
+        z = theta.sum() * torch.ones(4, 5, 2)
+        tangents = {name: torch.zeros(shape)}
+        jvp = B.FactoredJvp({"z": z}, lambda p, t, tangents=tangents: tangents).at(z.sum(-1) ** 2, w, [theta])
+        with pytest.raises(ValueError, match=match):
+            jvp({}, {})

@@ -218,9 +218,9 @@ class TempoConfig(DreamerConfig):
     compile_jvp: bool | None = Field(
         None,
         description="with compile=true and same_state_method auto/jvp: compile the forward-mode JVP of the weighter "
-        "updates too (True), run it eagerly (False), or None: compile it when meta_every <= 8. Measured at the cpu "
-        "preset (AMX Xeon, one thread): its graph costs ~225 s to compile cold and saves ~0.25 s per weighter "
-        "update, ~900 weighter updates to pay back (docs/performance.md)",
+        "updates (the filtering's, in compile_chunk chunks) too (True), run it eagerly (False), or None: compile it "
+        "when meta_every <= 32. Measured at the cpu preset (AMX Xeon, one thread): its graphs cost ~43 s to compile "
+        "cold and save ~0.19 s per weighter update, ~230 weighter updates to pay back (docs/performance.md)",
     )
     meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
     lookahead_steps: int = Field(1, ge=1)

@@ -25,11 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
-from bilevel import BatchNormalizer, BilevelUpdate, LevelOutputs, MetaWeighter, Naive, SameState, Strategy, Uniform
+from bilevel import (
+    BatchNormalizer,
+    BilevelUpdate,
+    FactoredJvp,
+    LevelOutputs,
+    MetaWeighter,
+    Naive,
+    SameState,
+    Strategy,
+    Uniform,
+)
 from bilevel import make_strategy as _make_strategy
-from bilevel.strategies import PerSampleJvp
 from recipes.agents.compile import MaybeCompiled
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
@@ -56,11 +65,29 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
     )
 
 
-#: ``compile_jvp=None`` compiles the weighter update's JVP graph when ``meta_every`` is at most this.  Measured at the
-#: cpu preset (AMX Xeon, one thread): the graph compiles in ~225 s on a cold cache and saves ~0.25 s per weighter
-#: update over the eager JVP (0.16 vs 0.41 s per TEMPO step), so it pays back after ~900 weighter updates — within a
-#: 100k-step cpu run (~9.5k model updates) up to meta_every ≈ 10 (docs/performance.md).
-COMPILE_JVP_MAX_EVERY = 8
+#: ``compile_jvp=None`` compiles the weighter update's JVP graphs when ``meta_every`` is at most this.  Measured at the
+#: cpu preset (AMX Xeon, one thread, chunks of 10): the filtering's JVP (the encoder's and one 10-step chunk graph)
+#: compiles in ~43 s on a cold cache and saves ~0.19 s per weighter update over the eager JVP (0.137 vs 0.326 s per
+#: TEMPO step at meta_every=1), so it pays back after ~230 weighter updates — within a 100k-step cpu run (~9.5k model
+#: updates) up to meta_every ≈ 40 (docs/performance.md).
+COMPILE_JVP_MAX_EVERY = 32
+
+
+class _Call(nn.Module):
+    """``fn(inner, *args)`` as a module's forward, so that ``torch.func.functional_call`` (which calls ``forward``)
+    runs any part of ``inner`` at given parameters (named ``inner.<name>``)."""
+
+    def __init__(self, inner: nn.Module, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.inner, self.fn = inner, fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(self.inner, *args)
+
+
+def _flat_states(post: dict[str, Tensor], prior: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Posterior and prior states as one dict, ``post/<key>`` and ``prior/<key>``."""
+    return {**{f"post/{k}": v for k, v in post.items()}, **{f"prior/{k}": v for k, v in prior.items()}}
 
 
 class TempoAgent(dreamerv2.DreamerAgent):
@@ -73,8 +100,9 @@ class TempoAgent(dreamerv2.DreamerAgent):
     ``compile=True`` also compiles the world-model forward at θ wherever the step needs only first-order derivatives
     through it (compiled graphs support no double backward): steps without a weighter update, and weighter updates by
     ``SameState`` with ``same_state_method`` ``auto``/``jvp``/``finite_difference``, whose mixed product (1/N) J a
-    then comes from a forward-mode pass (:meth:`loss_jvp`; compiled per ``compile_jvp``) instead of a double
-    backward.  Other strategies keep the eager forward on weighter updates.
+    then comes from a forward-mode pass of the filtering alone (:meth:`loss_jvp`, a :class:`bilevel.FactoredJvp`;
+    compiled per ``compile_jvp``) instead of a double backward.  Other strategies keep the eager forward on weighter
+    updates.
     """
 
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
@@ -122,11 +150,25 @@ class TempoAgent(dreamerv2.DreamerAgent):
         # SameState's mixed product by forward mode on the compiled forward's steps; the JVP graph itself is compiled
         # only where enough weighter updates amortise its compile time (compile_jvp)
         compile_jvp = cfg.compile_jvp if cfg.compile_jvp is not None else cfg.meta_every <= COMPILE_JVP_MAX_EVERY
-        self._compiled_jvp = (
-            MaybeCompiled(autocast_fn(self._loss_jvp, *self.autocast), "TEMPO's per-step ELBO JVP", enabled=compile_jvp)
-            if cfg.compile and isinstance(strategy, SameState) and strategy.method in ("auto", "jvp")
-            else None
-        )
+        # parts of the world model at given parameters (a plain dict: no second registration of its parameters)
+        self._calls = {
+            "states": _Call(self.wm, lambda wm, batch, noise: _flat_states(*wm.observe_states(batch, noise))),
+            "embed": _Call(self.wm, lambda wm, obs: wm.encoder(wm.preprocess(obs))),
+            "chunk": _Call(self.wm, lambda wm, *args: wm.rssm.observe_chunk(*args)),
+        }
+        self._compiled_jvp: MaybeCompiled[Any] | None = None
+        self._compiled_chunk_jvp: MaybeCompiled[Any] | None = None
+        if cfg.compile and isinstance(strategy, SameState) and strategy.method in ("auto", "jvp"):
+            # with compile_chunk: the encoder's JVP over the sequence, then one K-step filtering JVP graph reused
+            # along it, the state's tangent carried across (as the forward's chunks); else the filtering whole
+            whole = self._embed_jvp if cfg.compile_chunk > 0 else self._states_jvp
+            self._compiled_jvp = MaybeCompiled(
+                autocast_fn(whole, *self.autocast), "TEMPO's filtering JVP", enabled=compile_jvp
+            )
+            if cfg.compile_chunk > 0:
+                self._compiled_chunk_jvp = MaybeCompiled(
+                    autocast_fn(self._chunk_jvp, *self.autocast), "TEMPO's filtering-chunk JVP", enabled=compile_jvp
+                )
         self.update = BilevelUpdate(
             self.wm,
             self.model_opt,
@@ -233,27 +275,109 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
         return forward
 
-    def _loss_jvp(
+    def _call(self, part: str, params: dict[str, Tensor], *args: Any) -> Any:
+        """Part ``part`` of :attr:`_calls` at ``params`` (the world model's parameters by name)."""
+        return torch.func.functional_call(self._calls[part], {f"inner.{n}": t for n, t in params.items()}, args)
+
+    def _states_jvp(
         self,
         params: dict[str, Tensor],
         tangents: dict[str, Tensor],
         batch: dict[str, Tensor],
         noise: tuple[Tensor, Tensor],
-    ) -> tuple[Tensor, Tensor]:
-        """(ℓ(θ), J·v): the per-step ELBO terms [B, T] at ``params`` and their directional derivatives along
-        ``tangents`` (a subset of the names; the rest held constant), by forward mode (``torch.func.jvp``; the world
-        model has no buffers to copy)."""
+    ) -> dict[str, Tensor]:
+        """∂s/∂θ · v of the filtering pass (encoder, RSSM; posterior and prior states [B, T, ...] as
+        ``post/<key>``, ``prior/<key>``) at ``params`` along ``tangents`` (a subset of the names, the rest held
+        constant), by forward mode (``torch.func.jvp``), with the forward's latent ``noise``."""
 
-        def loss(p: dict[str, Tensor]) -> Tensor:
-            return torch.func.functional_call(self.wm, {**params, **p}, (batch, noise)).loss
+        def states(p: dict[str, Tensor]) -> dict[str, Tensor]:
+            return self._call("states", {**params, **p}, batch, noise)
 
-        return torch.func.jvp(loss, ({n: params[n] for n in tangents},), (tangents,))
+        return torch.func.jvp(states, ({n: params[n] for n in tangents},), (tangents,))[1]
 
-    def loss_jvp(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor]) -> PerSampleJvp:
-        """``(params, tangents) -> (ℓ, J·v)`` on this batch and noise, compiled with ``compile=True``
-        (:class:`bilevel.BilevelProblem`'s ``per_sample_jvp``)."""
-        fn = self._compiled_jvp if self._compiled_jvp is not None else self._loss_jvp
-        return lambda params, tangents: fn(params, tangents, batch, noise)
+    def _embed_jvp(self, params: dict[str, Tensor], tangents: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's embedding [B, T, E] of ``obs`` and its tangent along ``tangents``."""
+
+        def embed(p: dict[str, Tensor]) -> Tensor:
+            return self._call("embed", {**params, **p}, obs)
+
+        return torch.func.jvp(embed, ({n: params[n] for n in tangents},), (tangents,))
+
+    def _chunk_jvp(
+        self,
+        params: dict[str, Tensor],
+        tangents: dict[str, Tensor],
+        state: dict[str, Tensor],
+        state_tangent: dict[str, Tensor],
+        embed: Tensor,
+        embed_tangent: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        noise: tuple[Tensor, Tensor],
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """One K-step chunk of the filtering loop (:meth:`worldmodels.RSSM.observe_chunk`) by forward mode from
+        ``state`` and its tangent: the last state, its tangent, and the chunk's state tangents (``post/<key>``,
+        ``prior/<key>``, [B, K, ...])."""
+
+        def chunk(p: dict[str, Tensor], s: dict[str, Tensor], e: Tensor) -> Any:
+            return self._call("chunk", {**params, **p}, s, e, action, is_first, noise)
+
+        primals = ({n: params[n] for n in tangents}, state, embed)
+        (last, _, _), (last_t, post_t, prior_t) = torch.func.jvp(
+            chunk, primals, (tangents, state_tangent, embed_tangent)
+        )
+        return last, last_t, _flat_states(post_t, prior_t)
+
+    def _chunked_states_jvp(
+        self,
+        params: dict[str, Tensor],
+        tangents: dict[str, Tensor],
+        batch: dict[str, Tensor],
+        noise: tuple[Tensor, Tensor],
+    ) -> dict[str, Tensor]:
+        """:meth:`_states_jvp` by compiled parts: the encoder's JVP, then the filtering loop's in chunks of
+        ``compile_chunk`` steps, the state and its tangent carried across (contiguous: one graph for every chunk)."""
+        assert self._compiled_jvp is not None and self._compiled_chunk_jvp is not None
+        embed, embed_t = self._compiled_jvp(params, tangents, batch["obs"])
+        action, is_first = batch["action"].to(embed.dtype), batch["is_first"].bool()
+        b, t = embed.shape[:2]
+        state = self.wm.rssm.initial(b, embed.device, embed.dtype)
+        state_t = {k: torch.zeros_like(v) for k, v in state.items()}
+        k = self.cfg.compile_chunk
+        parts = []
+        for i in range(0, t, k):
+            part = slice(i, i + k)
+            state, state_t, tangent = self._compiled_chunk_jvp(
+                params,
+                tangents,
+                {n: v.contiguous() for n, v in state.items()},
+                {n: v.contiguous() for n, v in state_t.items()},
+                embed[:, part],
+                embed_t[:, part],
+                action[:, part],
+                is_first[:, part],
+                (noise[0][:, part], noise[1][:, part]),
+            )
+            parts.append(tangent)
+        return {n: torch.cat([p[n] for p in parts], 1) for n in parts[0]}
+
+    def loss_jvp(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], levels: LevelOutputs) -> FactoredJvp:
+        """The mixed product's forward-mode pass for :class:`bilevel.BilevelUpdate` (``jvp=``) as a
+        :class:`bilevel.FactoredJvp` through the posterior and prior states of ``levels`` (the forward at θ): the
+        upper loss depends on the filtering (encoder, RSSM) alone, and ℓ_{b,t} reads the states only at (b, t) (the
+        decoder, heads and KL act per step), so only the filtering runs in forward mode — no decoder pass."""
+        states = levels.aux[0].states
+        fn = self._chunked_states_jvp if self._compiled_chunk_jvp is not None else self._compiled_jvp
+        assert fn is not None
+
+        def tangents(params: dict[str, Tensor], tangents: dict[str, Tensor]) -> dict[str, Tensor]:
+            heads = [n for n in tangents if not n.startswith(("encoder.", "rssm."))]
+            if heads:  # the upper loss reads the states alone (upper_parts), so this cannot happen; if it did, ℓ's
+                # direct dependence on these would be missing from J a
+                raise RuntimeError(f"the upper loss depends on the world model's {heads}: J a needs the full JVP")
+            return fn(params, tangents, batch, noise)
+
+        return FactoredJvp(_flat_states(states["post"], states["prior"]), tangents)
 
     def meta_due(self) -> bool:
         return int(self.ac.updates) % self.cfg.meta_every == 0  # one actor-critic update per model update
@@ -263,7 +387,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         compiled = not meta or self._first_order_meta
         forward = autocast_fn(self.world_model_forward(batch, noise, compiled=compiled), *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
-        jvp = self.loss_jvp(batch, noise) if meta and self._compiled_jvp is not None else None
+        jvp = self.loss_jvp(batch, noise, levels) if meta and self._compiled_jvp is not None else None
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=meta, jvp=jvp).items()}
         out, values = levels.aux
         for name, v in values.items():
