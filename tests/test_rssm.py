@@ -7,7 +7,7 @@ import torch
 
 import bilevel as B
 from worldmodels import ModelLoss, RSSMWorldModel, WorldModel
-from worldmodels.rssm import RSSM
+from worldmodels.rssm import RSSM, ConvEncoder
 
 SMALL = {"deter": 16, "stoch": 4, "hidden": 16, "mlp_layers": 1, "mlp_units": 16, "depth": 4}
 
@@ -365,3 +365,30 @@ def test_unimix_zero_is_dreamerv2_and_bad_values_raise():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="unimix"):
             RSSM(6, 2, classes=4, unimix=bad)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("which", ["all", "later layers", "biases"])
+def test_conv_encoder_tangent_from_the_forwards_activations_equals_torch_func_jvp(size, which):
+    """ConvEncoder.tangent (two convs per layer, ELU′ from the ELU output) gives torch.func.jvp's tangent (float64),
+    for tangents on every parameter, on the later layers only (the first layers' tangent zero) and on biases only."""
+    torch.manual_seed(0)
+    enc = ConvEncoder(3, size, depth=4).double()
+    x = torch.rand(2, 3, 3, size, size, dtype=torch.float64) - 0.5
+    params = {n: p.detach() for n, p in enc.named_parameters()}
+    keep = {
+        "all": lambda n: True,
+        "later layers": lambda n: not n.startswith(("net.0.", "net.2.")),
+        "biases": lambda n: n.endswith("bias"),
+    }[which]
+    tangents = {n: torch.randn_like(p) for n, p in params.items() if keep(n)}
+
+    def f(p):
+        return torch.func.functional_call(enc, {**params, **p}, (x,))
+
+    want = torch.func.jvp(f, ({n: params[n] for n in tangents},), (tangents,))[1]
+    embed, acts = enc.forward_with_activations(x)
+    torch.testing.assert_close(embed, enc(x), rtol=0, atol=0)
+    got = enc.tangent(x, [a.detach() for a in acts], params, tangents)
+    assert want.abs().max() > 0 and got.shape == (2, 3, enc.out_size)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -36,13 +36,19 @@ TINY = {
 
 
 def _agent(seed: int = 0, dtype: torch.dtype = torch.float32, **over):
+    """A tiny TempoAgent and a batch of 3 × 5 steps; ``pixels=True`` (with ``image_size``/``depth``): uint8 images."""
     torch.manual_seed(seed)
     cfg = resolve("dmc:cartpole_swingup", "cpu", {**TINY, **over}, recipe="tempo")
-    agent = TempoAgent(cfg, (5,), 1, False).to(dtype)
+    obs_shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else (5,)
+    agent = TempoAgent(cfg, obs_shape, 1, False).to(dtype)
     b, t = cfg.batch_size, cfg.seq_len
     gen = torch.Generator().manual_seed(seed + 1)
     batch = {
-        "obs": torch.randn(b, t, 5, generator=gen, dtype=dtype),
+        "obs": (
+            torch.randint(0, 256, (b, t, *obs_shape), generator=gen, dtype=torch.uint8)
+            if cfg.pixels
+            else torch.randn(b, t, 5, generator=gen, dtype=dtype)
+        ),
         "action": torch.rand(b, t, 1, generator=gen, dtype=dtype) * 2 - 1,
         "reward": torch.rand(b, t, generator=gen, dtype=dtype),
         "is_first": torch.zeros(b, t, dtype=torch.bool),
@@ -115,18 +121,29 @@ def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
 
 
-def test_compiled_tempo_step_equals_the_eager_double_backward():
+@pytest.mark.parametrize("pixels", [False, True])
+def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
     """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a a forward-mode pass of the
     filtering alone, dotted per step with the lower backward's state cotangents (``bilevel.FactoredJvp``; no double
     backward, no decoder JVP); hypergradient and model gradient equal the eager double backward's, over two steps
-    (the second from the compiled cache), with no silent eager fallback."""
+    (the second from the compiled cache), with no silent eager fallback.  With pixels the conv encoder's tangent
+    comes from the forward's activations (``ConvEncoder.tangent``)."""
+    image = {"pixels": True, "image_size": 32, "depth": 2} if pixels else {}
     got = {}
     # (compile, compile_jvp, compile_chunk): eager; compiled forward + compiled JVP with the filtering loop unrolled
     # (0) or in compiled chunks of 2 steps (5 = 2 + 2 + 1); compiled forward in chunks + eager JVP
-    compiled_keys = ((True, True, 0), (True, True, 2), (True, False, 2))
+    compiled_keys = (
+        ((True, True, 2), (True, False, 2)) if pixels else ((True, True, 0), (True, True, 2), (True, False, 2))
+    )
     for key in ((False, None, 0), *compiled_keys):
         compile, compile_jvp, chunk = key
-        agent, batch = _agent(compile=compile, compile_jvp=compile_jvp, compile_chunk=chunk, same_state_method="auto")
+        agent, batch = _agent(
+            compile=compile, compile_jvp=compile_jvp, compile_chunk=chunk, same_state_method="auto", **image
+        )
+        tangent_calls = []
+        if agent._compiled_encoder_tangent is not None:
+            inner = agent._compiled_encoder_tangent
+            agent._compiled_encoder_tangent = lambda *a, inner=inner, calls=tangent_calls: calls.append(1) or inner(*a)
         rec = got[key] = {"g": [], "model": []}
         compute = agent.update.strategy.compute
 
@@ -157,6 +174,9 @@ def test_compiled_tempo_step_equals_the_eager_double_backward():
             assert (agent._compiled_chunk_jvp is not None) == bool(chunk)
             if chunk:
                 assert (agent._compiled_chunk_jvp.compiled is not None) == compile_jvp
+            # pixels: the conv encoder's tangent from the forward's activations, once per weighter update
+            assert tangent_calls == ([1, 1] if pixels else [])
+            assert agent._encoder_acts is None
     eager = got[False, None, 0]
     for key in compiled_keys:
         for step in range(2):

@@ -482,6 +482,57 @@ class ConvEncoder(nn.Module):
         lead = x.shape[:-3]
         return self.net(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
 
+    def forward_with_activations(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`forward` and every layer's ELU output ([N, C_i, H_i, W_i], N = the leading dims' product): what
+        :meth:`tangent` reuses instead of recomputing them."""
+        lead = x.shape[:-3]
+        h, acts = x.reshape(-1, *x.shape[-3:]), []
+        for m in self.net:
+            h = m(h)
+            if isinstance(m, nn.ELU):
+                acts.append(h)
+        return h.reshape(*lead, -1), acts
+
+    def tangent(
+        self, x: Tensor, acts: Sequence[Tensor], params: dict[str, Tensor], tangents: dict[str, Tensor]
+    ) -> Tensor:
+        """∂e/∂θ · v of :meth:`forward` at ``x`` ([..., C, H, W]) from the forward's ELU outputs ``acts``
+        (:meth:`forward_with_activations`), so no layer's primal is recomputed: per layer the tangent of
+        h_i = conv(u_{i−1}; W_i, b_i) is conv(u_{i−1}; V_i, c_i) + conv(du_{i−1}; W_i), and du_i = ELU′(h_i)·dh_i with
+        ELU′ = 1 where u_i > 0, else u_i + 1 (α = 1).  Two convolutions per layer (one for the first) where
+        ``torch.func.jvp`` runs three.
+
+        Args:
+            x: the input of the forward that produced ``acts``.
+            acts: its ELU outputs, one per layer.
+            params: this module's parameters by name (``net.<i>.weight``/``bias``; missing ones: the module's own).
+            tangents: v by the same names; missing names have zero tangent.
+
+        Returns:
+            [..., out_size], the embedding's tangent.
+        """
+        lead = x.shape[:-3]
+        inp, dh = x.reshape(-1, *x.shape[-3:]), None
+        acts_it = iter(acts)
+        for i, m in enumerate(self.net):
+            if not isinstance(m, nn.Conv2d):
+                continue
+            u = next(acts_it)
+            w = params.get(f"net.{i}.weight", m.weight)
+            dw, db = tangents.get(f"net.{i}.weight"), tangents.get(f"net.{i}.bias")
+            t: Tensor | None = None
+            if dw is not None:
+                t = F.conv2d(inp, dw, db, m.stride)
+            elif db is not None:
+                t = db.reshape(1, -1, 1, 1).expand_as(u)
+            if dh is not None:
+                y = F.conv2d(dh, w, None, m.stride)
+                t = y if t is None else t + y
+            dh = None if t is None else t * torch.where(u > 0, 1.0, u + 1.0)
+            inp = u
+        out = torch.zeros_like(inp) if dh is None else dh
+        return out.reshape(*lead, -1)
+
 
 class ConvDecoder(nn.Module):
     """Transposed-conv image decoder (kernels 5, 5, 6, 6 for 64×64; 5, 6, 6 for 32×32), mean of a unit Normal."""
@@ -635,12 +686,15 @@ class RSSMWorldModel(nn.Module):
         *,
         chunk: int = 0,
         chunk_fn: ObserveChunk | None = None,
+        embed: Tensor | None = None,
     ) -> tuple[State, State]:
         """The filtering half of :meth:`loss`: encoder and :meth:`RSSM.observe` (``chunk``, ``chunk_fn``: see
         there) → posterior and prior states (dicts of [B, T, ...]).  Split out so that a caller can differentiate the
         states alone (a task loss of the states, e.g. V-VAML, never reaches the heads) or compile the parts as
-        separate graphs."""
-        embed = self.encoder(self.preprocess(batch["obs"]))
+        separate graphs.  ``embed``: the encoder's output [B, T, E] for ``batch["obs"]`` if the caller computed it
+        (e.g. by a compiled encoder)."""
+        if embed is None:
+            embed = self.encoder(self.preprocess(batch["obs"]))
         action, is_first = batch["action"].to(embed.dtype), batch["is_first"].bool()
         return self.rssm.observe(embed, action, is_first, state, noise, chunk=chunk, chunk_fn=chunk_fn)
 

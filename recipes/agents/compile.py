@@ -23,10 +23,14 @@ class MaybeCompiled(Generic[R]):
     eagerly.
 
     Errors raised by ``fn`` itself are not swallowed: the eager retry raises them again.
+
+    ``retain_graph=True``: the graph's backward may run more than once (``retain_graph``), so it is compiled
+    without donated buffers (AOT autograd's default lets the backward overwrite saved tensors it is the last to
+    read, and then refuses a second backward).
     """
 
-    def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True) -> None:
-        self.fn, self.name = fn, name
+    def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True, *, retain_graph: bool = False) -> None:
+        self.fn, self.name, self.retain_graph = fn, name, retain_graph
         # fallback_random: torch's own random kernels (inductor's per-element Philox randn ran ~40x slower on CPU
         # here, 1.35 ms per 256×32 latent sample) and the same random stream as eager
         self.compiled: Callable[..., R] | None = (
@@ -36,6 +40,9 @@ class MaybeCompiled(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         if self.compiled is not None:
             try:
+                if self.retain_graph:
+                    with torch._functorch.config.patch(donated_buffer=False):
+                        return self.compiled(*args, **kwargs)
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # any compiler failure: fall back, say so once
                 warnings.warn(f"torch.compile of {self.name} failed, running it eagerly: {e!r:.300}", stacklevel=2)

@@ -24,7 +24,7 @@ from recipes.dreamer.config import DreamerConfig
 from recipes.envs import Env, make_env
 from recipes.run import loop, rundir
 from recipes.run.precision import autocast_fn, resolve_precision
-from worldmodels import ModelLoss, RSSMWorldModel
+from worldmodels import ConvEncoder, ModelLoss, RSSMWorldModel
 
 
 class CompiledObserveChunk:
@@ -125,10 +125,12 @@ class DreamerAgent(nn.Module):
         # subclasses that differentiate the pass twice replace): with compile_chunk > 0 the filtering loop as one
         # compiled graph of compile_chunk steps reused along the sequence, and the likelihood terms as another
         self._observe_chunk: CompiledObserveChunk | None = None
+        self._compiled_encode: MaybeCompiled[tuple[Tensor, list[Tensor]]] | None = None
         self._compiled_likelihood: MaybeCompiled[ModelLoss] | None = None
         self._compiled_loss: Callable[[dict[str, Tensor]], ModelLoss] | None = None
         if cfg.compile and cfg.compile_chunk > 0:
             self._observe_chunk = CompiledObserveChunk(self.wm.rssm)
+            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder")
             self._compiled_likelihood = MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms")
             self._compiled_loss = self._chunked_loss
         elif cfg.compile:
@@ -138,13 +140,31 @@ class DreamerAgent(nn.Module):
         )
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
 
+    def _encode(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The encoder's embedding [B, T, E] of ``obs`` and, for a conv encoder, its ELU outputs
+        (:meth:`worldmodels.ConvEncoder.forward_with_activations`; [] otherwise)."""
+        x = self.wm.preprocess(obs)
+        if isinstance(self.wm.encoder, ConvEncoder):
+            return self.wm.encoder.forward_with_activations(x)
+        return self.wm.encoder(x), []
+
+    def observe_compiled_with_activations(
+        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], list[Tensor]]:
+        """:meth:`worldmodels.RSSMWorldModel.observe_states` by compiled parts (needs ``compile=true`` and
+        ``compile_chunk > 0``): the encoder as one graph, then the filtering loop in chunks of ``compile_chunk`` steps
+        through one graph reused along the sequence.  Returns (post, prior, the conv encoder's ELU outputs or [])."""
+        assert self._observe_chunk is not None and self._compiled_encode is not None
+        embed, acts = self._compiled_encode(batch["obs"])
+        chunk = self.cfg.compile_chunk
+        post, prior = self.wm.observe_states(batch, noise, chunk=chunk, chunk_fn=self._observe_chunk, embed=embed)
+        return post, prior, acts
+
     def observe_compiled(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """:meth:`worldmodels.RSSMWorldModel.observe_states` with the filtering loop in compiled chunks of
-        ``compile_chunk`` steps (needs ``compile=true`` and ``compile_chunk > 0``)."""
-        assert self._observe_chunk is not None
-        return self.wm.observe_states(batch, noise, chunk=self.cfg.compile_chunk, chunk_fn=self._observe_chunk)
+        """:meth:`observe_compiled_with_activations` without the activations."""
+        return self.observe_compiled_with_activations(batch, noise)[:2]
 
     def _chunked_loss(self, batch: dict[str, Tensor]) -> ModelLoss:
         """The world-model loss by compiled parts: :meth:`observe_compiled`, then the compiled likelihood terms."""

@@ -46,7 +46,7 @@ from recipes.run import loop, rundir
 from recipes.run.config import explain
 from recipes.run.precision import autocast_fn
 from tasklosses import make_task_loss
-from worldmodels import ModelLoss
+from worldmodels import ConvEncoder, ModelLoss
 
 
 def make_strategy(cfg: TempoConfig) -> Strategy:
@@ -139,6 +139,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
         self._compiled_upper: MaybeCompiled[Any] | None = None
         self._compiled_halves: tuple[Callable[..., Any], Callable[..., ModelLoss]] | None = None
         if cfg.compile and cfg.compile_chunk > 0:
+            # a = ∇θ L_up and θ's gradient both backpropagate through the encoder's graph
+            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=True)
             self._compiled_upper = MaybeCompiled(self.upper_parts, "TEMPO's upper level (values, task loss, features)")
             assert self._compiled_likelihood is not None
             self._compiled_halves = (self._chunked_filter_and_upper, self._compiled_likelihood)
@@ -158,6 +160,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         }
         self._compiled_jvp: MaybeCompiled[Any] | None = None
         self._compiled_chunk_jvp: MaybeCompiled[Any] | None = None
+        self._compiled_encoder_tangent: MaybeCompiled[Tensor] | None = None
         if cfg.compile and isinstance(strategy, SameState) and strategy.method in ("auto", "jvp"):
             # with compile_chunk: the encoder's JVP over the sequence, then one K-step filtering JVP graph reused
             # along it, the state's tangent carried across (as the forward's chunks); else the filtering whole
@@ -169,6 +172,13 @@ class TempoAgent(dreamerv2.DreamerAgent):
                 self._compiled_chunk_jvp = MaybeCompiled(
                     autocast_fn(self._chunk_jvp, *self.autocast), "TEMPO's filtering-chunk JVP", enabled=compile_jvp
                 )
+            if cfg.compile_chunk > 0 and isinstance(self.wm.encoder, ConvEncoder):
+                # a conv encoder's tangent from the forward's activations (no primal recompute)
+                self._compiled_encoder_tangent = MaybeCompiled(
+                    autocast_fn(self._encoder_tangent, *self.autocast), "TEMPO's encoder tangent", enabled=compile_jvp
+                )
+        # the conv encoder's activations of the last forward at θ (obs, ELU outputs), for its tangent
+        self._encoder_acts: tuple[Tensor, list[Tensor]] | None = None
         self.update = BilevelUpdate(
             self.wm,
             self.model_opt,
@@ -251,7 +261,9 @@ class TempoAgent(dreamerv2.DreamerAgent):
         """:meth:`_filter_and_upper` by compiled parts: the filtering loop in chunks (``compile_chunk``), then
         :meth:`upper_parts` as one graph."""
         assert self._compiled_upper is not None
-        post, prior = self.observe_compiled(batch, noise)
+        post, prior, acts = self.observe_compiled_with_activations(batch, noise)
+        if acts and self._compiled_encoder_tangent is not None:
+            self._encoder_acts = (batch["obs"], [a.detach() for a in acts])
         return post, prior, self._compiled_upper(post, prior, task)
 
     def world_model_forward(
@@ -303,6 +315,16 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
         return torch.func.jvp(embed, ({n: params[n] for n in tangents},), (tangents,))
 
+    def _encoder_tangent(
+        self, params: dict[str, Tensor], tangents: dict[str, Tensor], obs: Tensor, acts: list[Tensor]
+    ) -> Tensor:
+        """The conv encoder's embedding tangent [B, T, E] along ``tangents`` from the forward's ELU outputs
+        ``acts`` (:meth:`worldmodels.ConvEncoder.tangent`)."""
+        encoder = self.wm.encoder
+        assert isinstance(encoder, ConvEncoder)
+        strip = lambda d: {n[len("encoder.") :]: v for n, v in d.items() if n.startswith("encoder.")}  # noqa: E731
+        return encoder.tangent(self.wm.preprocess(obs), acts, strip(params), strip(tangents))
+
     def _chunk_jvp(
         self,
         params: dict[str, Tensor],
@@ -338,7 +360,13 @@ class TempoAgent(dreamerv2.DreamerAgent):
         """:meth:`_states_jvp` by compiled parts: the encoder's JVP, then the filtering loop's in chunks of
         ``compile_chunk`` steps, the state and its tangent carried across (contiguous: one graph for every chunk)."""
         assert self._compiled_jvp is not None and self._compiled_chunk_jvp is not None
-        embed, embed_t = self._compiled_jvp(params, tangents, batch["obs"])
+        saved, self._encoder_acts = self._encoder_acts, None
+        if saved is not None and saved[0] is batch["obs"] and self._compiled_encoder_tangent is not None:
+            acts = saved[1]  # the forward's: the embedding is the last, its tangent needs no primal pass
+            embed = acts[-1].reshape(*batch["obs"].shape[:2], -1)
+            embed_t = self._compiled_encoder_tangent(params, tangents, batch["obs"], acts)
+        else:
+            embed, embed_t = self._compiled_jvp(params, tangents, batch["obs"])
         action, is_first = batch["action"].to(embed.dtype), batch["is_first"].bool()
         b, t = embed.shape[:2]
         state = self.wm.rssm.initial(b, embed.device, embed.dtype)
@@ -389,6 +417,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         levels = forward(self.wm)  # the real forward at θ, reused by the update
         jvp = self.loss_jvp(batch, noise, levels) if meta and self._compiled_jvp is not None else None
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=meta, jvp=jvp).items()}
+        self._encoder_acts = None  # not held past the step (non-meta steps keep them otherwise)
         out, values = levels.aux
         for name, v in values.items():
             metrics[f"tempo/{name}"] = float(v.detach().mean())
