@@ -37,8 +37,8 @@ setup: $(STAMP)
 
 # The main job: TEMPO (meta-weighted RSSM + Dreamer actor-critic) on DMC cartpole swing-up, cpu preset, proprio.
 # 100k env steps with the compiled train step (bf16 actor-critic only where the CPU measures it faster): swing-up
-# (>= 500) within 25 min on 2 cores (README).  Re-running resumes from runs/tempo-cartpole-swingup (a finished run only
-# re-plots).
+# (>= 500) for seed 0 in ~18 min on 2 cores, not for every seed (README).  Re-running resumes from
+# runs/tempo-cartpole-swingup (a finished run only re-plots).
 run: $(STAMP)
 	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 100000 --seed 0 \
 	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto \
