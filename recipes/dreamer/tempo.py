@@ -357,7 +357,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
         batch: dict[str, Tensor],
         noise: tuple[Tensor, Tensor],
     ) -> dict[str, Tensor]:
-        """:meth:`_states_jvp` by compiled parts: the encoder's JVP, then the filtering loop's in chunks of
+        """:meth:`_states_jvp` by compiled parts: the encoder's tangent (a conv encoder's from the forward's
+        activations, :meth:`_encoder_tangent`; otherwise its JVP), then the filtering loop's JVP in chunks of
         ``compile_chunk`` steps, the state and its tangent carried across (contiguous: one graph for every chunk)."""
         assert self._compiled_jvp is not None and self._compiled_chunk_jvp is not None
         saved, self._encoder_acts = self._encoder_acts, None
