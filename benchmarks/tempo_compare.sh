@@ -3,6 +3,7 @@
 #  1. tempo vs dreamerv2, dmc:cartpole_swingup, cpu preset, proprio, 3 seeds × 100k env steps;
 #  2. tempo with the correct vs the official-code SameState sign, 3 seeds × 50k (the correct-sign runs of (1)
 #     are reused: compare only needs runs that reach the requested steps).
+# train_every=10: the cpu preset's value when these ran (it is 2 since 2026-12-03).
 # Finished dreamerv2 runs of the same config (benchmarks/dreamer_cartpole.sh) are linked in, not repeated.
 set -euo pipefail
 RUNS=${RUNS:-$HOME/runs}
@@ -15,6 +16,6 @@ for seed in 0 1 2; do
   fi
 done
 "$REWEIGH" compare --recipes tempo,dreamerv2 --env dmc:cartpole_swingup --seeds 0,1,2 --steps 100000 \
-  --logdir "$CMP" --jobs 2 --threads 1
+  --set train_every=10 --logdir "$CMP" --jobs 2 --threads 1
 "$REWEIGH" compare --recipes tempo,tempo+convention=official --env dmc:cartpole_swingup --seeds 0,1,2 \
-  --steps 50000 --logdir "$CMP" --jobs 2 --threads 1 --name sign
+  --steps 50000 --set train_every=10 --logdir "$CMP" --jobs 2 --threads 1 --name sign
