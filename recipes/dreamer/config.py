@@ -340,7 +340,7 @@ PRESETS: Presets = {
             # One update every 2 env steps (~47,500 updates in 100k steps, a replay ratio of 400 against
             # DreamerV3's 512): measured on the DMC development suite (issue 12, docs/recipe-dreamerv2.md), the
             # actor-critic leaves the spinning optima of reacher and pendulum only at this ratio; 2.4-3.3x the wall
-            # time of train_every=10.  `make run` pins its own.
+            # time of train_every=10.  `make run` pins its own (8).
             "train_every": 2,
             "train_steps": 1,
             "eval_every": 10_000,
