@@ -39,8 +39,7 @@ setup: $(STAMP)
 # 100k env steps with the compiled train step (bf16 actor-critic only where the CPU measures it faster), one model
 # update every 8 env steps (~11,900 updates), not the cpu preset's 2 (~3x the wall time): swing-up (>= 500) for seed 0
 # in 24.4 min alone on a 2-core AMX Xeon, seeds 1 and 2 >= 400; on an AVX2 EPYC (fp32) seed 0 reached 562 in 47 min
-# (README).  Re-running resumes from
-# runs/tempo-cartpole-swingup (a finished run only re-plots).
+# (README).  Re-running resumes from runs/tempo-cartpole-swingup (a finished run only re-plots).
 run: $(STAMP)
 	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 100000 --seed 0 \
 	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto --set train_every=8 \
