@@ -37,13 +37,14 @@ setup: $(STAMP)
 
 # The main job: TEMPO (meta-weighted RSSM + Dreamer actor-critic) on DMC cartpole swing-up, cpu preset, proprio.
 # 100k env steps with the compiled train step (bf16 actor-critic only where the CPU measures it faster), one model
-# update every 8 env steps (~11,900 updates), not the cpu preset's 2 (~3x the wall time): swing-up (>= 500) for seed 0
-# in 24.4 min alone on a 2-core AMX Xeon, seeds 1 and 2 >= 400; on an AVX2 EPYC (fp32) seed 0 reached 562 in 47 min
-# (README).  Re-running resumes from runs/tempo-cartpole-swingup (a finished run only re-plots).
+# update every 10 env steps (~9,500 updates) on batches of 40 sequences of 20 steps (the preset's 16 x 50 filters
+# 50 steps at a batch of 16, which costs as much per update in latency as 800 samples at once), the filtering loop
+# and the imagination compiled in 5-step chunks (less cold compile): numbers in README and docs/recipe-tempo.md.
+# Re-running resumes from runs/tempo-cartpole-swingup (a finished run only re-plots).
 run: $(STAMP)
 	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 100000 --seed 0 \
-	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto --set train_every=8 \
-	  --set threads=$(THREADS)
+	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto --set train_every=10 \
+	  --set batch_size=40 --set seq_len=20 --set compile_chunk=5 --set imag_chunk=5 --set threads=$(THREADS)
 
 example: $(STAMP)
 	$(BIN)/reweigh noisy-labels --seeds 0,1,2 --out runs/noisy-labels/results.json

@@ -198,21 +198,35 @@ def test_maybe_compiled_falls_back_to_eager_with_one_warning():
         MaybeCompiled(lambda x: 1 / x, "div", enabled=False)(0)
 
 
-@pytest.mark.parametrize("discrete", [False, True])
-def test_compiled_update_equals_eager(discrete):
+@pytest.mark.parametrize(("discrete", "imag_chunk"), [(False, 0), (True, 0), (False, 2)])
+def test_compiled_update_equals_eager(discrete, imag_chunk):
     """compile=True (inductor, random ops through torch's generator: the same draws) gives the eager update's
-    gradients."""
-    (eager, m0), (compiled, m1) = [_update_grads(discrete, compile) for compile in (False, True)]
+    gradients, with the rollout and losses as one graph or the rollout in chunks (imag_chunk=2 over a horizon of
+    5: two runs of the 2-step graph and one of a 1-step graph)."""
+    (eager, m0), (compiled, m1) = [_update_grads(discrete, compile, imag_chunk) for compile in (False, True)]
     for key in ("actor", "critic"):
         for a, b in zip(compiled[key], eager[key], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert m1["imag_return"] == pytest.approx(m0["imag_return"], rel=1e-5)
 
 
-def _update_grads(discrete, compile):
+def _update_grads(discrete, compile, imag_chunk=0):
     torch.manual_seed(0)
     wm = RSSMWorldModel((4,), 2, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=True)
-    ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, discrete, horizon=3, layers=1, units=8, compile=compile)
+    horizon = 5 if imag_chunk else 3
+    ac = ActorCritic(
+        wm.rssm,
+        wm.reward,
+        wm.discount,
+        2,
+        discrete,
+        horizon=horizon,
+        layers=1,
+        units=8,
+        compile=compile,
+        imag_chunk=imag_chunk,
+    )
+    assert (ac._loss_fn == ac._chunked_losses) == (compile and imag_chunk > 0)
     got = {}
     ac.actor_opt.step = lambda ac=ac, got=got: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
     ac.critic_opt.step = lambda ac=ac, got=got: got.update(critic=[p.grad.clone() for p in ac.critic.parameters()])
@@ -301,12 +315,14 @@ def test_return_norm_ema_and_limit():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_return_norm_bad_settings_raise():
+def test_bad_settings_raise():
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
     with pytest.raises(ValueError, match="return_norm_decay"):
         ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_decay=1.0)
     with pytest.raises(ValueError, match="return_norm_limit"):
         ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)
+    with pytest.raises(ValueError, match="imag_chunk"):
+        ActorCritic(wm.rssm, wm.reward, None, 3, True, compile=True, imag_chunk=-1)
 
 
 def test_unimix_actor_keeps_every_action_possible():

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from bilevel.guard import check_finite
 from recipes.agents.compile import MaybeCompiled
+from recipes.agents.optim import adamw
 from recipes.run.precision import autocast
 from worldmodels.nets import TwoHotHead, at_least_fp32, mlp
 from worldmodels.rssm import RSSM
@@ -241,6 +242,10 @@ class ActorCritic(nn.Module):
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
         compile: ``torch.compile`` the rollout and losses (one graph, unrolled over the horizon; eager fallback;
             :mod:`recipes.agents.compile`).
+        imag_chunk: with ``compile``: 0 (default) compiles the rollout and the losses as that one graph; K > 0 the
+            rollout as one graph of K imagination steps run ⌈horizon/K⌉ times (the state carried across) and the
+            losses as another.  The same update (same random draws, rounding aside); the graphs to compile are
+            ~horizon/K times smaller, which shortens the cold compile (docs/performance.md).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
@@ -288,6 +293,7 @@ class ActorCritic(nn.Module):
         clip: float = 100.0,
         weight_decay: float = 1e-6,
         compile: bool = False,
+        imag_chunk: int = 0,
         autocast_dtype: torch.dtype | None = None,
         return_norm: bool = False,
         unimix: float = 0.0,
@@ -338,10 +344,19 @@ class ActorCritic(nn.Module):
         if self.actor_grad not in ("dynamics", "reinforce"):
             raise ValueError(f"actor_grad must be 'dynamics' or 'reinforce', got {self.actor_grad!r}")
         self.slow_every, self.clip, self.imag_starts = slow_every, clip, imag_starts
-        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
+        self.actor_opt = adamw(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
+        self.critic_opt = adamw(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        self._loss_fn = MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
+        if imag_chunk < 0:
+            raise ValueError(f"imag_chunk must be >= 0, got {imag_chunk}")
+        self.imag_chunk = imag_chunk
+        self._loss_fn: Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
+        if compile and 0 < imag_chunk < horizon:
+            self._rollout_chunk_fn = MaybeCompiled(self._rollout_chunk, "the actor-critic's imagination chunk")
+            self._rollout_losses_fn = MaybeCompiled(self._rollout_losses, "the actor-critic losses")
+            self._loss_fn = self._chunked_losses
+        else:
+            self._loss_fn = MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
 
     def value(self, feat: Tensor, slow: bool = True) -> Tensor:
         """V(features) [...]: the (slow) critic, as the upper-level losses use it."""
@@ -425,7 +440,6 @@ class ActorCritic(nn.Module):
     def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
         eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
-        rssm, reward_head, discount_head = self._wm["rssm"], self._wm["reward"], self._wm["discount"]
         logps, ents, penalties = [], [], []
         reinforce = self.actor_grad == "reinforce"
 
@@ -439,8 +453,61 @@ class ActorCritic(nn.Module):
             # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
             return action.detach() if reinforce else action
 
-        states, _ = rssm.imagine(policy, start, self.horizon, keys=("feat",))
-        feat = states["feat"]  # [H+1, N, F], differentiable w.r.t. actions (dynamics backprop)
+        states, _ = self._wm["rssm"].imagine(policy, start, self.horizon, keys=("feat",))
+        penalty = torch.stack(penalties, 0) if penalties else None
+        return self._rollout_losses(states["feat"], torch.stack(logps, 0), torch.stack(ents, 0), penalty, is_terminal)
+
+    def _rollout_chunk(
+        self, state: dict[str, Tensor], steps: int
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
+        """``steps`` imagination steps from ``state`` ([N, ·]), as :meth:`worldmodels.RSSM.imagine` takes them
+        (features, the actor's sample, the prior step; the same random draws in the same order): the state reached,
+        and the features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
+        penalties [K, N] (None without ``mean_bound``).  One compiled graph with ``imag_chunk``."""
+        rssm = self._wm["rssm"]
+        feats, logps, ents, penalties = [], [], [], []
+        for _ in range(steps):
+            feat = rssm.features(state)
+            action, logp, ent, penalty = self.actor.sample(feat.detach())
+            feats.append(feat)
+            logps.append(logp)
+            ents.append(ent)
+            if penalty is not None:
+                penalties.append(penalty)
+            state = rssm.img_step(state, action.detach() if self.actor_grad == "reinforce" else action)
+        penalty = torch.stack(penalties, 0) if penalties else None
+        return state, torch.stack(feats, 0), torch.stack(logps, 0), torch.stack(ents, 0), penalty
+
+    def _chunked_losses(
+        self, start: dict[str, Tensor], is_terminal: Tensor | None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """:meth:`_losses` by compiled parts (``imag_chunk``): the rollout in chunks of ``imag_chunk`` steps through
+        one graph, then the losses as another."""
+        if self.actor_grad == "dynamics":
+            # the chunks after the first get states that require grad (dynamics backprop through the actions);
+            # the (detached) start states do too, so that every chunk runs the same compiled graph, not two
+            start = {k: v.detach().requires_grad_() for k, v in start.items()}
+        state, feats, logps, ents, penalties = start, [], [], [], []
+        for i in range(0, self.horizon, self.imag_chunk):
+            state, feat, logp, ent, penalty = self._rollout_chunk_fn(state, min(self.imag_chunk, self.horizon - i))
+            feats.append(feat)
+            logps.append(logp)
+            ents.append(ent)
+            if penalty is not None:
+                penalties.append(penalty)
+        feats.append(self._wm["rssm"].features(state)[None])
+        penalty = torch.cat(penalties, 0) if penalties else None
+        return self._rollout_losses_fn(
+            torch.cat(feats, 0), torch.cat(logps, 0), torch.cat(ents, 0), penalty, is_terminal
+        )
+
+    def _rollout_losses(
+        self, feat: Tensor, logp: Tensor, ent: Tensor, penalty: Tensor | None, is_terminal: Tensor | None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """DreamerV2's actor and critic losses (§2.3, eq. 5-7) of an imagined rollout: ``feat`` [H+1, N, F] (the
+        start included; differentiable w.r.t. the actions under dynamics backprop), the actor's ``logp``, ``ent``
+        [H, N] and mean ``penalty`` [H, N] (or None) at the first H states."""
+        reward_head, discount_head = self._wm["reward"], self._wm["discount"]
         reward = reward_head(feat).squeeze(-1)
         if discount_head is not None:
             discount = self.gamma * torch.sigmoid(discount_head(feat).squeeze(-1))
@@ -453,7 +520,6 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0)[:-1]
 
-        logp, ent = torch.stack(logps, 0), torch.stack(ents, 0)  # [H, N]
         scale = self._return_scale(target) if self.return_norm else None
         if self.actor_grad == "dynamics":
             objective = target if scale is None else target / scale
@@ -462,8 +528,8 @@ class ActorCritic(nn.Module):
             advantage = (target - baseline).detach()
             objective = logp * (advantage if scale is None else advantage / scale)
         actor_loss = -(weight * (objective + self.entropy * ent)).mean()
-        if penalties:  # the pre-tanh mean held in [−b, b] (Actor.mean_bound), unweighted by the discount
-            mean_penalty = torch.stack(penalties, 0).mean()
+        if penalty is not None:  # the pre-tanh mean held in [−b, b] (Actor.mean_bound), unweighted by the discount
+            mean_penalty = penalty.mean()
             actor_loss = actor_loss + mean_penalty
         if isinstance(self.critic, TwoHotHead):  # DreamerV3 eq. 10: cross-entropy against twohot(symlog R)
             critic_nll = self.critic.nll(feat[:-1].detach(), target.detach())
@@ -477,7 +543,7 @@ class ActorCritic(nn.Module):
             "imag_value": value_slow.detach().mean(),
             "imag_return": target.detach().mean(),
             "actor_entropy": ent.detach().mean(),
-            **({"actor_mean_penalty": mean_penalty.detach()} if penalties else {}),
+            **({"actor_mean_penalty": mean_penalty.detach()} if penalty is not None else {}),
         }
         return actor_loss, critic_loss, stats
 

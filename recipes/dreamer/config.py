@@ -117,6 +117,14 @@ class DreamerConfig(RunConfig):
         "(docs/performance.md)",
     )
 
+    imag_chunk: int = Field(
+        0,
+        ge=0,
+        description="with compile=true, the actor-critic's imagination rollout compiled as one graph of this many "
+        "steps run horizon/imag_chunk times, its losses as another (0: rollout and losses as one graph unrolled over "
+        "the horizon). The same update; smaller graphs, less cold compile (recipes.agents.dreamer_ac.ActorCritic)",
+    )
+
     model_precision: Precision = Field(
         "fp32",
         description="the world-model update: fp32, bf16 (torch.autocast: matrix products in bf16; weights, optimiser, "

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from bilevel import BilevelUpdate, LevelOutputs, NonFiniteError, Strategy, Uniform
 from recipes.agents.compile import MaybeCompiled
 from recipes.agents.dreamer_ac import ActorCritic
+from recipes.agents.optim import adamw
 from recipes.data.replay import Replay
 from recipes.dreamer.config import DreamerConfig
 from recipes.envs import Env, make_env
@@ -110,6 +111,7 @@ class DreamerAgent(nn.Module):
             clip=cfg.model_clip,
             weight_decay=cfg.model_wd,
             compile=cfg.compile,
+            imag_chunk=cfg.imag_chunk,
             autocast_dtype=resolve_precision(cfg.ac_precision, cfg.device),
             return_norm=cfg.return_norm,
             unimix=cfg.unimix,
@@ -135,9 +137,7 @@ class DreamerAgent(nn.Module):
             self._compiled_loss = self._chunked_loss
         elif cfg.compile:
             self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss")
-        self.model_opt = torch.optim.AdamW(
-            self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd
-        )
+        self.model_opt = adamw(self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd)
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
 
     def _encode(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:

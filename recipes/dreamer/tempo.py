@@ -40,6 +40,7 @@ from bilevel import (
 )
 from bilevel import make_strategy as _make_strategy
 from recipes.agents.compile import MaybeCompiled
+from recipes.agents.optim import adamw
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
 from recipes.run import loop, rundir
@@ -125,7 +126,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
             groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0,
             group_dim=cfg.task_embed_dim,
         )
-        self.weighter_opt = torch.optim.AdamW(
+        self.weighter_opt = adamw(
             self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps, weight_decay=cfg.weighter_wd
         )
         strategy = make_strategy(cfg)
