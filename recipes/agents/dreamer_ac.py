@@ -437,10 +437,9 @@ class ActorCritic(nn.Module):
             self.slow_critic.load_state_dict(self.critic.state_dict())
         return metrics
 
-    def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
-        eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
-        logps, ents, penalties = [], [], []
+    def _policy(self, logps: list[Tensor], ents: list[Tensor], penalties: list[Tensor]) -> Callable[[Tensor], Tensor]:
+        """The policy :meth:`worldmodels.RSSM.imagine` rolls out: samples the actor at the (detached) features and
+        appends each step's log-probability, entropy and mean penalty to the given lists."""
         reinforce = self.actor_grad == "reinforce"
 
         def policy(feat: Tensor) -> Tensor:
@@ -453,6 +452,15 @@ class ActorCritic(nn.Module):
             # rewards and values out of the autograd graph (less memory, no bookkeeping; same values)
             return action.detach() if reinforce else action
 
+        return policy
+
+    def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
+        eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
+        logps: list[Tensor] = []
+        ents: list[Tensor] = []
+        penalties: list[Tensor] = []
+        policy = self._policy(logps, ents, penalties)
         states, _ = self._wm["rssm"].imagine(policy, start, self.horizon, keys=("feat",))
         penalty = torch.stack(penalties, 0) if penalties else None
         return self._rollout_losses(states["feat"], torch.stack(logps, 0), torch.stack(ents, 0), penalty, is_terminal)
@@ -460,23 +468,17 @@ class ActorCritic(nn.Module):
     def _rollout_chunk(
         self, state: dict[str, Tensor], steps: int
     ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
-        """``steps`` imagination steps from ``state`` ([N, ·]), as :meth:`worldmodels.RSSM.imagine` takes them
-        (features, the actor's sample, the prior step; the same random draws in the same order): the state reached,
-        and the features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
+        """:meth:`worldmodels.RSSM.imagine` for ``steps`` steps from ``state`` ([N, ·]): the state reached, and the
+        features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
         penalties [K, N] (None without ``mean_bound``).  One compiled graph with ``imag_chunk``."""
+        logps: list[Tensor] = []
+        ents: list[Tensor] = []
+        penalties: list[Tensor] = []
         rssm = self._wm["rssm"]
-        feats, logps, ents, penalties = [], [], [], []
-        for _ in range(steps):
-            feat = rssm.features(state)
-            action, logp, ent, penalty = self.actor.sample(feat.detach())
-            feats.append(feat)
-            logps.append(logp)
-            ents.append(ent)
-            if penalty is not None:
-                penalties.append(penalty)
-            state = rssm.img_step(state, action.detach() if self.actor_grad == "reinforce" else action)
+        states, _ = rssm.imagine(self._policy(logps, ents, penalties), state, steps)  # [K+1, N, ·] each
         penalty = torch.stack(penalties, 0) if penalties else None
-        return state, torch.stack(feats, 0), torch.stack(logps, 0), torch.stack(ents, 0), penalty
+        last = {k: v[-1] for k, v in states.items()}
+        return last, rssm.features(states)[:-1], torch.stack(logps, 0), torch.stack(ents, 0), penalty
 
     def _chunked_losses(
         self, start: dict[str, Tensor], is_terminal: Tensor | None
