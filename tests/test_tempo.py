@@ -12,6 +12,7 @@ import torch
 from rundirs import TINY_AGENT
 
 import bilevel as B
+from recipes.agents.compile import MaybeCompiled
 from recipes.cli import main
 from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy, weights_by_reward
 from recipes.registry import resolve
@@ -214,6 +215,43 @@ def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
     torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1][1], got[0][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_acting_equals_eager():
+    """dreamerv2 with compile=true acts through one compiled graph per ``explore`` value: the same actions (the
+    explored ones drawn from the same random stream) and posterior states as the eager step, across an episode
+    reset, the graph actually compiled."""
+    import numpy as np
+
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+
+    dreamer_tiny = {k: v for k, v in TINY.items() if not k.startswith("weighter")}
+    rng = np.random.default_rng(0)
+    steps = [
+        {"obs": rng.normal(size=5).astype(np.float32), "action": rng.uniform(-1, 1, 1), "is_first": i in (0, 3)}
+        for i in range(6)
+    ]
+    got = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        over = {**dreamer_tiny, "compile": compile, "expl_noise": 0.3}
+        agent = DreamerAgent(resolve("dmc:cartpole_swingup", "cpu", over, recipe="dreamerv2"), (5,), 1, False)
+        torch.manual_seed(1)
+        out, state = [], None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="torch.compile of")
+            for i, step in enumerate(steps):
+                action, state = agent.act(step, state, explore=i % 2 == 0)
+                out.append((torch.as_tensor(action), state))
+        assert isinstance(agent._act_step, MaybeCompiled) == compile
+        if compile:
+            assert agent._act_step.compiled is not None
+        got[compile] = out
+    for (a_c, s_c), (a_e, s_e) in zip(got[True], got[False], strict=True):
+        torch.testing.assert_close(a_c, a_e, rtol=1e-5, atol=1e-6)
+        for key in s_e:
+            torch.testing.assert_close(s_c[key], s_e[key], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got[False][0][0], got[False][1][0])
 
 
 @pytest.mark.parametrize(
