@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import logging
 import os
 import subprocess
@@ -329,6 +331,35 @@ def test_a_non_finite_error_escaping_a_learner_counts_as_one_skip_and_stops_the_
     ]
     with rundir.lock(tmp_path):  # the stopped run released its lock
         pass
+
+
+class _FreezeProbe(_RaisingLearner):
+    """Records ``gc.get_freeze_count()`` at every training call."""
+
+    def __init__(self, bad_from: int) -> None:
+        super().__init__(bad_from)
+        self.frozen: list[int] = []
+
+    def train(self, env_steps: int) -> tuple[int, dict[str, float]]:
+        self.frozen.append(gc.get_freeze_count())
+        return super().train(env_steps)
+
+
+@pytest.mark.parametrize("bad_from", [10**9, 3])
+def test_the_loop_freezes_the_objects_alive_after_its_first_training_call_and_unfreezes_at_the_end(tmp_path, bad_from):
+    cfg = resolve(
+        "dmc:cartpole_swingup",
+        "cpu",
+        {"prefill": 0, "train_every": 10, "max_nonfinite": 1, "eval_every": 10**6, "video": False},
+        steps=60,
+    )
+    probe = _FreezeProbe(bad_from)
+    assert gc.get_freeze_count() == 0
+    stops = pytest.raises(loop.NonFiniteRunError) if bad_from == 3 else contextlib.nullcontext()
+    with stops:
+        loop.train(cfg, tmp_path, lambda cfg, env, logdir: probe, recipe="test", progress=False)
+    assert probe.frozen[0] == 0 and min(probe.frozen[1:]) > 0  # frozen from the second call on
+    assert gc.get_freeze_count() == 0  # unfrozen when the run ended, also when it stopped with an error
 
 
 # -- checkpoints: rotation, a damaged latest one, a full disk ---------------------------------------------------------
