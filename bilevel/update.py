@@ -207,7 +207,7 @@ class BilevelUpdate:
         self.model_optimizer.zero_grad(set_to_none=True)
         for n, g_theta in zip(names, lower_grad, strict=True):
             if params[n].requires_grad:
-                params[n].grad = g_theta.detach()
+                params[n].grad = _laid_out_as(g_theta.detach(), params[n])
         tensors["model_grad_norm"] = _clip(trainable, self.grad_clip)
 
         with torch.no_grad():
@@ -239,6 +239,16 @@ class BilevelUpdate:
         for opt in stepping:
             opt.step()
         return metrics
+
+
+def _laid_out_as(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` with ``param``'s strides (itself when they already match).
+
+    A gradient assigned to ``.grad`` skips autograd's layout contract (accumulated gradients take the parameter's
+    strides), and a compiled backward may hand back another memory format — a conv weight's gradient channels-last,
+    as torch 2.11's inductor did on CUDA — which fused optimisers reject ("must have same dtype, device, and
+    layout")."""
+    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
 def _clip(parameters: Any, max_norm: float | None) -> Tensor | float:

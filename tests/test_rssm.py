@@ -7,7 +7,7 @@ import torch
 
 import bilevel as B
 from worldmodels import ModelLoss, RSSMWorldModel, WorldModel
-from worldmodels.rssm import RSSM, ConvEncoder
+from worldmodels.rssm import RSSM, ConvDecoder, ConvEncoder
 
 SMALL = {"deter": 16, "stoch": 4, "hidden": 16, "mlp_layers": 1, "mlp_units": 16, "depth": 4}
 
@@ -392,3 +392,21 @@ def test_conv_encoder_tangent_from_the_forwards_activations_equals_torch_func_jv
     got = enc.tangent(x, [a.detach() for a in acts], params, tangents)
     assert want.abs().max() > 0 and got.shape == (2, 3, enc.out_size)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_conv_decoder_equals_its_transposed_convs_on_the_1x1_input(size):
+    """ConvDecoder computes its first transposed conv (on a 1×1 input) as a matrix product: the same images and
+    parameter gradients as running ``net`` as a plain stack of ConvTranspose2d on the [N, first, 1, 1] input."""
+    torch.manual_seed(0)
+    dec = ConvDecoder(10, 3, size, depth=4).double()
+    feat = torch.randn(2, 3, 10, dtype=torch.float64)
+    got = dec(feat)
+    assert got.shape == (2, 3, 3, size, size)
+    params = [p for _, p in sorted(dec.named_parameters())]
+    g_got = torch.autograd.grad((got * torch.cos(got)).sum(), params)
+    want = dec.net(dec.linear(feat).reshape(-1, dec.first, 1, 1)).reshape(2, 3, 3, size, size)
+    g_want = torch.autograd.grad((want * torch.cos(want)).sum(), params)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b)

@@ -352,3 +352,18 @@ def test_a_factored_jvp_rejects_intermediates_and_tangents_of_the_wrong_shape():
         jvp = B.FactoredJvp({"z": z}, lambda p, t, tangents=tangents: tangents).at(z.sum(-1) ** 2, w, [theta])
         with pytest.raises(ValueError, match=match):
             jvp({}, {})
+
+
+def test_assigned_gradients_take_the_parameters_layout():
+    """A gradient in another memory format (a compiled backward's channels-last conv weight gradient) is copied into
+    the parameter's strides before fused optimisers see it; one already laid out as the parameter is used as is."""
+    from bilevel.update import _laid_out_as
+
+    param = torch.randn(6, 4, 3, 3)
+    grad = torch.randn(6, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert grad.stride() != param.stride()
+    out = _laid_out_as(grad, param)
+    assert out.stride() == param.stride()
+    torch.testing.assert_close(out, grad, rtol=0, atol=0)
+    same = torch.randn(6, 4, 3, 3)
+    assert _laid_out_as(same, param) is same

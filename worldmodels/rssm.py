@@ -556,9 +556,18 @@ class ConvDecoder(nn.Module):
         self.channels, self.size = channels, size
 
     def forward(self, feat: Tensor) -> Tensor:
+        """``feat`` [..., F] → image means [..., C, size, size]."""
         lead = feat.shape[:-1]
-        x = self.linear(feat).reshape(-1, self.first, 1, 1)
-        return self.net(x).reshape(*lead, self.channels, self.size, self.size)
+        x = self.linear(feat).reshape(-1, self.first)
+        # The first transposed conv sees a 1×1 input, so it is a matrix product, computed as one with its own
+        # weight [first, O, k, k] and bias: y[n, o, i, j] = Σ_c x[n, c] W[c, o, i, j] + b[o].  The same map as the
+        # conv, without a [N, first, 1, 1] input whose strides are contiguous and channels-last at once: on CUDA,
+        # torch 2.11's compiled backward expected a channels-last weight gradient there that cuDNN did not return.
+        up = self.net[0]
+        y = (x @ up.weight.flatten(1)).reshape(-1, up.out_channels, *up.kernel_size) + up.bias[:, None, None]
+        for m in list(self.net)[1:]:
+            y = m(y)
+        return y.reshape(*lead, self.channels, self.size, self.size)
 
 
 class RSSMWorldModel(nn.Module):
