@@ -362,6 +362,22 @@ def test_the_loop_freezes_the_objects_alive_after_its_first_training_call_and_un
     assert gc.get_freeze_count() == 0  # unfrozen when the run ended, also when it stopped with an error
 
 
+def test_the_loop_leaves_a_callers_frozen_objects_frozen(tmp_path):
+    cfg = resolve(
+        "dmc:cartpole_swingup", "cpu", {"prefill": 0, "train_every": 10, "eval_every": 10**6, "video": False}, steps=60
+    )
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        probe = _FreezeProbe(10**9)
+        loop.train(cfg, tmp_path, lambda cfg, env, logdir: probe, recipe="test", progress=False)
+        # frozen objects that die leave the count (refcounting), so it can only shrink: not frozen again
+        assert len(probe.frozen) >= 2 and before >= probe.frozen[0] >= probe.frozen[-1] > 0
+        assert gc.get_freeze_count() > 0  # and not unfrozen at the end
+    finally:
+        gc.unfreeze()
+
+
 # -- checkpoints: rotation, a damaged latest one, a full disk ---------------------------------------------------------
 def test_checkpoints_rotate_and_a_truncated_latest_falls_back_to_previous(tmp_path, caplog):
     rundir.save_checkpoint(tmp_path, {"n": 1})

@@ -218,11 +218,15 @@ def train(
         NonFiniteRunError: ``cfg.max_nonfinite`` updates in a row had a non-finite loss or gradient.
         recipes.run.rundir.CheckpointError: a checkpoint could not be written (disk full), or none can be read.
     """
+    # _train freezes the objects alive after its first training call (gc.freeze), unless the caller froze some
+    # itself (then the collector is left as the caller set it); here they go back to ordinary collection
+    freeze = gc.get_freeze_count() == 0
     with rundir.lock(logdir):
         try:
-            return _train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)
+            return _train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress, freeze=freeze)
         finally:
-            gc.unfreeze()  # _train froze the objects alive after its first training call: back to collection
+            if freeze:
+                gc.unfreeze()
 
 
 def _train(
@@ -233,6 +237,7 @@ def _train(
     recipe: str,
     force: bool = False,
     progress: bool = True,
+    freeze: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
 
@@ -243,6 +248,8 @@ def _train(
         recipe: the recipe's name, recorded in the config and the plot titles.
         force: resume even if ``config.json`` differs.
         progress: show progress (a bar on a terminal, a line every 30 s elsewhere: :mod:`recipes.run.progress`).
+        freeze: after the first training call, collect once and ``gc.freeze()`` the survivors (the caller
+            unfreezes).
 
     Returns:
         ``{"env_steps", "updates", "eval_return"}`` (the final evaluation's mean return).
@@ -296,7 +303,7 @@ def _train(
     rng = np.random.default_rng(cfg.seed + counters["env_steps"])
     step, state, episode_return = env.reset(), None, 0.0
     t_start, updates_start, metrics = time.perf_counter(), counters["updates"], {}
-    frozen = False  # gc.freeze() after the first training call of this process
+    frozen = not freeze  # gc.freeze() after the first training call
     while counters["env_steps"] < cfg.steps:
         learner.observe(step)
         if counters["env_steps"] < cfg.prefill:
