@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/tempo_overhead.py --variants dreamerv2+compile=true,tempo+meta_every=1+compile=true,tempo+compile=true --out benchmarks/results/tempo_overhead_cpu_compile.json
 	$(BIN)/python benchmarks/roofline.py --configs cpu,cpu-pixels,sheeprl,cpu-bf16,sheeprl-bf16
 	$(BIN)/python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true
+	$(BIN)/python benchmarks/step_phases.py --preset paper --threads 2
 
 # Side by side with sheeprl 0.8.4 and mbrl-lib 0.2.0 (each builds its scratch venv outside the repo on first use:
 # network, ~1.5 GB).  PRECISION=bf16-mixed / --set model_precision=bf16 --set ac_precision=bf16 for the mixed-precision pair where bf16 pays.

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from recipes.registry import resolve  # noqa: E402
 from recipes.run.config import parse_value  # noqa: E402
+from recipes.run.heap import configure_heap  # noqa: E402
 
 
 def main() -> None:
@@ -46,6 +47,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = resolve(args.env, args.preset, overrides, recipe=args.recipe)
+    configure_heap(cfg.heap)
     env = make_env(
         cfg.env,
         seed=0,

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from recipes.compare import Variant  # noqa: E402
 from recipes.registry import resolve  # noqa: E402
 from recipes.run.config import parse_value  # noqa: E402
+from recipes.run.heap import configure_heap  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "cpu": [
@@ -67,6 +68,7 @@ def build(
     v = Variant.parse(variant)
     overrides = {k: parse_value(x) for k, x in (item.split("=", 1) for item in v.sets)}
     cfg = resolve(env, preset, overrides, recipe=v.recipe)
+    configure_heap(cfg.heap)  # process-wide: the first variant built decides (main() checks they agree)
     obs_shape = (3, cfg.image_size, cfg.image_size) if cfg.pixels else (obs_dim,)
     torch.manual_seed(seed)
     agent = (TempoAgent if v.recipe == "tempo" else DreamerAgent)(cfg, obs_shape, action_dim, discrete)
@@ -128,6 +130,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS[args.preset]
+    heaps = {n: dict(item.split("=", 1) for item in Variant.parse(n).sets).get("heap", "retain") for n in names}
+    if len(set(heaps.values())) > 1:  # malloc's settings are the process's: one timing process cannot mix them
+        ap.error(f"--variants: the timed variants must share one heap setting, got {heaps}")
     built = {n: build(n, args.preset, args.env) for n in names}
     steps = args.steps
     if steps is None:

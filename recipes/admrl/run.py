@@ -21,7 +21,7 @@ from recipes.admrl.admrl import AdmrlTrainer
 from recipes.admrl.config import AdmrlConfig
 from recipes.admrl.evaluate import evaluate_gaps, plot_gaps
 from recipes.envs import make_env
-from recipes.run import rundir
+from recipes.run import heap, rundir
 from recipes.run.progress import Progress
 
 
@@ -76,6 +76,7 @@ def train(
 
 def _train(cfg: AdmrlConfig, logdir: Path, *, force: bool, progress: bool, recipe: str) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
+    heap.configure_heap(cfg.heap)
     resuming = rundir.prepare(
         logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
     )

@@ -27,7 +27,7 @@ import torch
 
 from bilevel.guard import NonFiniteError
 from recipes.envs import Env, make_env
-from recipes.run import rundir
+from recipes.run import heap, rundir
 from recipes.run.config import RunConfig
 from recipes.run.progress import Progress
 
@@ -258,6 +258,7 @@ def _train(
         recipes.run.rundir.ConfigMismatchError: when resuming with another config and not ``force``.
     """
     torch.set_num_threads(cfg.threads)
+    heap.configure_heap(cfg.heap)
     resuming = rundir.prepare(
         logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
     )
