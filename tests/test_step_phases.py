@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def phases():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("step_phases", ROOT / "benchmarks" / "step_phases.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    yield from load_benchmark("step_phases")
 
 
 def test_spans_cover_a_weighter_update_and_restore_the_originals(phases):
