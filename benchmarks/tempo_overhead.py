@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from recipes.compare import Variant  # noqa: E402
 from recipes.registry import resolve  # noqa: E402
-from recipes.run.config import parse_value  # noqa: E402
+from recipes.run.config import RunConfig, parse_value  # noqa: E402
 from recipes.run.heap import configure_heap  # noqa: E402
 
 DEFAULT_VARIANTS = {
@@ -130,7 +130,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS[args.preset]
-    heaps = {n: dict(item.split("=", 1) for item in Variant.parse(n).sets).get("heap", "retain") for n in names}
+    heaps = {
+        n: dict(item.split("=", 1) for item in Variant.parse(n).sets).get(
+            "heap", RunConfig.model_fields["heap"].default
+        )
+        for n in names
+    }
     if len(set(heaps.values())) > 1:  # malloc's settings are the process's: one timing process cannot mix them
         ap.error(f"--variants: the timed variants must share one heap setting, got {heaps}")
     built = {n: build(n, args.preset, args.env) for n in names}

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recipes.run.heap import HeapMode
+
 #: preset name → env family (or ``dmc_pixels``) → field overrides.
 Presets = dict[str, dict[str, dict[str, Any]]]
 
@@ -34,7 +36,7 @@ class RunConfig(BaseModel):
     preset: Literal["cpu", "paper"] = "cpu"
     device: str = "cpu"
     threads: int = Field(1, ge=1, description="torch threads (count env workers and renderers too)")
-    heap: Literal["retain", "system"] = Field(
+    heap: HeapMode = Field(
         "retain",
         description="glibc malloc: 'retain' serves large tensors from the heap and keeps freed memory for the next "
         "step (no kernel page faults on every step's large tensors: paper-preset steps 1.15x faster on CPU with one "
