@@ -187,6 +187,53 @@ def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_compiled_tempo_weighter_update_after_a_plain_step(chunk):
+    """A compiled TEMPO whose first step is not a weighter update (a run resumed between two, at meta_every > 1):
+    the first backward through the forward's graphs then runs once, without retain_graph; the weighter update's
+    a = ∇θ L_up (retain_graph=True) must still go through, by the forward-mode J a (no fallback), and give the
+    eager agent's hypergradient — no graph of the forward may have overwritten what a second backward reads.  Fresh
+    graphs: dynamo reset, AOT autograd's and inductor's caches off (a cached graph compiled under retain_graph hid
+    the refusal of a's backward before ``retained_backward``)."""
+    got = {}
+    for compile in (False, True):
+        torch._dynamo.reset()
+        with (
+            torch._functorch.config.patch(enable_autograd_cache=False),
+            torch._inductor.config.patch(fx_graph_cache=False),
+            warnings.catch_warnings(),
+        ):
+            warnings.filterwarnings("error", message="torch.compile of")
+            agent, batch = _agent(compile=compile, compile_chunk=chunk, meta_every=2, same_state_method="jvp")
+            agent.ac.updates.fill_(1)
+            rec = got[compile] = {"meta": [], "g": [], "model": []}
+            compute = agent.update.strategy.compute
+
+            def record(problem, weights, compute=compute, rec=rec):
+                result = compute(problem, weights)
+                rec["g"].append(result.hypergradient)
+                return result
+
+            agent.update.strategy.compute = record
+            step = agent.model_opt.step
+
+            def keep_grads(agent=agent, rec=rec, step=step):
+                rec["model"] = [p.grad.clone() for p in agent.wm.parameters()]
+                return step()
+
+            agent.model_opt.step = keep_grads
+            for _ in range(2):
+                rec["meta"].append(agent.meta_due())
+                torch.manual_seed(1)
+                agent.train_step(batch)
+    torch._dynamo.reset()
+    assert got[True]["meta"] == got[False]["meta"] == [False, True]
+    assert len(got[True]["g"]) == len(got[False]["g"]) == 1 and got[False]["g"][0].norm() > 0
+    torch.testing.assert_close(got[True]["g"][0], got[False]["g"][0], rtol=1e-4, atol=1e-9)
+    for a, b in zip(got[True]["model"], got[False]["model"], strict=True):  # θ's backward after a's
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
     """dreamerv2 with compile=true: the ELBO by the filtering loop in compiled chunks (5 steps = 2 + 2 + 1) and the
     compiled likelihood graph gives the eager loss and model gradient, the chunks' graphs actually compiled."""

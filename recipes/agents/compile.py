@@ -8,13 +8,29 @@ FX-graph/AOT-autograd caches under ``TORCHINDUCTOR_CACHE_DIR``); it is an option
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import torch
 
 R = TypeVar("R")
+
+
+@contextlib.contextmanager
+def retained_backward() -> Iterator[None]:
+    """Around backward passes that keep the graph (``retain_graph=True``) through graphs of
+    :class:`MaybeCompiled` ``(retain_graph=True)``.
+
+    Such graphs are compiled without donated buffers, but AOT autograd (torch 2.13) marks them "unknown" rather than
+    "none" until their backward is first compiled under ``retain_graph=True``, and at every backward that keeps the
+    graph it refuses one marked otherwise while ``torch._functorch.config.donated_buffer`` is on — so a graph whose
+    first backward ran once (a TEMPO step without a weighter update, e.g. the first after resuming) was refused at
+    the next weighter update.  This turns the flag off for the block; graphs compiled with donated buffers must
+    still not be backpropagated twice (their backward overwrites what it saved)."""
+    with torch._functorch.config.patch(donated_buffer=False):
+        yield
 
 
 class MaybeCompiled(Generic[R]):
@@ -26,7 +42,7 @@ class MaybeCompiled(Generic[R]):
 
     ``retain_graph=True``: the graph's backward may run more than once (``retain_graph``), so it is compiled
     without donated buffers (AOT autograd's default lets the backward overwrite saved tensors it is the last to
-    read, and then refuses a second backward).
+    read, and then refuses a second backward); run those backward passes inside :func:`retained_backward`.
     """
 
     def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True, *, retain_graph: bool = False) -> None:

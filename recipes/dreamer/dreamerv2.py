@@ -36,10 +36,11 @@ class CompiledObserveChunk:
     requires one, and a carried state is made contiguous (its statistics are views of wider tensors), so that every
     chunk hits the same graph: dynamo specialises on ``requires_grad`` and on strides, and the first chunk would
     otherwise compile a second graph of its own.  The zero state's gradient is computed and dropped (nothing reads
-    it)."""
+    it).  ``retain_graph``: as :class:`recipes.agents.compile.MaybeCompiled`'s, for callers whose backward runs
+    through the chunks more than once (TEMPO's a = ∇θ L_up, then θ's gradient)."""
 
-    def __init__(self, rssm: Any) -> None:
-        self.compiled = MaybeCompiled(rssm.observe_chunk, "the RSSM's filtering chunk")
+    def __init__(self, rssm: Any, *, retain_graph: bool = False) -> None:
+        self.compiled = MaybeCompiled(rssm.observe_chunk, "the RSSM's filtering chunk", retain_graph=retain_graph)
 
     def __call__(
         self,

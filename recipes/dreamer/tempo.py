@@ -16,6 +16,7 @@ categorical latents their logits, as the official code does.  Every number lives
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from functools import partial
@@ -39,7 +40,7 @@ from bilevel import (
     Uniform,
 )
 from bilevel import make_strategy as _make_strategy
-from recipes.agents.compile import MaybeCompiled
+from recipes.agents.compile import MaybeCompiled, retained_backward
 from recipes.agents.optim import adamw
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
@@ -140,15 +141,27 @@ class TempoAgent(dreamerv2.DreamerAgent):
         self._compiled_upper: MaybeCompiled[Any] | None = None
         self._compiled_halves: tuple[Callable[..., Any], Callable[..., ModelLoss]] | None = None
         if cfg.compile and cfg.compile_chunk > 0:
-            # a = ∇θ L_up and θ's gradient both backpropagate through the encoder's graph
+            # a = ∇θ L_up backpropagates with retain_graph=True through the upper level's, the filtering chunks' and
+            # the encoder's graphs, and θ's gradient again through the last two: all compiled without donated
+            # buffers.  (AOT autograd drops a graph's donated buffers only when its lazily compiled backward first
+            # runs under retain_graph=True; a run resumed on a non-meta step, or a cached graph compiled that way,
+            # kept them and refused a's backward.)
+            self._observe_chunk = dreamerv2.CompiledObserveChunk(self.wm.rssm, retain_graph=True)
             self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=True)
-            self._compiled_upper = MaybeCompiled(self.upper_parts, "TEMPO's upper level (values, task loss, features)")
-            assert self._compiled_likelihood is not None
+            self._compiled_upper = MaybeCompiled(
+                self.upper_parts, "TEMPO's upper level (values, task loss, features)", retain_graph=True
+            )
+            # where some w_i is 0, θ's backward first runs Σ ℓ_i's with retain_graph=True (bilevel.FactoredJvpAt)
+            self._compiled_likelihood = MaybeCompiled(
+                self.wm.loss_from_states, "the world model's likelihood terms", retain_graph=True
+            )
             self._compiled_halves = (self._chunked_filter_and_upper, self._compiled_likelihood)
         elif cfg.compile:
             self._compiled_halves = (
-                MaybeCompiled(self._filter_and_upper, "the world model's filtering pass and the upper loss"),
-                MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms"),
+                MaybeCompiled(
+                    self._filter_and_upper, "the world model's filtering pass and the upper loss", retain_graph=True
+                ),
+                MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms", retain_graph=True),
             )
         # SameState's mixed product by forward mode on the compiled forward's steps; the JVP graph itself is compiled
         # only where enough weighter updates amortise its compile time (compile_jvp)
@@ -418,7 +431,10 @@ class TempoAgent(dreamerv2.DreamerAgent):
         forward = autocast_fn(self.world_model_forward(batch, noise, compiled=compiled), *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
         jvp = self.loss_jvp(batch, noise, levels) if meta and self._compiled_jvp is not None else None
-        metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=meta, jvp=jvp).items()}
+        # a weighter update backpropagates through the forward's compiled graphs twice (a, then θ's gradient)
+        with retained_backward() if meta else contextlib.nullcontext():
+            result = self.update.step(forward, outputs=levels, meta=meta, jvp=jvp)
+        metrics = {f"model/{k}": v for k, v in result.items()}
         self._encoder_acts = None  # not held past the step (non-meta steps keep them otherwise)
         out, values = levels.aux
         for name, v in values.items():
