@@ -278,6 +278,10 @@ def test_nan_updates_in_a_row_stop_the_run_keeping_the_checkpoint_from_before(tm
     assert rc == 1
     assert "reweigh: failed: stopped at env step" in err and "3 updates in a row" in err
     assert "model/lower_loss_unweighted = nan" in err and "max_nonfinite" in err
+    # where it came from: the traceback, appended to the run directory's error.log and named in the message
+    assert f"(traceback: {logdir / 'error.log'})" in err
+    log = (logdir / "error.log").read_text()
+    assert log.startswith("--- ") and "Traceback (most recent call last)" in log and "3 updates in a row" in log
     recs = records(logdir)
     first_skip = min(r["step"] for r in recs if r.get("nonfinite_skips", 0) > 0)
     assert max(r["nonfinite_skips"] for r in recs if "nonfinite_skips" in r) == 3
