@@ -122,6 +122,22 @@ def test_jvp_mixed_term_equals_double_backward_on_the_tempo_step(classes):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
 
 
+def _record_updates(agent: TempoAgent) -> dict[str, list]:
+    """Record each weighter update's hypergradient (``g``) and each step's world-model gradient (``model``, a list
+    of the parameters' gradients) instead of stepping the world model's optimiser: every step at the same θ."""
+    rec: dict[str, list] = {"g": [], "model": []}
+    compute = agent.update.strategy.compute
+
+    def record(problem, weights):
+        result = compute(problem, weights)
+        rec["g"].append(result.hypergradient)
+        return result
+
+    agent.update.strategy.compute = record
+    agent.model_opt.step = lambda: rec["model"].append([p.grad.clone() for p in agent.wm.parameters()])
+    return rec
+
+
 @pytest.mark.parametrize("pixels", [False, True])
 def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
     """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a a forward-mode pass of the
@@ -145,18 +161,7 @@ def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
         if agent._compiled_encoder_tangent is not None:
             inner = agent._compiled_encoder_tangent
             agent._compiled_encoder_tangent = lambda *a, inner=inner, calls=tangent_calls: calls.append(1) or inner(*a)
-        rec = got[key] = {"g": [], "model": []}
-        compute = agent.update.strategy.compute
-
-        def record(problem, weights, compute=compute, rec=rec):
-            result = compute(problem, weights)
-            rec["g"].append(result.hypergradient)
-            return result
-
-        agent.update.strategy.compute = record
-        agent.model_opt.step = lambda agent=agent, rec=rec: rec["model"].append(
-            [p.grad.clone() for p in agent.wm.parameters()]
-        )
+        got[key] = _record_updates(agent)
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="torch.compile of")  # a fallback would make this vacuous
             for _ in range(2):
@@ -206,22 +211,7 @@ def test_compiled_tempo_weighter_update_after_a_plain_step(chunk):
             warnings.filterwarnings("error", message="torch.compile of")
             agent, batch = _agent(compile=compile, compile_chunk=chunk, meta_every=2, same_state_method="jvp")
             agent.ac.updates.fill_(1)
-            rec = got[compile] = {"meta": [], "g": [], "model": []}
-            compute = agent.update.strategy.compute
-
-            def record(problem, weights, compute=compute, rec=rec):
-                result = compute(problem, weights)
-                rec["g"].append(result.hypergradient)
-                return result
-
-            agent.update.strategy.compute = record
-            step = agent.model_opt.step
-
-            def keep_grads(agent=agent, rec=rec, step=step):
-                rec["model"] = [p.grad.clone() for p in agent.wm.parameters()]
-                return step()
-
-            agent.model_opt.step = keep_grads
+            rec = got[compile] = {**_record_updates(agent), "meta": []}
             for _ in range(2):
                 rec["meta"].append(agent.meta_due())
                 torch.manual_seed(1)
@@ -230,7 +220,7 @@ def test_compiled_tempo_weighter_update_after_a_plain_step(chunk):
     assert got[True]["meta"] == got[False]["meta"] == [False, True]
     assert len(got[True]["g"]) == len(got[False]["g"]) == 1 and got[False]["g"][0].norm() > 0
     torch.testing.assert_close(got[True]["g"][0], got[False]["g"][0], rtol=1e-4, atol=1e-9)
-    for a, b in zip(got[True]["model"], got[False]["model"], strict=True):  # θ's backward after a's
+    for a, b in zip(got[True]["model"][-1], got[False]["model"][-1], strict=True):  # θ's backward after a's
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
