@@ -67,6 +67,9 @@ def test_config_change_on_resume_is_refused_unless_forced(tmp_path, capsys):
     assert main(_args(logdir, 200, extra=("model_lr=0.001",))) == 2
     assert "model_lr" in capsys.readouterr().err
     assert main([*_args(logdir, 200, extra=("model_lr=0.001",)), "--force"]) == 0
+    # run control, not the run's definition: another thread count resumes without --force
+    assert main(_args(logdir, 400, extra=("model_lr=0.001", "threads=2"))) == 0
+    assert [r["step"] for r in records(logdir) if "eval_return" in r][-1] == 400
 
 
 def test_run_from_before_a_new_field_resumes_with_its_default(tmp_path, capsys):

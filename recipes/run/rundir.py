@@ -34,7 +34,7 @@ from pydantic import BaseModel
 log = logging.getLogger("reweigh")
 
 #: config keys that control the run rather than define it: a resumed run may change them without ``--force``.
-RUN_CONTROL_KEYS = frozenset({"steps", "max_nonfinite", "wandb", "wandb_project", "heap"})
+RUN_CONTROL_KEYS = frozenset({"steps", "max_nonfinite", "wandb", "wandb_project", "heap", "threads"})
 
 
 class ConfigMismatchError(ValueError):
