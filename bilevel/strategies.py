@@ -25,6 +25,7 @@ Uniform        no hypergradient: w = 1                                        �
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -260,8 +261,9 @@ class SameState(Strategy):
     double backward when the forward at θ was already run (``BilevelUpdate``, where the model needs ∇θ L_low
     anyway, unless the problem brings its own ``per_sample_jvp``, e.g. a compiled one) and the JVP otherwise (the
     functional :func:`bilevel.hypergradient`), falling back to the double
-    backward if the closure cannot be transformed.  ``method="finite_difference"`` approximates the mixed
-    product by central differences of the per-sample losses along a (as DARTS does, Liu et al. 2019, eq. 8):
+    backward if the closure cannot be transformed (with a warning, once, naming the error).
+    ``method="finite_difference"`` approximates the mixed product by central differences of the per-sample losses
+    along a (as DARTS does, Liu et al. 2019, eq. 8):
     (1/N) J a ≈ (ℓ(θ + εâ) − ℓ(θ − εâ)) / (2ε) · ‖a‖ / N with â = a/‖a‖ and ε = ``fd_eps`` — two forwards without
     graphs instead of a double backward, O(ε²) truncation error; the cheapest option when a backward through
     the model costs far more than a forward (recurrent models).  It differentiates the loss *values*: where a
@@ -298,6 +300,7 @@ class SameState(Strategy):
         if not fd_eps > 0:
             raise ValueError(f"fd_eps must be positive, got {fd_eps}")
         self.lr, self.method, self.convention, self.fd_eps = lr, method, convention, fd_eps
+        self._warned_fallback = False
 
     def __repr__(self) -> str:
         extra = f", fd_eps={self.fd_eps}" if self.method == "finite_difference" else ""
@@ -316,9 +319,16 @@ class SameState(Strategy):
         if method == "jvp":
             try:
                 return self._compute_jvp(problem, weights)
-            except RuntimeError:
+            except RuntimeError as err:
                 if self.method == "jvp":
                     raise
+                if not self._warned_fallback:  # said once: the fallback may hide a real failure of the JVP path
+                    self._warned_fallback = True
+                    warnings.warn(
+                        f"SameState(method='auto'): the forward-mode J a failed, falling back to the double "
+                        f"backward (method='jvp' raises instead): {err!r:.500}",
+                        stacklevel=2,
+                    )
         if method == "finite_difference":
             return self._compute_fd(problem, weights)
         upper = problem.upper_at()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -249,6 +250,35 @@ def test_a_supplied_jvp_replaces_the_double_backward_and_gives_the_same_step():
     calls.clear()
     upd2.step(forward2, upper2, jvp=jvp_of(model2, x2, y2))
     assert calls == []
+
+
+def test_auto_falls_back_to_the_double_backward_with_a_warning_once_and_jvp_raises():
+    """A supplied forward-mode function that fails (RuntimeError): ``method="auto"`` takes the double backward —
+    the same step as without the function — and says so once, naming the error; ``method="jvp"`` raises it."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        (upd, model, _, forward, upper, _), (upd_ref, model_ref, _, forward_ref, upper_ref, _) = [
+            _setup(B.SameState(0.1)) for _ in range(2)
+        ]
+        upd_jvp, _, _, forward_jvp, upper_jvp, _ = _setup(B.SameState(0.1, method="jvp"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+    def broken(params, tangents):
+        raise RuntimeError("no forward-mode formula here")
+
+    with pytest.warns(UserWarning, match="falling back to the double backward.*no forward-mode formula here"):
+        metrics = upd.step(forward, upper, jvp=broken)
+    metrics_ref = upd_ref.step(forward_ref, upper_ref)
+    assert metrics["hypergrad_norm"] > 0
+    assert metrics["hypergrad_norm"] == pytest.approx(metrics_ref["hypergrad_norm"], rel=1e-10)
+    for p, q in zip(model.parameters(), model_ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per strategy
+        upd.step(forward, upper, jvp=broken)
+    with pytest.raises(RuntimeError, match="no forward-mode formula here"):
+        upd_jvp.step(forward_jvp, upper_jvp, jvp=broken)
 
 
 class _Factored(nn.Module):
