@@ -441,20 +441,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reweigh: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as err:
-        where = _save_traceback(getattr(args, "logdir", None))
+        where = _save_traceback(getattr(args, "logdir", None), sys.argv[1:] if argv is None else argv)
         print(f"reweigh: failed: {err}" + (f" (traceback: {where})" if where else ""), file=sys.stderr)
         return 1
 
 
-def _save_traceback(logdir: str | None) -> Path | None:
-    """Append the exception being handled, with its traceback and the time, to ``<logdir>/error.log`` when the
-    run directory exists (the one-line message alone does not say where a failure came from); None otherwise."""
+def _save_traceback(logdir: str | None, argv: Sequence[str]) -> Path | None:
+    """Append the exception being handled, with its traceback, the time and the command's arguments ``argv``, to
+    ``<logdir>/error.log`` when the run directory exists (the one-line message alone does not say where a failure
+    came from); None otherwise."""
     if logdir is None or not Path(logdir).is_dir():
         return None
     path = Path(logdir) / "error.log"
     try:
         with path.open("a") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: reweigh {' '.join(sys.argv[1:])}\n")
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: reweigh {' '.join(argv)}\n")
             f.write(traceback.format_exc())
     except OSError:  # a full disk must not hide the failure itself
         return None

@@ -282,6 +282,7 @@ def test_nan_updates_in_a_row_stop_the_run_keeping_the_checkpoint_from_before(tm
     assert f"(traceback: {logdir / 'error.log'})" in err
     log = (logdir / "error.log").read_text()
     assert log.startswith("--- ") and "Traceback (most recent call last)" in log and "3 updates in a row" in log
+    assert "reweigh run dreamerv2 " in log.splitlines()[0] and "max_nonfinite=3" in log.splitlines()[0]
     recs = records(logdir)
     first_skip = min(r["step"] for r in recs if r.get("nonfinite_skips", 0) > 0)
     assert max(r["nonfinite_skips"] for r in recs if "nonfinite_skips" in r) == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ class CompiledObserveChunk:
 
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
+
+    #: the world-model forward's compiled graphs (encoder, filtering chunks, likelihood) may be backpropagated more
+    #: than once (``MaybeCompiled(retain_graph=True)``): subclasses whose update does so set it (TEMPO)
+    backward_twice: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -132,9 +136,12 @@ class DreamerAgent(nn.Module):
         self._compiled_likelihood: MaybeCompiled[ModelLoss] | None = None
         self._compiled_loss: Callable[[dict[str, Tensor]], ModelLoss] | None = None
         if cfg.compile and cfg.compile_chunk > 0:
-            self._observe_chunk = CompiledObserveChunk(self.wm.rssm)
-            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder")
-            self._compiled_likelihood = MaybeCompiled(self.wm.loss_from_states, "the world model's likelihood terms")
+            twice = self.backward_twice
+            self._observe_chunk = CompiledObserveChunk(self.wm.rssm, retain_graph=twice)
+            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=twice)
+            self._compiled_likelihood = MaybeCompiled(
+                self.wm.loss_from_states, "the world model's likelihood terms", retain_graph=twice
+            )
             self._compiled_loss = self._chunked_loss
         elif cfg.compile:
             self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss")

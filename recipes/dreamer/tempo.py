@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -107,6 +107,13 @@ class TempoAgent(dreamerv2.DreamerAgent):
     updates.
     """
 
+    # a = ∇θ L_up backpropagates with retain_graph=True through the encoder's and the filtering chunks' graphs and
+    # θ's gradient again (and, where some w_i is 0, Σ ℓ_i's through the likelihood's first: bilevel.FactoredJvpAt),
+    # so they are compiled without donated buffers.  AOT autograd drops a graph's donated buffers only when its lazily
+    # compiled backward first runs under retain_graph=True: a run resumed on a step without a weighter update kept
+    # them and refused a's backward (and with the refusal silenced, θ's gradient came out wrong).
+    backward_twice: ClassVar[bool] = True
+
     def __init__(self, cfg: TempoConfig, obs_shape: tuple[int, ...], action_dim: int, discrete: bool) -> None:
         super().__init__(cfg, obs_shape, action_dim, discrete, Uniform())
         self.cfg: TempoConfig = cfg
@@ -141,20 +148,12 @@ class TempoAgent(dreamerv2.DreamerAgent):
         self._compiled_upper: MaybeCompiled[Any] | None = None
         self._compiled_halves: tuple[Callable[..., Any], Callable[..., ModelLoss]] | None = None
         if cfg.compile and cfg.compile_chunk > 0:
-            # a = ∇θ L_up backpropagates with retain_graph=True through the upper level's, the filtering chunks' and
-            # the encoder's graphs, and θ's gradient again through the last two: all compiled without donated
-            # buffers.  (AOT autograd drops a graph's donated buffers only when its lazily compiled backward first
-            # runs under retain_graph=True; a run resumed on a non-meta step, or a cached graph compiled that way,
-            # kept them and refused a's backward.)
-            self._observe_chunk = dreamerv2.CompiledObserveChunk(self.wm.rssm, retain_graph=True)
-            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=True)
+            # the upper level's graph: a's backward keeps the graph (backward_twice covers the encoder's, the
+            # filtering chunks' and the likelihood's)
             self._compiled_upper = MaybeCompiled(
                 self.upper_parts, "TEMPO's upper level (values, task loss, features)", retain_graph=True
             )
-            # where some w_i is 0, θ's backward first runs Σ ℓ_i's with retain_graph=True (bilevel.FactoredJvpAt)
-            self._compiled_likelihood = MaybeCompiled(
-                self.wm.loss_from_states, "the world model's likelihood terms", retain_graph=True
-            )
+            assert self._compiled_likelihood is not None
             self._compiled_halves = (self._chunked_filter_and_upper, self._compiled_likelihood)
         elif cfg.compile:
             self._compiled_halves = (
