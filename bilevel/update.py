@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -64,9 +64,15 @@ class BilevelUpdate:
         weighter_grad_clip: global-norm clip for α's gradient, or None.
         skip_nonfinite: raise :class:`bilevel.guard.NonFiniteError` instead of stepping on a non-finite loss,
             weight or gradient (default); ``False`` steps regardless, as plain PyTorch would.
+        hypergradient_scale: ``"exact"`` backpropagates g = dL_up/dw into the weighter as the strategy returns it;
+            ``"unit_norm"`` divides it by its norm first, g / ‖g‖ — the same direction at every step, at a scale
+            that depends neither on the model's learning rate η (SameState's and Lookahead's g carry a factor η) nor
+            on the size of the upper loss.  Where the exact g leaves the weighter's gradients below its Adam ε,
+            every weighter step shrinks; the normalised one takes Adam's full steps.
 
     Raises:
-        ValueError: if the strategy trains a weighter but no weighter/optimiser is given.
+        ValueError: if the strategy trains a weighter but no weighter/optimiser is given, or for an unknown
+            ``hypergradient_scale``.
     """
 
     def __init__(
@@ -80,9 +86,13 @@ class BilevelUpdate:
         grad_clip: float | None = None,
         weighter_grad_clip: float | None = None,
         skip_nonfinite: bool = True,
+        hypergradient_scale: Literal["exact", "unit_norm"] = "exact",
     ) -> None:
         if strategy.trains_weighter and (weighter is None or weighter_optimizer is None):
             raise ValueError(f"{strategy!r} trains a weighter: pass weighter= and weighter_optimizer=")
+        if hypergradient_scale not in ("exact", "unit_norm"):
+            raise ValueError(f"hypergradient_scale must be 'exact' or 'unit_norm', got {hypergradient_scale!r}")
+        self.hypergradient_scale = hypergradient_scale
         self.model, self.model_optimizer, self.strategy = model, model_optimizer, strategy
         self.weighter, self.weighter_optimizer = weighter, weighter_optimizer
         self.grad_clip, self.weighter_grad_clip = grad_clip, weighter_grad_clip
@@ -129,7 +139,11 @@ class BilevelUpdate:
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
-            ``weight_mean/std/min/max``, ``hypergrad_norm``, ``model_grad_norm``, ``weighter_grad_norm``.
+            ``weight_mean/std/min/max``, ``model_grad_norm``; on weighter updates also ``hypergrad_norm`` (‖g‖ as
+            the strategy returned it, before ``hypergradient_scale``), ``weighter_grad_norm`` and the weighter's
+            effective step: ``weighter_step`` = ‖Δα‖/‖α‖ and ``weighter_step_vs_lr`` = ‖Δα‖ / (lr·√P) with P the
+            number of weighter parameters — 1 when every parameter moves by the learning rate, as Adam's step does
+            for gradients far above its ε (weight decay included; the optimiser's first parameter group's lr).
 
         Raises:
             ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing.
@@ -185,7 +199,7 @@ class BilevelUpdate:
             result = self.strategy.compute(problem, w.detach())
             g = result.hypergradient
             self.weighter_optimizer.zero_grad(set_to_none=True)
-            w.backward(g)
+            w.backward(_scaled(g, self.hypergradient_scale))
             # the weighter steps after the check below; θ's gradient was computed at θ with w detached, so it does
             # not depend on that step
             stepping.insert(0, self.weighter_optimizer)
@@ -236,9 +250,42 @@ class BilevelUpdate:
                     for buffer, value in zip(self.weighter.buffers() if saved else [], saved, strict=True):
                         buffer.copy_(value)
                 raise
+        before = _snapshot(self.weighter) if len(stepping) > 1 else None
         for opt in stepping:
             opt.step()
+        if before is not None:
+            assert self.weighter is not None and self.weighter_optimizer is not None
+            metrics.update(_step_size(before, self.weighter, self.weighter_optimizer))
         return metrics
+
+
+def _scaled(g: Tensor, mode: str) -> Tensor:
+    """The hypergradient to backpropagate into the weighter: ``g`` (``"exact"``) or g / ‖g‖ (``"unit_norm"``; a zero
+    g stays zero)."""
+    if mode == "exact":
+        return g
+    return g / torch.linalg.vector_norm(g).clamp_min(torch.finfo(g.dtype).tiny)
+
+
+def _snapshot(weighter: nn.Module | None) -> list[Tensor]:
+    """Copies of the weighter's parameters before its optimiser steps."""
+    assert weighter is not None
+    return [p.detach().clone() for p in weighter.parameters()]
+
+
+def _step_size(before: list[Tensor], weighter: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``weighter_step`` = ‖Δα‖/‖α‖ and ``weighter_step_vs_lr`` = ‖Δα‖/(lr·√P) of the step just taken."""
+    params = [p.detach() for p in weighter.parameters()]
+    with torch.no_grad():
+        delta = torch.stack([torch.linalg.vector_norm(p - b) for p, b in zip(params, before, strict=True)])
+        norm = torch.stack([torch.linalg.vector_norm(b) for b in before])
+        delta_f, norm_f = torch.stack([delta, norm]).norm(dim=1).tolist()  # one device synchronisation
+    count = sum(p.numel() for p in params)
+    lr = float(optimizer.param_groups[0]["lr"])
+    return {
+        "weighter_step": delta_f / norm_f if norm_f > 0 else float("inf"),
+        "weighter_step_vs_lr": delta_f / (lr * count**0.5),
+    }
 
 
 def _laid_out_as(grad: Tensor, param: Tensor) -> Tensor:

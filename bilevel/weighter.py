@@ -29,21 +29,26 @@ def _norm(kind: str, width: int) -> nn.Module:
 class MetaWeighter(nn.Module):
     """MLP meta weighter ``w = scale · σ(o) + shift`` over *detached* per-sample features.
 
-    TEMPO §3.1: dense layers of 400 units, BatchNorm and ELU after each hidden layer, a sigmoid and an additive
+    TEMPO §3.1: a "5-layer" MLP — 4 hidden dense layers of 400 units and the output layer, as the official code's
+    ``MLP_meta`` — BatchNorm and ELU after each hidden layer, a sigmoid and an additive
     bias on the output so that ``w = 0.5 σ(o) + 0.75 ∈ (0.75, 1.25)``.  Appendix A.2 reports that BatchNorm "greatly
-    boosts the final performance".  The official code additionally normalises the output logit ``o`` (a
-    BatchNorm without affine parameters) before the sigmoid: ``output_norm=True``.
+    boosts the final performance".  The official code additionally normalises the output logit ``o`` by the same
+    normalisation layer as the hidden ones — a BatchNorm with a learnable scale γ and shift β (Keras'
+    ``BatchNormalization()`` defaults, batch statistics in training) — before the sigmoid: ``output_norm=True``.  At
+    γ = 1, β = 0 the normalised logit has unit variance over the batch, so the weights start spread with std ≈ 0.1
+    around 1 (0.5·std(σ(z)) for z ~ N(0, 1)); γ then sets the spread and β the mean.
 
     Inputs are always detached: the lower-level model must not move its states to earn weight.
 
     Args:
         in_features: F, the feature size (TEMPO DMC: 200 + 2·32 + 2).
-        layers: number of hidden dense layers (TEMPO: 5).
+        layers: number of hidden dense layers (TEMPO: 4, plus the output layer).
         hidden: units per hidden layer (TEMPO: 400).
         activation: one of ``elu`` (TEMPO), ``relu``, ``silu``, ``tanh``, ``gelu``.
         norm: ``batch`` (TEMPO), ``layer`` or ``none``, applied after each hidden dense layer, before the
             activation.
-        output_norm: normalise the output logit with batch statistics before the sigmoid (official code).
+        output_norm: normalise the output logit o with batch statistics and a learnable scale and shift before the
+            sigmoid (TEMPO's official code); in eval mode the running statistics.
         scale: output map constant (TEMPO: 0.5; Meta-Weight-Net: 1).
         shift: output map constant (TEMPO: 0.75; Meta-Weight-Net: 0).
         groups: G > 0 makes the last feature a group id in {0, …, G−1} (an integer stored as a float, e.g. the
@@ -64,7 +69,7 @@ class MetaWeighter(nn.Module):
     def __init__(
         self,
         in_features: int,
-        layers: int = 5,
+        layers: int = 4,
         hidden: int = 400,
         activation: str = "elu",
         norm: Literal["batch", "layer", "none"] = "batch",
@@ -94,7 +99,7 @@ class MetaWeighter(nn.Module):
             width = hidden
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(width, 1)
-        self.output_norm = nn.BatchNorm1d(1, affine=False) if output_norm else None
+        self.output_norm = nn.BatchNorm1d(1) if output_norm else None
 
     def logits(self, features: Tensor) -> Tensor:
         """The pre-sigmoid output o, shape ``features.shape[:-1]``."""

@@ -165,9 +165,46 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def mean_over_evaluations(a: list[float], b: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """The test of a pre-registered comparison on each run's mean over its evaluations (one number per seed).
+
+    Args:
+        a, b: per-seed means over the evaluations of the two variants (H1: mean(a) > mean(b)).
+        resamples: bootstrap resamples.
+        seed: the bootstrap's random seed (the interval is reproducible).
+
+    Returns:
+        ``a_mean``, ``a_std``, ``b_mean``, ``b_std`` (std over seeds, ddof 0 as the tables), ``diff`` = mean(a) −
+        mean(b), one-tailed Welch's ``t`` and ``p``, and ``ci95``: the 95% percentile-bootstrap interval of the
+        difference of the means (seeds resampled within each variant; scipy.stats.bootstrap).
+    """
+    from scipy.stats import bootstrap
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    t, p = welch(list(x), list(y))
+    ci = bootstrap(
+        (x, y),
+        lambda u, v, axis=-1: u.mean(axis) - v.mean(axis),
+        n_resamples=resamples,
+        method="percentile",
+        random_state=seed,
+    ).confidence_interval
+    return {
+        "a_mean": float(x.mean()),
+        "a_std": float(x.std()),
+        "b_mean": float(y.mean()),
+        "b_std": float(y.std()),
+        "diff": float(x.mean() - y.mean()),
+        "t": t,
+        "p": p,
+        "ci95": [float(ci.low), float(ci.high)],
+    }
+
+
 def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: int) -> dict[str, Any]:
     """Curves on the evaluation steps every run has, Welch's test of the first variant vs the second (H1: the first
-    is better — higher, or lower for a metric to minimise such as AdMRL's worst-case gap), finals."""
+    is better — higher, or lower for a metric to minimise such as AdMRL's worst-case gap) at every evaluation and on
+    each run's mean over the evaluations (:func:`mean_over_evaluations`, with a bootstrap CI), finals."""
     metric, maximize = _metric(variants)
     curves = {v.label: [eval_curve(logdir / f"{v.slug}-s{s}", metric) for s in seeds] for v in variants}
     common = sorted(set.intersection(*[set(c) for runs in curves.values() for c in runs]))
@@ -205,6 +242,10 @@ def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: in
             "evaluations": len(finite),
             "skipped": len(common) - len(finite),
         }
+        if len(seeds) >= 2:  # H1: the first's mean is higher (lower for a metric to minimise)
+            hi, lo = (first, second) if maximize else (second, first)
+            means = {v: [float(np.mean([c[s] for s in common])) for c in curves[v]] for v in (hi, lo)}
+            table["welch"]["over_evaluations"] = {"a": hi, "b": lo, **mean_over_evaluations(means[hi], means[lo])}
     return table
 
 
@@ -224,6 +265,14 @@ def format_table(table: dict[str, Any]) -> str:
             f"steps ({w['skipped']} skipped: zero variance): mean t = {w['mean_t']:.3f}, "
             f"mean p = {w['mean_p']:.3f}.",
         ]
+        if "over_evaluations" in w:
+            o = w["over_evaluations"]
+            lines.append(
+                f"On each run's mean over the evaluations: {o['a']} {o['a_mean']:.1f} ± {o['a_std']:.1f}, {o['b']} "
+                f"{o['b_mean']:.1f} ± {o['b_std']:.1f}; difference {o['diff']:+.1f} (bootstrap 95% CI "
+                f"{o['ci95'][0]:+.1f} … {o['ci95'][1]:+.1f}); one-tailed Welch's t-test of {o['a']} > {o['b']}: "
+                f"t = {o['t']:.3f}, p = {o['p']:.3f}."
+            )
     return "\n".join(lines)
 
 

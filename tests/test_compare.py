@@ -6,10 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recipes.cli import main
-from recipes.compare import Variant, welch
+from recipes.compare import Variant, mean_over_evaluations, welch
 
 
 def _fake_run(path: Path, returns: list[float]) -> None:
@@ -51,6 +52,26 @@ def test_compare_reuses_finished_runs_and_reports(tmp_path, capsys):
     assert table["variants"]["tempo"]["final_mean"] == pytest.approx(sum(x[-1] for x in tempo.values()) / 3)
     assert "tempo > dreamerv2" in out and "± " in out
     assert (tmp_path / "compare.png").stat().st_size > 0 and (tmp_path / "compare.md").exists()
+    # the pre-registered test: Welch on each run's mean over the evaluations, and a bootstrap CI of the difference
+    over = table["welch"]["over_evaluations"]
+    a = [sum(tempo[s]) / 3 for s in (0, 1, 2)]
+    b = [sum(base[s]) / 3 for s in (0, 1, 2)]
+    assert (over["a"], over["b"]) == ("tempo", "dreamerv2")
+    assert (over["t"], over["p"]) == pytest.approx(welch(a, b))
+    assert over["diff"] == pytest.approx(sum(a) / 3 - sum(b) / 3)
+    assert over["ci95"][0] < over["diff"] < over["ci95"][1] and over["ci95"][0] > 0  # tempo ahead on every seed
+    assert "bootstrap 95% CI" in out
+
+
+def test_mean_over_evaluations_bootstrap_interval_covers_the_difference_and_narrows_with_seeds():
+    rng = np.random.default_rng(0)
+    few = mean_over_evaluations(list(rng.normal(1.0, 1.0, 3)), list(rng.normal(0.0, 1.0, 3)))
+    many = mean_over_evaluations(list(rng.normal(1.0, 1.0, 300)), list(rng.normal(0.0, 1.0, 300)))
+    assert few["ci95"][0] < few["diff"] < few["ci95"][1]
+    assert many["ci95"][0] < 1.0 < many["ci95"][1] and many["p"] < 1e-6
+    assert many["ci95"][1] - many["ci95"][0] < 0.5 * (few["ci95"][1] - few["ci95"][0])
+    a, b = list(rng.normal(0.0, 1.0, 5)), list(rng.normal(0.0, 1.0, 5))
+    assert mean_over_evaluations(a, b)["ci95"] == mean_over_evaluations(a, b)["ci95"]  # seeded: reproducible
 
 
 def test_variant_syntax():

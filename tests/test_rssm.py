@@ -7,7 +7,7 @@ import torch
 
 import bilevel as B
 from worldmodels import ModelLoss, RSSMWorldModel, WorldModel
-from worldmodels.rssm import RSSM, ConvDecoder, ConvEncoder
+from worldmodels.rssm import RSSM, ConvDecoder, ConvEncoder, free_nats_on_mean
 
 SMALL = {"deter": 16, "stoch": 4, "hidden": 16, "mlp_layers": 1, "mlp_units": 16, "depth": 4}
 
@@ -410,3 +410,36 @@ def test_conv_decoder_equals_its_transposed_convs_on_the_1x1_input(size):
     torch.testing.assert_close(got, want)
     for a, b in zip(g_got, g_want, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_free_nats_on_the_batch_mean_are_dreamerv2s_max_of_the_mean():
+    kl = torch.tensor([[0.2, 0.4], [0.6, 3.0]], requires_grad=True)  # mean 1.05
+    for free, active in ((1.0, True), (1.1, False), (0.0, True)):
+        out = free_nats_on_mean(kl, free)
+        assert float(out.detach().mean()) == pytest.approx(max(float(kl.detach().mean()), free))
+        (grad,) = torch.autograd.grad(out.sum(), kl)
+        torch.testing.assert_close(grad, torch.ones_like(kl) if active else torch.zeros_like(kl))
+
+
+def test_kl_free_avg_lets_a_steps_weight_reach_its_kl_below_free_nats():
+    """Per-step free nats cut w_t off from KL_t wherever KL_t < free; on the batch mean they do not (while the
+    mean is above free nats), and with w = 1 the mean loss is DreamerV2's max(mean KL, free) either way."""
+    torch.manual_seed(0)
+    batch = _batch((5,))
+    noise = (torch.randn(3, 6, 4), torch.randn(3, 6, 4))
+    model = RSSMWorldModel((5,), 2, **SMALL)
+    raw = model.loss(batch, noise).terms["kl"].detach()
+    free = float(raw.quantile(0.3))  # a third of the steps below it, the mean above it
+    assert float(raw.mean()) > free
+    b, t = [int(i[0]) for i in (raw < free).nonzero(as_tuple=True)]
+    prior = [p for n, p in model.named_parameters() if n.startswith("rssm.img_out")]
+    assert prior
+    grads = {}
+    for avg in (False, True):
+        model.kl_free, model.kl_free_avg = free, avg
+        out = model.loss(batch, noise)
+        grads[avg] = torch.autograd.grad(out.terms["kl"][b, t], prior, allow_unused=True)
+        expected = raw.mean() if avg else raw.clamp_min(free).mean()
+        assert float(out.terms["kl"].mean()) == pytest.approx(float(expected), rel=1e-5)
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in grads[False])  # clipped: no gradient
+    assert sum(float(g.abs().sum()) for g in grads[True] if g is not None) > 0

@@ -14,7 +14,7 @@ from rundirs import TINY_AGENT
 import bilevel as B
 from recipes.agents.compile import MaybeCompiled
 from recipes.cli import main
-from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy, weights_by_reward
+from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy, training_history, weights_by_reward
 from recipes.registry import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +68,17 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize(
     ("strategy", "v3"),
-    [("same_state", False), ("lookahead", False), ("same_state", True), ("lookahead", True)],
+    [("same_state", False), ("lookahead", False), ("same_state", True), ("lookahead", True), ("same_state", "avg")],
 )
 def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy, v3):
     """dL_up/dw of the real TEMPO step (RSSM ELBO per step, V-VAML through the slow critic, batch-normalised
     values) against central differences of the function the strategy differentiates, in float64.  ``v3``: with
     DreamerV3's two-hot reward head and critic (the reward term a per-step cross-entropy, V through the two-hot
-    slow critic) and symlog observations."""
-    over = {"twohot_bins": 31, "symlog_obs": True} if v3 else {}
+    slow critic) and symlog observations; ``avg``: free nats on the batch mean (above them, some steps below)."""
+    over = {"kl_free_avg": True, "kl_free": 1.5} if v3 == "avg" else {}
+    v3 = v3 is True
+    if v3:
+        over = {"twohot_bins": 31, "symlog_obs": True}
     agent, batch = _agent(dtype=torch.float64, strategy=strategy, **over)
     if v3:  # two-hot heads start at zero (constant V, zero upper loss): give them weights
         with torch.no_grad():
@@ -138,20 +141,27 @@ def _record_updates(agent: TempoAgent) -> dict[str, list]:
     return rec
 
 
-@pytest.mark.parametrize("pixels", [False, True])
+@pytest.mark.parametrize("pixels", [False, True, "free_avg"])
 def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
     """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a a forward-mode pass of the
     filtering alone, dotted per step with the lower backward's state cotangents (``bilevel.FactoredJvp``; no double
     backward, no decoder JVP); hypergradient and model gradient equal the eager double backward's, over two steps
     (the second from the compiled cache), with no silent eager fallback.  With pixels the conv encoder's tangent
-    comes from the forward's activations (``ConvEncoder.tangent``)."""
+    comes from the forward's activations (``ConvEncoder.tangent``).  ``free_avg``: free nats on the batch mean, set
+    where the mean is above them and some steps below (the switch is a tensor condition inside the graphs)."""
+    free_avg = pixels == "free_avg"
+    pixels = pixels is True
     image = {"pixels": True, "image_size": 32, "depth": 2} if pixels else {}
+    if free_avg:
+        image = {"kl_free_avg": True, "kl_free": 1.5}
     got = {}
     # (compile, compile_jvp, compile_chunk): eager; compiled forward + compiled JVP with the filtering loop unrolled
     # (0) or in compiled chunks of 2 steps (5 = 2 + 2 + 1); compiled forward in chunks + eager JVP
     compiled_keys = (
         ((True, True, 2), (True, False, 2)) if pixels else ((True, True, 0), (True, True, 2), (True, False, 2))
     )
+    if free_avg:
+        compiled_keys = ((True, True, 2),)
     for key in ((False, None, 0), *compiled_keys):
         compile, compile_jvp, chunk = key
         agent, batch = _agent(
@@ -447,12 +457,14 @@ def test_dreamerv2_refuses_tempo_keys():
 
 def test_paper_preset_is_tempo_table_1():
     cfg = resolve("dmc:cartpole_swingup", "paper", recipe="tempo")
+    # "a 5-layer dense network": 4 hidden layers and the output layer, as the official MLP_meta
     assert (cfg.weighter_layers, cfg.weighter_units, cfg.weighter_activation, cfg.weighter_norm) == (
-        5,
+        4,
         400,
         "elu",
         "batch",
     )
+    assert cfg.weighter_output_norm and cfg.hypergradient_scale == "unit_norm"
     assert (cfg.weighter_lr, cfg.weighter_eps, cfg.weighter_clip, cfg.weighter_wd) == (1e-4, 1e-5, 100.0, 1e-6)
     assert cfg.strategy == "same_state" and cfg.meta_every == 1 and cfg.weighter_inputs == "DSV"
     assert (cfg.deter, cfg.stoch, cfg.model_lr, cfg.kl_scale) == (200, 32, 3e-4, 1.0)
@@ -511,6 +523,7 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
         assert len(weights) == 4 and all(0.75 <= w <= 1.25 for w in weights)
     assert len([x for x in lines if x.startswith("meta weights over ")]) == 1
     assert len([x for x in lines if x.startswith("meta weight vs reward: Pearson r ")]) == 1
+    assert any(x.startswith("over training (from metrics.jsonl)") for x in lines)
     # a weighter pushed to its upper bound (output bias +50) reads as all weights there
     ckpt_path = logdir / "checkpoints" / "latest.pt"
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -519,6 +532,26 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
     rows = inspect_weights(logdir, sequences=3, show=4)
     assert rows["summary"]["share_near_high"] == 1.0 and rows["summary"]["share_near_low"] == 0.0
     assert rows["summary"]["q05_q50_q95"][0] > 1.24
+
+
+def test_training_history_summarises_spans_of_the_run(tmp_path):
+    records = [{"step": 500, "train_return": 1.0}]  # a record without weights is skipped
+    for i in range(10):  # weighter updates logged at 1k ... 10k; the step logged only on the odd ones
+        r = {"step": 1000 * (i + 1), "model/weight_std": 0.01 * (i + 1), "model/upper_loss": 1.0}
+        if i % 2:
+            r.update({"model/weighter_step": 1e-3 * i, "model/weighter_step_vs_lr": 0.1 * i})
+        records.append(r)
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    rows = training_history(tmp_path, spans=2)
+    assert [(r["start"], r["end"]) for r in rows] == [(1000, 5000), (6000, 10000)]
+    assert rows[0]["weight_std"] == pytest.approx(0.03) and rows[1]["weight_std"] == pytest.approx(0.08)
+    assert rows[0]["weighter_step_vs_lr"] == pytest.approx(0.2)  # median of 0.1, 0.3
+    assert rows[1]["weighter_step_vs_lr"] == pytest.approx(0.7)  # median of 0.5, 0.7, 0.9
+    assert rows[1]["weighter_step"] == pytest.approx(7e-3) and rows[0]["upper_loss"] == 1.0
+    (tmp_path / "empty").mkdir()
+    assert training_history(tmp_path / "empty") == []
+    with pytest.raises(ValueError, match="spans"):
+        training_history(tmp_path, spans=0)
 
 
 def test_weights_by_reward_on_a_sparse_reward():

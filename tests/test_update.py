@@ -397,3 +397,43 @@ def test_assigned_gradients_take_the_parameters_layout():
     torch.testing.assert_close(out, grad, rtol=0, atol=0)
     same = torch.randn(6, 4, 3, 3)
     assert _laid_out_as(same, param) is same
+
+
+def test_unit_norm_hypergradient_is_the_exact_direction_at_unit_scale():
+    """hypergradient_scale='unit_norm' backpropagates g / ‖g‖ into the weighter: its gradient is the exact one
+    divided by ‖g‖, so a plain SGD step is the exact step scaled by 1 / ‖g‖."""
+    exact, model_e, weighter_e, forward_e, upper_e, _ = _setup(B.SameState(0.1))
+    unit, model_u, weighter_u, forward_u, upper_u, _ = _setup(B.SameState(0.1))
+    unit.hypergradient_scale = "unit_norm"
+    before = [p.detach().clone() for p in weighter_e.parameters()]
+    metrics = exact.step(forward_e, upper_e)
+    unit.step(forward_u, upper_u)
+    norm = metrics["hypergrad_norm"]
+    for b, e, u in zip(before, weighter_e.parameters(), weighter_u.parameters(), strict=True):
+        torch.testing.assert_close((u - b) * norm, e - b, rtol=1e-4, atol=1e-7)
+    for a, b in zip(model_e.parameters(), model_u.parameters(), strict=True):  # θ's step does not depend on it
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="hypergradient_scale"):
+        B.BilevelUpdate(model_e, torch.optim.SGD(model_e.parameters(), 0.1), B.Uniform(), hypergradient_scale="unit")
+
+
+@pytest.mark.parametrize("scale", ["exact", "unit_norm"])
+def test_weighter_step_metrics_and_adam_epsilon(scale):
+    """The logged effective step: ‖Δα‖/‖α‖ and ‖Δα‖/(lr·√P) as measured from the parameters.  SameState's g
+    scales with η: at η = 1e-7 the exact g leaves the weighter's gradients far below Adam's ε = 1e-5 and its first
+    step a small fraction of lr per parameter, while unit_norm takes Adam's full first step (|Δα_j| = lr for every
+    parameter with a gradient, so the ratio is √(share of such parameters))."""
+    upd, _, weighter, forward, upper, _ = _setup(B.SameState(1e-7))
+    upd.hypergradient_scale = scale
+    upd.weighter_optimizer = torch.optim.Adam(weighter.parameters(), lr=1e-3, eps=1e-5)
+    before = torch.cat([p.detach().flatten().clone() for p in weighter.parameters()])
+    metrics = upd.step(forward, upper)
+    after = torch.cat([p.detach().flatten() for p in weighter.parameters()])
+    delta = float((after - before).norm())
+    assert metrics["weighter_step"] == pytest.approx(delta / float(before.norm()), rel=1e-5)
+    assert metrics["weighter_step_vs_lr"] == pytest.approx(delta / (1e-3 * before.numel() ** 0.5), rel=1e-5)
+    if scale == "exact":
+        assert metrics["weighter_step_vs_lr"] < 0.05
+    else:
+        moved = float(((after - before).abs() > 0).float().mean())
+        assert metrics["weighter_step_vs_lr"] == pytest.approx(moved**0.5, rel=0.02) and moved > 0.5

@@ -28,6 +28,25 @@ from worldmodels.base import ModelLoss
 from worldmodels.nets import TwoHotHead, at_least_fp32, mlp, symlog
 
 State = dict[str, Tensor]
+
+
+def free_nats_on_mean(kl: Tensor, free: float) -> Tensor:
+    """Free nats on the batch mean (DreamerV2 ``free_avg``): ``kl`` itself where mean(kl) ≥ ``free``, else the
+    constant ``free`` at every step (no gradient), so that mean(result) = max(mean(kl), free).
+
+    Args:
+        kl: per-step KL values, any shape (e.g. [B, T]).
+        free: free nats (0: ``kl`` unchanged).
+
+    Returns:
+        A tensor of ``kl``'s shape.
+    """
+    if free <= 0:
+        return kl
+    # a tensor condition, not a Python branch: no graph break or recompile under torch.compile
+    return torch.where(kl.detach().mean() >= free, kl, torch.full_like(kl, free))
+
+
 #: ``(state, embed, action, is_first, noise) -> (last state, posts, priors)``: :meth:`RSSM.observe_chunk`'s signature.
 ObserveChunk = Callable[[State, Tensor, Tensor, Tensor, "tuple[Tensor, Tensor] | None"], tuple[State, State, State]]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -574,7 +593,7 @@ class RSSMWorldModel(nn.Module):
     """Encoder + RSSM + decoder, reward and (optional) discount heads; ``loss(batch)`` gives ℓ[B, T].
 
     ℓ_{b,t} = obs_scale·(−log p(o_t)) + reward_scale·(−log p(r_t)) + discount_scale·(−log p(γ_t))
-              + kl_scale·KL_t  (balanced, free nats per step)
+              + kl_scale·KL_t  (balanced; free nats per step, or on the batch mean with kl_free_avg)
 
     which is the negative per-step ELBO of TEMPO eq. 2 with DreamerV2's scales.  Every term is per step, so the
     bi-level core can weight each one (TEMPO's official code multiplies every ELBO term by w_t).
@@ -595,7 +614,12 @@ class RSSMWorldModel(nn.Module):
         depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
         discount_head: predict γ_t (Atari yes, DMC no).
         kl_balance: DreamerV2 loss setting.
-        kl_free: DreamerV2 loss setting.
+        kl_free: free nats: the KL term is clipped from below at this value (0: none).
+        kl_free_avg: clip the batch mean of the KL instead of each step's (DreamerV2 ``free_avg: True``, as in
+            TEMPO's official code): every step's KL keeps its gradient while the batch mean is at least
+            ``kl_free``, none does below it, and the mean of ℓ equals DreamerV2's max(mean KL, free).  The switch
+            reads the unweighted mean, so per-sample weights move the prior wherever the batch's KL is above free
+            nats (per-step clipping cuts w_t off from the KL of every step below them).
         kl_scale: DreamerV2 loss setting.
         discount_scale: DreamerV2 loss setting.
     """
@@ -619,6 +643,7 @@ class RSSMWorldModel(nn.Module):
         discount_head: bool = False,
         kl_balance: float = 0.8,
         kl_free: float = 0.0,
+        kl_free_avg: bool = False,
         kl_scale: float = 1.0,
         obs_scale: float = 1.0,
         reward_scale: float = 1.0,
@@ -653,6 +678,7 @@ class RSSMWorldModel(nn.Module):
         self.discount = mlp(feat, 1, mlp_layers, mlp_units) if discount_head else None
         self.symlog_obs = symlog_obs
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
+        self.kl_free_avg = kl_free_avg
         self.obs_scale, self.reward_scale, self.discount_scale = obs_scale, reward_scale, discount_scale
 
     def forward(
@@ -726,6 +752,9 @@ class RSSMWorldModel(nn.Module):
                 self.discount(feat).squeeze(-1), batch["discount"].to(feat.dtype), reduction="none"
             )
             loss = loss + self.discount_scale * terms["discount"]
-        terms["kl"] = self.rssm.kl(post, prior, self.kl_balance, self.kl_free)
+        if self.kl_free_avg:
+            terms["kl"] = free_nats_on_mean(self.rssm.kl(post, prior, self.kl_balance), self.kl_free)
+        else:
+            terms["kl"] = self.rssm.kl(post, prior, self.kl_balance, self.kl_free)
         loss = loss + self.kl_scale * terms["kl"]
         return ModelLoss(loss=loss, terms=terms, states={"post": post, "prior": prior, "feat": feat})

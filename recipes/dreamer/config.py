@@ -29,7 +29,12 @@ class DreamerConfig(RunConfig):
     mlp_units: int = Field(400, ge=1)
     discount_head: bool = False
     kl_balance: float = Field(0.8, ge=0.0, le=1.0)
-    kl_free: float = Field(1.0, ge=0.0)
+    kl_free: float = Field(1.0, ge=0.0, description="free nats of the KL term (0: none)")
+    kl_free_avg: bool = Field(
+        False,
+        description="free nats on the batch mean of the KL (DreamerV2's free_avg, TEMPO's official code) instead of "
+        "per step, where a step's weight has no effect through its KL below free nats",
+    )
     unimix: float = Field(
         0.0,
         ge=0.0,
@@ -210,10 +215,24 @@ class TempoConfig(DreamerConfig):
         "learned embedding (bilevel.MetaWeighter groups), so weights can differ per task (TEMPO Appendix A.5)",
     )
     task_embed_dim: int = Field(8, ge=1, description="size of the task embedding of weighter_task=embedding")
-    weighter_layers: int = Field(5, ge=0)
+    weighter_layers: int = Field(
+        4, ge=0, description="hidden dense layers of the meta weighter (TEMPO's '5-layer' MLP: 4 hidden + output)"
+    )
     weighter_units: int = Field(400, ge=1)
     weighter_activation: str = "elu"
     weighter_norm: Literal["batch", "layer", "none"] = "batch"
+    weighter_output_norm: bool = Field(
+        True,
+        description="normalise the weighter's output logit by a BatchNorm with learnable scale and shift before "
+        "the sigmoid, as TEMPO's official code does (bilevel.MetaWeighter output_norm): the weights start spread "
+        "with std ~0.1 and the scale learns the spread",
+    )
+    hypergradient_scale: Literal["exact", "unit_norm"] = Field(
+        "unit_norm",
+        description="what the weighter's optimiser receives (bilevel.BilevelUpdate): 'exact' g = dL_up/dw, or "
+        "'unit_norm' g / |g| (the same direction at unit norm: SameState's g scales with the model's learning "
+        "rate and falls below the weighter's Adam epsilon, which then shrinks every weighter step)",
+    )
     weighter_lr: float = Field(1e-4, gt=0.0)
     weighter_eps: float = Field(1e-5, gt=0.0)
     weighter_clip: float = Field(100.0, gt=0.0)

@@ -89,6 +89,7 @@ class DreamerAgent(nn.Module):
             discount_head=cfg.discount_head,
             kl_balance=cfg.kl_balance,
             kl_free=cfg.kl_free,
+            kl_free_avg=cfg.kl_free_avg,
             kl_scale=cfg.kl_scale,
             discount_scale=cfg.discount_scale,
             unimix=cfg.unimix,

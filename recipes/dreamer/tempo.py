@@ -75,6 +75,10 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
 COMPILE_JVP_MAX_EVERY = 32
 
 
+#: Metrics of :meth:`bilevel.BilevelUpdate.step` that only weighter updates produce.
+WEIGHTER_METRICS = ("hypergrad_norm", "weighter_grad_norm", "weighter_step", "weighter_step_vs_lr")
+
+
 class _Call(nn.Module):
     """``fn(inner, *args)`` as a module's forward, so that ``torch.func.functional_call`` (which calls ``forward``)
     runs any part of ``inner`` at given parameters (named ``inner.<name>``)."""
@@ -131,6 +135,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
             hidden=cfg.weighter_units,
             activation=cfg.weighter_activation,
             norm=cfg.weighter_norm,
+            output_norm=cfg.weighter_output_norm,
             groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0,
             group_dim=cfg.task_embed_dim,
         )
@@ -190,6 +195,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
                 self._compiled_encoder_tangent = MaybeCompiled(
                     autocast_fn(self._encoder_tangent, *self.autocast), "TEMPO's encoder tangent", enabled=compile_jvp
                 )
+        self._last_meta: dict[str, float] = {}  # WEIGHTER_METRICS of the last weighter update
         # the conv encoder's activations of the last forward at θ (obs, ELU outputs), for its tangent
         self._encoder_acts: tuple[Tensor, list[Tensor]] | None = None
         self.update = BilevelUpdate(
@@ -200,6 +206,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
             self.weighter_opt if strategy.trains_weighter else None,
             grad_clip=cfg.model_clip,
             weighter_grad_clip=cfg.weighter_clip,
+            hypergradient_scale=cfg.hypergradient_scale,
         )
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -433,7 +440,9 @@ class TempoAgent(dreamerv2.DreamerAgent):
         # a weighter update backpropagates through the forward's compiled graphs twice (a, then θ's gradient)
         with retained_backward() if meta else contextlib.nullcontext():
             result = self.update.step(forward, outputs=levels, meta=meta, jvp=jvp)
-        metrics = {f"model/{k}": v for k, v in result.items()}
+        if meta:  # carried to the steps between weighter updates, so that every logged record shows the last one
+            self._last_meta = {k: v for k, v in result.items() if k in WEIGHTER_METRICS}
+        metrics = {f"model/{k}": v for k, v in {**self._last_meta, **result}.items()}
         self._encoder_acts = None  # not held past the step (non-meta steps keep them otherwise)
         out, values = levels.aux
         for name, v in values.items():
@@ -548,6 +557,55 @@ def weights_by_reward(meta: Tensor, reward: Tensor) -> dict[str, float]:
     }
 
 
+#: What :func:`training_history` summarises: the logged key and how (median or mean over a span's records).
+HISTORY_KEYS: tuple[tuple[str, str], ...] = (
+    ("model/weight_std", "mean"),
+    ("model/weighter_step", "median"),
+    ("model/weighter_step_vs_lr", "median"),
+    ("model/upper_loss", "mean"),
+)
+
+
+def training_history(logdir: Path, spans: int = 5) -> list[dict[str, float]]:
+    """How the weights and the weighter moved over a run, from its ``metrics.jsonl``: the logged records split into
+    ``spans`` equal spans of environment steps, and per span ``start``/``end`` (env steps) and each key of
+    :data:`HISTORY_KEYS` (without its ``model/`` prefix) that was logged there — the weights' std (batch spread),
+    the weighter's effective step ‖Δα‖/‖α‖ and ‖Δα‖/(lr·√P) (1: every parameter moves by Adam's learning rate) and
+    the upper loss.  Empty where no record has the weights.
+
+    Raises:
+        ValueError: ``spans`` < 1.
+    """
+    if spans < 1:
+        raise ValueError(f"spans must be >= 1, got {spans}")
+    records = [r for r in rundir.read_metrics(logdir) if "model/weight_std" in r]
+    if not records:
+        return []
+    first, last = records[0]["step"], records[-1]["step"]
+    width = max(1, (last - first + 1) / spans)
+    rows = []
+    for i in range(spans):
+        lo, hi = first + i * width, first + (i + 1) * width
+        part = [r for r in records if lo <= r["step"] < hi or (i == spans - 1 and r["step"] == last)]
+        if not part:
+            continue
+        row = {"start": float(part[0]["step"]), "end": float(part[-1]["step"])}
+        for key, how in HISTORY_KEYS:
+            values = [float(r[key]) for r in part if key in r]
+            if values:
+                row[key.split("/", 1)[1]] = float(np.median(values) if how == "median" else np.mean(values))
+        rows.append(row)
+    return rows
+
+
+def _print_history(rows: list[dict[str, float]]) -> None:
+    """The table of :func:`training_history`."""
+    print("over training (from metrics.jsonl): env steps | weights' std | weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)")
+    for row in rows:
+        cells = [f"{row[k]:.3g}" if k in row else "-" for k in ("weight_std", "weighter_step", "weighter_step_vs_lr")]
+        print(f"  {row['start']:>9.0f}–{row['end']:<9.0f} | {' | '.join(cells)}")
+
+
 def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: int = 0) -> dict[str, Any]:
     """TEMPO Table 2 for a run's latest checkpoint: meta and naive weights of a few replayed sequences.
 
@@ -557,9 +615,9 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
 
     Returns:
         ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence], "summary": {mean, std,
-        q05_q50_q95, share_near_low, share_near_high}, "by_reward": ...}`` — the shares of all steps' weights within
-        2% of the weighter's range of its lower and upper bound; ``by_reward``: :func:`weights_by_reward` of all
-        steps.
+        q05_q50_q95, share_near_low, share_near_high}, "by_reward": ..., "history": ...}`` — the shares of all steps'
+        weights within 2% of the weighter's range of its lower and upper bound; ``by_reward``:
+        :func:`weights_by_reward` of all steps; ``history``: :func:`training_history` of the run.
 
     Raises:
         ValueError: if ``logdir`` holds no ``tempo`` run or no checkpoint.
@@ -633,6 +691,9 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
         f"mean {by_reward['mean_rewarded']:.3f} where r > 0 ({by_reward['share_rewarded']:.1%} of steps), "
         f"{by_reward['mean_unrewarded']:.3f} where r <= 0"
     )
+    rows["history"] = training_history(logdir)
+    if rows["history"]:
+        _print_history(rows["history"])
     if "task" in batch:  # a set of environments: the meta weights' mean and spread per task
         task = batch["task"].long()
         rows["per_task"] = {}

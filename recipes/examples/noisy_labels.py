@@ -45,6 +45,9 @@ class NoisyLabelsConfig(BaseModel):
     weighter_hidden: int = Field(100, ge=1)
     weighter_layers: int = Field(1, ge=0)
     weighter_lr: float = Field(1e-3, gt=0.0)
+    hypergradient_scale: Literal["exact", "unit_norm"] = Field(
+        "exact", description="what the weighter's optimiser receives (bilevel.BilevelUpdate): g or g / |g|"
+    )
     threads: int = Field(1, ge=1, description="torch threads (1 is fastest for this size on 2 cores)")
 
 
@@ -121,7 +124,7 @@ def run(cfg: NoisyLabelsConfig, *, progress: bool = False) -> dict[str, Any]:
         )
         opt_w = torch.optim.Adam(weighter.parameters(), lr=cfg.weighter_lr, weight_decay=1e-4)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    update = BilevelUpdate(model, opt, strategy, weighter, opt_w)
+    update = BilevelUpdate(model, opt, strategy, weighter, opt_w, hypergradient_scale=cfg.hypergradient_scale)
     ce = nn.functional.cross_entropy
     x_meta, y_meta = data["x_meta"], data["y_meta"]
     n = len(data["y_train"])

@@ -137,6 +137,12 @@ class M3POConfig(RunConfig):
     weighter_layers: int = Field(2, ge=0)
     weighter_units: int = Field(64, ge=1)
     weighter_lr: float = Field(1e-4, gt=0.0)
+    hypergradient_scale: Literal["exact", "unit_norm"] = Field(
+        "exact",
+        description="what the weighter's optimiser receives (bilevel.BilevelUpdate): g = dL_up/dw, or g / |g| (the "
+        "same direction at unit norm, for hypergradients whose scale leaves the weighter's gradients below Adam's "
+        "epsilon)",
+    )
 
     @model_validator(mode="after")
     def _check_m3po(self) -> M3POConfig:

@@ -129,6 +129,7 @@ class M3POLearner(loop.Learner):
                 strategy,
                 self.weighter,
                 self.weighter_opt if self.weighter is not None else None,
+                hypergradient_scale=cfg.hypergradient_scale,
             )
 
     # -- acting and storing ------------------------------------------------------------------------------------
