@@ -40,11 +40,14 @@ setup: $(STAMP)
 # update every 10 env steps (~9,500 updates) on batches of 40 sequences of 20 steps (the preset's 16 x 50 filters
 # 50 steps at a batch of 16, which costs as much per update in latency as 800 samples at once), the filtering loop
 # and the imagination compiled in 5-step chunks (less cold compile): numbers in README and docs/recipe-tempo.md.
+# The weighter as those numbers were measured: the exact hypergradient scale and no output normalisation (TEMPO's
+# defaults now normalise both; make run keeps the measured settings until they are measured: docs/results.md).
 # Re-running resumes from runs/tempo-cartpole-swingup (a finished run only re-plots).
 run: $(STAMP)
 	$(BIN)/reweigh run tempo --env dmc:cartpole_swingup --preset cpu --steps 100000 --seed 0 \
 	  --logdir runs/tempo-cartpole-swingup --set compile=true --set ac_precision=auto --set train_every=10 \
-	  --set batch_size=40 --set seq_len=20 --set compile_chunk=5 --set imag_chunk=5 --set threads=$(THREADS)
+	  --set batch_size=40 --set seq_len=20 --set compile_chunk=5 --set imag_chunk=5 --set threads=$(THREADS) \
+	  --set hypergradient_scale=exact --set weighter_output_norm=false
 
 example: $(STAMP)
 	$(BIN)/reweigh noisy-labels --seeds 0,1,2 --out runs/noisy-labels/results.json

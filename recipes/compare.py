@@ -169,7 +169,8 @@ def mean_over_evaluations(a: list[float], b: list[float], *, resamples: int = 10
     """The test of a pre-registered comparison on each run's mean over its evaluations (one number per seed).
 
     Args:
-        a, b: per-seed means over the evaluations of the two variants (H1: mean(a) > mean(b)).
+        a: per-seed means over the evaluations of the variant H1 says is better (H1: mean(a) > mean(b)).
+        b: the same of the other variant.
         resamples: bootstrap resamples.
         seed: the bootstrap's random seed (the interval is reproducible).
 

@@ -499,6 +499,8 @@ def test_run_tempo_writes_metrics_and_resumes(tmp_path):
     records = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "model/upper_loss" in r]
     assert logged and all("model/weight_mean" in r and "tempo/value_post" in r for r in logged)
+    # the last weighter update's effective step reaches every record, also between weighter updates (meta_every 16)
+    assert all(r["model/weighter_step_vs_lr"] > 0 and "model/weighter_step" in r for r in logged)
     ckpt = torch.load(logdir / "checkpoints" / "latest.pt", weights_only=False)
     assert "weighter_opt" in ckpt and any(k.startswith("weighter.") for k in ckpt["agent"])
     assert main(_cli(logdir, 400)) == 0
