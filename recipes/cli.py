@@ -221,6 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.init_parts is not None:
             sets["init_parts"] = args.init_parts
     cfg = recipe.resolve(args.env, args.preset, sets, steps=args.steps, seed=args.seed)
+    if Path(args.logdir).exists() and not Path(args.logdir).is_dir():
+        raise ValueError(f"--logdir {args.logdir}: a file, not a directory")
     make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()).close()  # validate before writing
     summary = recipe.run(cfg, Path(args.logdir), force=args.force, progress=not args.no_progress)
     print(
@@ -435,11 +437,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from recipes.run.stop import Interrupted
+
     try:
         return int(args.func(args))
     except ValueError as err:
         print(f"reweigh: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as err:  # SIGINT or SIGTERM: the run wrote a checkpoint first
+        print(f"reweigh: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # a second signal, or one outside a run
+        print("reweigh: interrupted (no checkpoint written)", file=sys.stderr)
+        return 130
     except RuntimeError as err:
         where = _save_traceback(getattr(args, "logdir", None), sys.argv[1:] if argv is None else argv)
         print(f"reweigh: failed: {err}" + (f" (traceback: {where})" if where else ""), file=sys.stderr)

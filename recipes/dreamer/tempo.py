@@ -464,7 +464,8 @@ def train(
         force=force,
         progress=progress,
     )
-    plot_diagnostics([logdir], logdir / "diagnostics.png", f"tempo on {cfg.env} (seed {cfg.seed})")
+    path = logdir / "diagnostics.png"
+    loop.optional(path, plot_diagnostics, [logdir], path, f"tempo on {cfg.env} (seed {cfg.seed})")
     return result
 
 

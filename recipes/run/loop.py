@@ -10,13 +10,18 @@ Faults: a run holds ``DIR/.lock`` (a second process on the same directory is ref
 or gradient is NaN or infinite is skipped before any optimiser step (:mod:`bilevel.guard`), counted
 (``nonfinite_skips`` in ``metrics.jsonl``) and reported; no checkpoint is written while skips go on in a row, and
 after ``max_nonfinite`` in a row the run stops (:class:`NonFiniteRunError`) with its last checkpoint from before the
-first of them.  Progress: a bar on a terminal, one plain line every 30 s elsewhere (:mod:`recipes.run.progress`).
+first of them.  SIGINT and SIGTERM let the current update finish, write a checkpoint and stop the run
+(:mod:`recipes.run.stop`); environments, learner and logger are closed however a run ends; an optional artifact (a
+GIF, a plot) that fails is one warning line.  Progress: a bar on a terminal, one plain line every 30 s elsewhere
+(:mod:`recipes.run.progress`).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import gc
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +32,7 @@ import torch
 
 from bilevel.guard import NonFiniteError
 from recipes.envs import Env, make_env
-from recipes.run import heap, rundir
+from recipes.run import heap, rundir, stop
 from recipes.run.config import RunConfig
 from recipes.run.progress import Progress
 
@@ -113,6 +118,9 @@ class Learner(abc.ABC):
 
     def flush(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Persist pending data before a checkpoint (e.g. unfinished episodes of an on-disk replay)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release what the learner holds open (files, worker processes) when the run ends, however it ends."""
 
     def random_action(self, rng: np.random.Generator, env: Env) -> np.ndarray:
         """A prefill action: uniform over the env's actions (one-hot for discrete ones)."""
@@ -210,20 +218,26 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
 
-    Holds ``logdir/.lock`` throughout (:func:`recipes.run.rundir.lock`).  Arguments, return value and errors as
+    Holds ``logdir/.lock`` throughout (:func:`recipes.run.rundir.lock`); SIGINT and SIGTERM stop it after the
+    current update with a checkpoint (:mod:`recipes.run.stop`).  Arguments, return value and errors as
     :func:`_train`, and:
 
     Raises:
         recipes.run.rundir.RunDirInUseError: another process trains in ``logdir``.
+        recipes.run.stop.Interrupted: a signal stopped the run (a checkpoint was written).
         NonFiniteRunError: ``cfg.max_nonfinite`` updates in a row had a non-finite loss or gradient.
         recipes.run.rundir.CheckpointError: a checkpoint could not be written (disk full), or none can be read.
+        recipes.run.stop.RunFailedError: any other exception but a ``RuntimeError`` once the run directory was
+            written (the original is its cause).
     """
     # _train freezes the objects alive after its first training call (gc.freeze), unless the caller froze some
     # itself (then the collector is left as the caller set it); here they go back to ordinary collection
     freeze = gc.get_freeze_count() == 0
-    with rundir.lock(logdir):
+    with rundir.lock(logdir), stop.stop_on_signals() as flag:
         try:
-            return _train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress, freeze=freeze)
+            return _train(
+                cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress, freeze=freeze, flag=flag
+            )
         finally:
             if freeze:
                 gc.unfreeze()
@@ -238,6 +252,7 @@ def _train(
     force: bool = False,
     progress: bool = True,
     freeze: bool = False,
+    flag: stop.StopFlag | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
 
@@ -250,6 +265,7 @@ def _train(
         progress: show progress (a bar on a terminal, a line every 30 s elsewhere: :mod:`recipes.run.progress`).
         freeze: after the first training call, collect once and ``gc.freeze()`` the survivors (the caller
             unfreezes).
+        flag: stop (checkpoint, then :class:`recipes.run.stop.Interrupted`) once it holds a signal.
 
     Returns:
         ``{"env_steps", "updates", "eval_return"}`` (the final evaluation's mean return).
@@ -264,125 +280,218 @@ def _train(
     )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
-    eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, **cfg.env_kwargs(evaluation=True))
-    learner = make_learner(cfg, env, logdir)
-    logger = rundir.Logger(
-        logdir, wandb_project=cfg.wandb_project if cfg.wandb else None, config={"recipe": recipe, **cfg.model_dump()}
-    )
-    counters = {
-        "env_steps": 0,
-        "updates": 0,
-        "episodes": 0,
-        "last_train": 0,
-        "last_eval": 0,
-        "last_log": 0,
-        "last_ckpt": 0,
-        "nonfinite_skips": 0,
-    }
-    last_eval_return = float("nan")
-    if resuming and (ckpt := rundir.load_checkpoint(logdir)) is not None:
-        learner.load_state_dict(ckpt)
-        counters.update(ckpt["counters"])
-        rundir.set_rng_state(ckpt["rng"])
-        last_eval_return = ckpt.get("last_eval_return", last_eval_return)
+    try:
+        with contextlib.ExitStack() as closing:  # envs, learner and logger closed however the run ends
+            run = _Run.start(cfg, logdir, make_learner, recipe, closing, resume=resuming, progress=progress)
+            return run.loop(flag if flag is not None else stop.StopFlag(), freeze=freeze)
+    except (RuntimeError, stop.Interrupted):
+        raise
+    except Exception as err:  # after config.json was written: a failure of the run, not of its arguments
+        raise stop.RunFailedError(f"{type(err).__name__}: {err}") from err
 
-    def checkpoint() -> None:
-        learner.flush()
-        rundir.save_checkpoint(
+
+class _Run:
+    """One run between its set-up and its end: the loop's state and its steps, each a method.
+
+    Attributes:
+        counters: ``env_steps``, ``updates``, ``episodes``, the env step of the last training call, evaluation,
+            log record and checkpoint, and ``nonfinite_skips`` — all checkpointed.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, logdir: Path, recipe: str, env: Env, eval_env: Env, learner: Learner, logger: Any
+    ) -> None:
+        self.cfg, self.logdir, self.recipe = cfg, logdir, recipe
+        self.env, self.eval_env, self.learner, self.logger = env, eval_env, learner, logger
+        self.counters = dict.fromkeys(
+            ("env_steps", "updates", "episodes", "last_train", "last_eval", "last_log", "last_ckpt", "nonfinite_skips"),
+            0,
+        )
+        self.last_eval_return = float("nan")
+        self.metrics: dict[str, float] = {}
+        self.bar: Progress | None = None
+
+    @classmethod
+    def start(
+        cls,
+        cfg: RunConfig,
+        logdir: Path,
+        make_learner: Callable[[RunConfig, Env, Path], Learner],
+        recipe: str,
+        closing: contextlib.ExitStack,
+        *,
+        resume: bool,
+        progress: bool,
+    ) -> _Run:
+        """Environments, learner, logger and progress (each registered on ``closing``), resumed from the latest
+        checkpoint when ``resume``."""
+        env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
+        closing.callback(env.close)
+        eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, **cfg.env_kwargs(evaluation=True))
+        closing.callback(eval_env.close)
+        learner = make_learner(cfg, env, logdir)
+        closing.callback(learner.close)
+        logger = rundir.Logger(
             logdir,
+            wandb_project=cfg.wandb_project if cfg.wandb else None,
+            config={"recipe": recipe, **cfg.model_dump()},
+        )
+        closing.callback(logger.close)
+        run = cls(cfg, logdir, recipe, env, eval_env, learner, logger)
+        if resume and (ckpt := rundir.load_checkpoint(logdir)) is not None:
+            learner.load_state_dict(ckpt)
+            run.counters.update(ckpt["counters"])
+            rundir.set_rng_state(ckpt["rng"])
+            run.last_eval_return = ckpt.get("last_eval_return", run.last_eval_return)
+        run.bar = Progress(
+            cfg.steps, initial=run.counters["env_steps"], label=f"{recipe} {logdir.name}", enabled=progress
+        )
+        closing.callback(run.bar.close)
+        return run
+
+    def checkpoint(self) -> None:
+        """The learner's state, the counters and every RNG's state as the run's latest checkpoint."""
+        self.learner.flush()
+        rundir.save_checkpoint(
+            self.logdir,
             {
-                **learner.state_dict(),
-                "counters": counters,
+                **self.learner.state_dict(),
+                "counters": self.counters,
                 "rng": rundir.rng_state(),
-                "last_eval_return": last_eval_return,
+                "last_eval_return": self.last_eval_return,
             },
         )
-        counters["last_ckpt"] = counters["env_steps"]
+        self.counters["last_ckpt"] = self.counters["env_steps"]
 
-    bar = Progress(cfg.steps, initial=counters["env_steps"], label=f"{recipe} {logdir.name}", enabled=progress)
-    rng = np.random.default_rng(cfg.seed + counters["env_steps"])
-    step, state, episode_return = env.reset(), None, 0.0
-    t_start, updates_start, metrics = time.perf_counter(), counters["updates"], {}
-    frozen = not freeze  # gc.freeze() after the first training call
-    while counters["env_steps"] < cfg.steps:
-        learner.observe(step)
-        if counters["env_steps"] < cfg.prefill:
-            action, state = learner.random_action(rng, env), None
-        else:
-            action, state = learner.act(step, state, explore=True)
-        step = env.step(action)
-        episode_return += float(step["reward"])
-        counters["env_steps"] += cfg.action_repeat
-        bar.update(cfg.action_repeat)
-        if step["is_last"]:
-            learner.observe(step)
-            counters["episodes"] += 1
-            names = getattr(env, "task_names", None)  # a multi-task env: also the return per task
-            per_task = {f"train_return/{names[int(step['task'])]}": episode_return} if names else {}
-            logger.log(counters["env_steps"], train_return=episode_return, episodes=counters["episodes"], **per_task)
-            step, state, episode_return = env.reset(), None, 0.0
-        ready = counters["env_steps"] >= cfg.prefill and learner.ready()
-        if ready and counters["env_steps"] - counters["last_train"] >= cfg.train_every:
-            counters["last_train"] = counters["env_steps"]
-            skipped = learner.skips.total
-            try:
-                done, new_metrics = learner.train(counters["env_steps"])
-            except NonFiniteError as err:  # a learner without per-update skipping: the whole call is one skip
-                learner.skips.add(err)
-                done, new_metrics = 0, {}
-            counters["updates"] += done
-            metrics = new_metrics or metrics
-            if not frozen:
-                # The first call built the agent's graphs (with compile=true, millions of long-lived objects):
-                # collect once, then freeze the survivors, so that no later full collection walks them again
-                # (0.39 s each at the cpu preset with compile=true; docs/performance.md).  Objects made later are
-                # collected as usual; train() unfreezes when the run ends.
-                gc.collect()
-                gc.freeze()
-                frozen = True
-            if learner.skips.total == skipped:  # every update of the call went through
-                learner.skips.in_row, learner.skips.first_step = 0, None
+    def loop(self, flag: stop.StopFlag, *, freeze: bool) -> dict[str, Any]:
+        """Act, store, train on a cadence, log, evaluate and checkpoint until ``cfg.steps``, then the final
+        evaluation, checkpoint and artifacts.  ``freeze``: ``gc.freeze()`` after the first training call.
+
+        Raises:
+            recipes.run.stop.Interrupted: ``flag`` rose (a checkpoint was written first).
+        """
+        cfg, counters, bar = self.cfg, self.counters, self.bar
+        assert bar is not None
+        rng = np.random.default_rng(cfg.seed + counters["env_steps"])
+        step, state, episode_return = self.env.reset(), None, 0.0
+        t_start, updates_start, frozen = time.perf_counter(), counters["updates"], not freeze
+        while counters["env_steps"] < cfg.steps:
+            if flag:
+                self.checkpoint()
+                raise stop.Interrupted(flag.received[0], counters["env_steps"])
+            self.learner.observe(step)
+            if counters["env_steps"] < cfg.prefill:
+                action, state = self.learner.random_action(rng, self.env), None
             else:
-                try:
-                    _skipped(cfg, logdir, learner.skips, learner.skips.total - skipped, counters, logger, bar)
-                except NonFiniteRunError:
-                    for closing in (bar, logger, env, eval_env):
-                        closing.close()
-                    raise
-        if counters["env_steps"] - counters["last_log"] >= cfg.log_every and metrics:
+                action, state = self.learner.act(step, state, explore=True)
+            step = self.env.step(action)
+            episode_return += float(step["reward"])
+            counters["env_steps"] += cfg.action_repeat
+            bar.update(cfg.action_repeat)
+            if step["is_last"]:
+                self._episode_end(step, episode_return)
+                step, state, episode_return = self.env.reset(), None, 0.0
+            ready = counters["env_steps"] >= cfg.prefill and self.learner.ready()
+            if ready and counters["env_steps"] - counters["last_train"] >= cfg.train_every:
+                self._train_call()
+                if not frozen:
+                    # The first call built the agent's graphs (with compile=true, millions of long-lived objects):
+                    # collect once, then freeze the survivors, so that no later full collection walks them again.
+                    # Objects made later are collected as usual; train() unfreezes when the run ends.
+                    gc.collect()
+                    gc.freeze()
+                    frozen = True
+            self._log_evaluate_checkpoint(time.perf_counter() - t_start, counters["updates"] - updates_start)
+        return self._finish()
+
+    def _episode_end(self, step: dict[str, Any], episode_return: float) -> None:
+        """Store the episode's last step and log its return (per task for a set of environments)."""
+        self.learner.observe(step)
+        self.counters["episodes"] += 1
+        names = getattr(self.env, "task_names", None)
+        per_task = {f"train_return/{names[int(step['task'])]}": episode_return} if names else {}
+        self.logger.log(
+            self.counters["env_steps"], train_return=episode_return, episodes=self.counters["episodes"], **per_task
+        )
+
+    def _train_call(self) -> None:
+        """One training call of the learner; skipped updates are counted, reported, and stop a run after
+        ``max_nonfinite`` in a row (:func:`_skipped`)."""
+        counters, learner = self.counters, self.learner
+        counters["last_train"] = counters["env_steps"]
+        skipped = learner.skips.total
+        try:
+            done, new_metrics = learner.train(counters["env_steps"])
+        except NonFiniteError as err:  # a learner without per-update skipping: the whole call is one skip
+            learner.skips.add(err)
+            done, new_metrics = 0, {}
+        counters["updates"] += done
+        self.metrics = new_metrics or self.metrics
+        if learner.skips.total == skipped:  # every update of the call went through
+            learner.skips.in_row, learner.skips.first_step = 0, None
+        else:
+            assert self.bar is not None
+            _skipped(
+                self.cfg, self.logdir, learner.skips, learner.skips.total - skipped, counters, self.logger, self.bar
+            )
+
+    def _log_evaluate_checkpoint(self, elapsed: float, updates: int) -> None:
+        """Whatever is due at this env step: a log record, an evaluation, a checkpoint; the progress line."""
+        cfg, counters, bar = self.cfg, self.counters, self.bar
+        assert bar is not None
+        if counters["env_steps"] - counters["last_log"] >= cfg.log_every and self.metrics:
             counters["last_log"] = counters["env_steps"]
-            elapsed = time.perf_counter() - t_start
-            logger.log(
+            self.logger.log(
                 counters["env_steps"],
-                **metrics,
-                updates_per_s=(counters["updates"] - updates_start) / max(elapsed, 1e-9),
+                **self.metrics,
+                updates_per_s=updates / max(elapsed, 1e-9),
                 nonfinite_skips=counters["nonfinite_skips"],
             )
         if counters["env_steps"] - counters["last_eval"] >= cfg.eval_every:
-            counters["last_eval"] = counters["env_steps"]
-            last_eval_return, eval_metrics = evaluate_tasks(learner, eval_env, cfg.eval_episodes)
-            logger.log(counters["env_steps"], **eval_metrics)
+            self._evaluate()
         # no checkpoint during a streak of skipped updates: the last one on disk stays from before its first
-        if counters["env_steps"] - counters["last_ckpt"] >= cfg.checkpoint_every and not learner.skips.in_row:
-            checkpoint()
+        if counters["env_steps"] - counters["last_ckpt"] >= cfg.checkpoint_every and not self.learner.skips.in_row:
+            self.checkpoint()
         if bar.enabled:
-            elapsed = time.perf_counter() - t_start
-            bar.set_postfix(
-                upd_s=f"{(counters['updates'] - updates_start) / max(elapsed, 1e-9):.1f}",
-                eval=f"{last_eval_return:.0f}",
-            )
-    if counters["last_eval"] != counters["env_steps"]:
-        last_eval_return, eval_metrics = evaluate_tasks(learner, eval_env, cfg.eval_episodes)
-        counters["last_eval"] = counters["env_steps"]
-        logger.log(counters["env_steps"], **eval_metrics)
-    checkpoint()
-    bar.close()
-    if cfg.video:
-        _, frames = evaluate(learner, eval_env, 1, record=True)
-        rundir.write_video(logdir / "eval_episode.gif", frames[::2])
-    rundir.plot_curve(logdir, f"{recipe} on {cfg.env} (seed {cfg.seed})")
-    logger.close()
-    env.close()
-    eval_env.close()
-    return {"env_steps": counters["env_steps"], "updates": counters["updates"], "eval_return": last_eval_return}
+            bar.set_postfix(upd_s=f"{updates / max(elapsed, 1e-9):.1f}", eval=f"{self.last_eval_return:.0f}")
+
+    def _evaluate(self) -> None:
+        """``eval_episodes`` greedy episodes now, logged."""
+        self.counters["last_eval"] = self.counters["env_steps"]
+        self.last_eval_return, eval_metrics = evaluate_tasks(self.learner, self.eval_env, self.cfg.eval_episodes)
+        self.logger.log(self.counters["env_steps"], **eval_metrics)
+
+    def _finish(self) -> dict[str, Any]:
+        """The last evaluation (if not just done) and checkpoint, then the optional artifacts."""
+        if self.counters["last_eval"] != self.counters["env_steps"]:
+            self._evaluate()
+        self.checkpoint()
+        assert self.bar is not None
+        self.bar.close()
+        if self.cfg.video:
+            optional(self.logdir / "eval_episode.gif", self._video)
+        optional(
+            self.logdir / "curve.png",
+            rundir.plot_curve,
+            self.logdir,
+            f"{self.recipe} on {self.cfg.env} (seed {self.cfg.seed})",
+        )
+        return {
+            "env_steps": self.counters["env_steps"],
+            "updates": self.counters["updates"],
+            "eval_return": self.last_eval_return,
+        }
+
+    def _video(self) -> None:
+        _, frames = evaluate(self.learner, self.eval_env, 1, record=True)
+        rundir.write_video(self.logdir / "eval_episode.gif", frames[::2])
+
+
+def optional(path: Path, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, which writes the optional artifact ``path`` (a GIF, a plot); if it fails, one warning line on
+    stderr names the file and the error, and the run goes on (returns None)."""
+    try:
+        return fn(*args)
+    except Exception as err:  # an optional output never fails the run it belongs to
+        print(f"reweigh: warning: {path} not written: {type(err).__name__}: {err}", file=sys.stderr)
+        return None

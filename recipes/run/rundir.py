@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -155,7 +156,12 @@ class Logger:
     def __init__(self, logdir: Path, *, wandb_project: str | None = None, config: dict[str, Any] | None = None) -> None:
         self.wandb: Any = None
         if wandb_project is not None:
-            self.wandb = start_wandb(logdir, wandb_project, config)
+            try:
+                self.wandb = start_wandb(logdir, wandb_project, config)
+            except ValueError:  # the package is missing: a config error
+                raise
+            except Exception as err:  # W&B is an optional copy of metrics.jsonl: never fails the run
+                print(f"reweigh: warning: Weights & Biases not started: {type(err).__name__}: {err}", file=sys.stderr)
         self.path = logdir / "metrics.jsonl"
         self.file = self.path.open("a")
         try:
