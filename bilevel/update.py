@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -166,97 +166,126 @@ class BilevelUpdate:
         upper_at_theta: Tensor | None = out.upper if upper is None else None
         if upper_at_theta is None and self.strategy.needs_upper and (meta or not self.strategy.trains_weighter):
             upper_at_theta = upper_fn(self.view(params))
-
-        tensors: dict[str, Tensor | float] = {}
         if self.strategy.trains_weighter and out.features is None:
             raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
-        stepping = [self.model_optimizer]
         # the weighter's forward updates its buffers (BatchNorm statistics): restored if the update is skipped
         saved = (
             [b.detach().clone() for b in self.weighter.buffers()]
             if self.skip_nonfinite and self.weighter is not None and self.strategy.trains_weighter
             else []
         )
-        if self.strategy.trains_weighter and not meta:
+        if self.strategy.trains_weighter and meta:
+            level = self._upper_level(forward, upper_fn, out, params, upper_at_theta, jvp)
+        elif self.strategy.trains_weighter:
             assert self.weighter is not None and out.features is not None
             with torch.no_grad():
-                w = self.weighter(out.features)
-            lower_grad = None
-        elif self.strategy.trains_weighter:
-            assert self.weighter is not None and self.weighter_optimizer is not None and out.features is not None
-            w = self.weighter(out.features)
-            # a FactoredJvp runs θ's backward when the strategy asks for J a (after a = ∇θ L_up's backward)
-            factored = jvp.at(out.loss, w, list(params.values())) if isinstance(jvp, FactoredJvp) else None
-            per_sample_jvp = jvp if factored is None else factored
-            problem = BilevelProblem(
-                per_sample_loss=lambda p: forward(self.view(p)).loss,
-                upper_loss=lambda p: upper_fn(self.view(p)),
-                params=params,
-                loss=out.loss,
-                upper=upper_at_theta,
-                per_sample_jvp=per_sample_jvp,
-            )
-            result = self.strategy.compute(problem, w.detach())
-            g = result.hypergradient
-            self.weighter_optimizer.zero_grad(set_to_none=True)
-            w.backward(_scaled(g, self.hypergradient_scale))
-            # the weighter steps after the check below; θ's gradient was computed at θ with w detached, so it does
-            # not depend on that step
-            stepping.insert(0, self.weighter_optimizer)
-            tensors["weighter_grad_norm"] = _clip(self.weighter.parameters(), self.weighter_grad_clip)
-            tensors["hypergrad_norm"] = g.detach().norm()
-            if result.upper is not None:
-                upper_at_theta = result.upper
-            lower_grad = factored.lower_grad if factored is not None and factored.lower_grad else result.lower_grad
-            w = w.detach()
+                level = _Weights(self.weighter(out.features), upper_at_theta)
         else:
             upper_detached = None if upper_at_theta is None else upper_at_theta.detach()
-            w = self.strategy.rule_weights(out.loss.detach(), upper_detached)
-            lower_grad = None
-
-        names = list(params)
-        trainable = [params[n] for n in names if params[n].requires_grad]
-        if lower_grad is None:
-            lower_grad = ad.grads(ad.lower_objective(out.loss, w), [params[n] for n in names])
-        self.model_optimizer.zero_grad(set_to_none=True)
-        for n, g_theta in zip(names, lower_grad, strict=True):
-            if params[n].requires_grad:
-                params[n].grad = _laid_out_as(g_theta.detach(), params[n])
-        tensors["model_grad_norm"] = _clip(trainable, self.grad_clip)
-
-        with torch.no_grad():
-            loss = out.loss.detach()
-            # losses first: the check names the first non-finite value
-            checked: dict[str, Tensor | float] = {"lower_loss_unweighted": loss.mean()}
-            if upper_at_theta is not None:
-                checked["upper_loss"] = upper_at_theta.detach().mean()
-            checked.update(
-                lower_loss=(w * loss).mean(),
-                **tensors,
-                weight_mean=w.mean(),
-                weight_std=w.std() if w.numel() > 1 else 0.0,
-                weight_min=w.min(),
-                weight_max=w.max(),
-            )
-        # one device synchronisation for the check and every metric
-        if not self.skip_nonfinite:
-            metrics = as_floats(checked)
-        else:
-            try:
-                metrics = check_finite(checked, zero=stepping)
-            except NonFiniteError:
-                assert self.weighter is not None or not saved
-                with torch.no_grad():
-                    for buffer, value in zip(self.weighter.buffers() if saved else [], saved, strict=True):
-                        buffer.copy_(value)
-                raise
-        before = _snapshot(self.weighter) if len(stepping) > 1 else None
+            level = _Weights(self.strategy.rule_weights(out.loss.detach(), upper_detached), upper_at_theta)
+        stepping = [self.weighter_optimizer, self.model_optimizer] if level.meta else [self.model_optimizer]
+        level.tensors["model_grad_norm"] = self._model_gradient(params, out.loss, level)
+        metrics = self._checked_metrics(out.loss, level, stepping, saved)
+        before = _snapshot(self.weighter) if level.meta else None
         for opt in stepping:
+            assert opt is not None
             opt.step()
         if before is not None:
             assert self.weighter is not None and self.weighter_optimizer is not None
             metrics.update(_step_size(before, self.weighter, self.weighter_optimizer))
         return metrics
+
+    def _upper_level(
+        self,
+        forward: Callable[[ModelFn], LevelOutputs],
+        upper_fn: Callable[[ModelFn], Tensor],
+        out: LevelOutputs,
+        params: dict[str, Tensor],
+        upper_at_theta: Tensor | None,
+        jvp: PerSampleJvp | FactoredJvp | None,
+    ) -> _Weights:
+        """The weights, g = dL_up/dw by the strategy and the weighter's gradient (its step comes after the check):
+        TEMPO Algorithm 1, lines 4–6."""
+        assert self.weighter is not None and self.weighter_optimizer is not None and out.features is not None
+        w = self.weighter(out.features)
+        # a FactoredJvp runs θ's backward when the strategy asks for J a (after a = ∇θ L_up's backward)
+        factored = jvp.at(out.loss, w, list(params.values())) if isinstance(jvp, FactoredJvp) else None
+        problem = BilevelProblem(
+            per_sample_loss=lambda p: forward(self.view(p)).loss,
+            upper_loss=lambda p: upper_fn(self.view(p)),
+            params=params,
+            loss=out.loss,
+            upper=upper_at_theta,
+            per_sample_jvp=jvp if factored is None else factored,
+        )
+        result = self.strategy.compute(problem, w.detach())
+        g = result.hypergradient
+        self.weighter_optimizer.zero_grad(set_to_none=True)
+        w.backward(_scaled(g, self.hypergradient_scale))
+        # θ's gradient was computed at θ with w detached, so it does not depend on the weighter's step
+        tensors: dict[str, Tensor | float] = {
+            "weighter_grad_norm": _clip(self.weighter.parameters(), self.weighter_grad_clip),
+            "hypergrad_norm": g.detach().norm(),
+        }
+        lower_grad = factored.lower_grad if factored is not None and factored.lower_grad else result.lower_grad
+        upper = result.upper if result.upper is not None else upper_at_theta
+        return _Weights(w.detach(), upper, lower_grad, tensors, meta=True)
+
+    def _model_gradient(self, params: dict[str, Tensor], loss: Tensor, level: _Weights) -> Tensor | float:
+        """θ's gradient of (1/N) Σ w_i ℓ_i (the strategy's, when it computed it) into ``.grad``, clipped; its
+        norm (TEMPO Algorithm 1, line 7)."""
+        names = list(params)
+        lower_grad = level.lower_grad
+        if lower_grad is None:
+            lower_grad = ad.grads(ad.lower_objective(loss, level.weights), [params[n] for n in names])
+        self.model_optimizer.zero_grad(set_to_none=True)
+        for n, g_theta in zip(names, lower_grad, strict=True):
+            if params[n].requires_grad:
+                params[n].grad = _laid_out_as(g_theta.detach(), params[n])
+        return _clip([params[n] for n in names if params[n].requires_grad], self.grad_clip)
+
+    def _checked_metrics(
+        self, loss: Tensor, level: _Weights, stepping: list[Any], saved: list[Tensor]
+    ) -> dict[str, float]:
+        """Every metric as floats after one finiteness check (one device synchronisation); on a non-finite value
+        the optimisers' gradients are cleared, the weighter's buffers restored, and NonFiniteError raised."""
+        w = level.weights
+        with torch.no_grad():
+            loss = loss.detach()
+            # losses first: the check names the first non-finite value
+            checked: dict[str, Tensor | float] = {"lower_loss_unweighted": loss.mean()}
+            if level.upper is not None:
+                checked["upper_loss"] = level.upper.detach().mean()
+            checked.update(
+                lower_loss=(w * loss).mean(),
+                **level.tensors,
+                weight_mean=w.mean(),
+                weight_std=w.std() if w.numel() > 1 else 0.0,
+                weight_min=w.min(),
+                weight_max=w.max(),
+            )
+        if not self.skip_nonfinite:
+            return as_floats(checked)
+        try:
+            return check_finite(checked, zero=stepping)
+        except NonFiniteError:
+            assert self.weighter is not None or not saved
+            with torch.no_grad():
+                for buffer, value in zip(self.weighter.buffers() if saved else [], saved, strict=True):
+                    buffer.copy_(value)
+            raise
+
+
+@dataclass
+class _Weights:
+    """What one update's weighting produced: w (detached), L_up at θ if known, θ's gradient if the strategy
+    computed it, the upper level's metrics, and whether the weighter steps."""
+
+    weights: Tensor
+    upper: Tensor | None
+    lower_grad: list[Tensor] | None = None
+    tensors: dict[str, Tensor | float] = field(default_factory=dict)
+    meta: bool = False
 
 
 def _scaled(g: Tensor, mode: str) -> Tensor:

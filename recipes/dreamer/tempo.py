@@ -607,6 +607,27 @@ def _print_history(rows: list[dict[str, float]]) -> None:
         print(f"  {row['start']:>9.0f}–{row['end']:<9.0f} | {' | '.join(cells)}")
 
 
+def _weight_summary(meta: Tensor, weighter: MetaWeighter) -> dict[str, Any]:
+    """The meta weights of all replayed steps against the weighter's bounds (shift, shift + scale), printed: a
+    batch's min and max reach the bounds long before most weights do, so the share near each bound is what tells."""
+    lo, hi = weighter.shift, weighter.shift + weighter.scale
+    flat, near = meta.flatten().float(), 0.02 * weighter.scale
+    q05, q50, q95 = torch.quantile(flat, torch.tensor([0.05, 0.5, 0.95])).tolist()
+    summary = {
+        "mean": float(flat.mean()),
+        "std": float(flat.std()),
+        "q05_q50_q95": [q05, q50, q95],
+        "share_near_low": float((flat < lo + near).float().mean()),
+        "share_near_high": float((flat > hi - near).float().mean()),
+    }
+    print(
+        f"meta weights over {flat.numel()} steps: mean {summary['mean']:.3f} ± {summary['std']:.3f}, "
+        f"5/50/95% {q05:.3f}/{q50:.3f}/{q95:.3f}; within {near:.2f} of a bound: "
+        f"{summary['share_near_low']:.1%} near {lo:g}, {summary['share_near_high']:.1%} near {hi:g}"
+    )
+    return summary
+
+
 def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: int = 0) -> dict[str, Any]:
     """TEMPO Table 2 for a run's latest checkpoint: meta and naive weights of a few replayed sequences.
 
@@ -668,24 +689,7 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
             values = " ".join(f"{x:5.2f}" for x in rows[kind][i][:show])
             r = f"{rows['pearson'][i]:+.2f}" if kind == "meta" else ""
             print(f"{i + 1 if kind == 'meta' else '':>3}  {kind:<5}  [{values} ...]  {r}")
-    # the weights over all replayed steps against the weighter's bounds (shift, shift + scale): a batch's min and max
-    # reach the bounds long before most weights do (issue 12), so the share near each bound is what tells
-    lo, hi = agent.weighter.shift, agent.weighter.shift + agent.weighter.scale
-    flat, near = meta.flatten().float(), 0.02 * agent.weighter.scale
-    q05, q50, q95 = torch.quantile(flat, torch.tensor([0.05, 0.5, 0.95])).tolist()
-    rows["summary"] = {
-        "mean": float(flat.mean()),
-        "std": float(flat.std()),
-        "q05_q50_q95": [q05, q50, q95],
-        "share_near_low": float((flat < lo + near).float().mean()),
-        "share_near_high": float((flat > hi - near).float().mean()),
-    }
-    summary = rows["summary"]
-    print(
-        f"meta weights over {flat.numel()} steps: mean {summary['mean']:.3f} ± {summary['std']:.3f}, "
-        f"5/50/95% {q05:.3f}/{q50:.3f}/{q95:.3f}; within {near:.2f} of a bound: "
-        f"{summary['share_near_low']:.1%} near {lo:g}, {summary['share_near_high']:.1%} near {hi:g}"
-    )
+    rows["summary"] = _weight_summary(meta, agent.weighter)
     by_reward = rows["by_reward"] = weights_by_reward(meta, batch["reward"])
     print(
         f"meta weight vs reward: Pearson r {by_reward['pearson']:+.3f}, Spearman {by_reward['spearman']:+.3f}; "
