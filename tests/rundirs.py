@@ -69,3 +69,11 @@ TINY_AGENT = [
 ]
 
 ArgsFn = Callable[[Path, int], list[str]]
+
+
+def run_argv(recipe: str, logdir: Path, steps: int, items: list[str]) -> list[str]:
+    """``reweigh``'s arguments for ``run RECIPE`` in ``logdir`` to ``steps``, quiet, with ``--set`` of every item."""
+    argv = ["run", recipe, "--steps", str(steps), "--logdir", str(logdir), "--no-progress"]
+    for item in items:
+        argv += ["--set", item]
+    return argv

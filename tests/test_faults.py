@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from rundirs import TINY_AGENT, records
+from rundirs import TINY_AGENT, records, run_argv
 
 import bilevel as B
 from recipes.agents.sac import SAC
@@ -54,10 +54,7 @@ RUN = [
 
 
 def _run(logdir: Path, steps: int, *extra: str) -> list[str]:
-    argv = ["run", "dreamerv2", "--steps", str(steps), "--logdir", str(logdir), "--no-progress"]
-    for item in [*RUN, *extra]:
-        argv += ["--set", item]
-    return argv
+    return run_argv("dreamerv2", logdir, steps, [*RUN, *extra])
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------

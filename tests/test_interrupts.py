@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rundirs import TINY_AGENT, eval_steps, max_step, records
+from rundirs import TINY_AGENT, eval_steps, max_step, records, run_argv
 
 from recipes.cli import main
 from recipes.run import loop, rundir
@@ -29,10 +29,7 @@ RUN = [
 
 
 def _argv(logdir: Path, steps: int, *extra: str) -> list[str]:
-    argv = ["run", "dreamerv2", "--steps", str(steps), "--logdir", str(logdir), "--no-progress"]
-    for item in [*RUN, *extra]:
-        argv += ["--set", item]
-    return argv
+    return run_argv("dreamerv2", logdir, steps, [*RUN, *extra])
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
