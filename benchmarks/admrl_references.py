@@ -1,6 +1,6 @@
 """Fill the shared cache of reference returns A*(ψ) before a comparison of AdMRL-family runs.
 
-Every run on one env computes A*(ψ) for the same test tasks (:mod:`recipes.admrl.evaluate`), caching them in
+Every run on one env computes A*(ψ) for the same test tasks (``recipes.admrl.evaluate``), caching them in
 ``reference_dir``. Two runs started together would both compute every reference; this script computes them once,
 split over ``--shards`` processes (one torch thread each), so ``benchmarks/admrl_compare.sh`` can start its runs with
 a full cache.

@@ -10,7 +10,7 @@ Both give exact samples; this script times
 * one DreamerV2 train step at ``benchmarks/roofline.py``'s ``sheeprl`` config, alternating the two samplers
   (patched into ``RSSM._sample``) round by round on the same batch,
 
-prints medians and their ratio, and writes JSON::
+prints medians and their ratio, and writes JSON:
 
     python benchmarks/categorical_sampler.py [--threads 2] [--rounds 6] [--set ac_precision=bf16 ...]
 """

@@ -3,7 +3,7 @@
 Runs (or resumes) one variant on every suite task × seed, two runs at a time with one torch thread each by default
 (``recipes.compare.run_jobs``: every run is an ordinary resumable run directory), then writes the table: per task
 the evaluation return at ``--steps`` (mean over seeds) against DreamerV3's at the same step, their ratio and whether
-it reaches ``--task-target`` (0.6), and the suite's mean against theirs (``--suite-target``, 0.8)::
+it reaches ``--task-target`` (0.6), and the suite's mean against theirs (``--suite-target``, 0.8):
 
     python benchmarks/dmc_suite.py --variant dreamerv2 --seeds 0,1 --steps 100000 --logdir ~/runs/dmc-suite
     python benchmarks/dmc_suite.py --variant dreamerv2+return_norm=true --no-run     # the table only

@@ -3,7 +3,7 @@
 Both agents are built from the same seed and fed the same synthetic batch (``benchmarks/tempo_overhead.py``'s
 ``build``); each round times one train step of A then one of B, split into the world-model step and the
 actor-critic update; reported are medians and the ratios A / B after ``--warmup`` untimed steps each (the first
-steps of a compiled variant include compiling; their time is printed)::
+steps of a compiled variant include compiling; their time is printed):
 
     python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true [--preset cpu] [--threads 1]
 

@@ -5,7 +5,7 @@ and fed that script's synthetic replay-shaped batch on the device; every paramet
 ``--warmup`` untimed updates (the first ones of a compiled variant include compiling; their time is printed),
 ``--steps`` updates are timed one by one, each split into the world-model step (for ``tempo`` with the weighter's
 update when due) and the actor-critic update, synchronising the device around each part. Printed and written as
-JSON: medians and means in seconds, and the device's peak memory::
+JSON: medians and means in seconds, and the device's peak memory:
 
     python benchmarks/dreamer_device_check.py --device cuda --preset paper \\
         --variants dreamerv2,tempo+meta_every=1 --out benchmarks/results/dreamer_device.json

@@ -1,11 +1,11 @@
-"""Time one training step of :class:`worldmodels.GaussianEnsemble` against mbrl-lib's ``GaussianMLP`` ensemble.
+"""Time one training step of ``worldmodels.GaussianEnsemble`` against mbrl-lib's ``GaussianMLP`` ensemble.
 
 One training step = forward of all members + Gaussian NLL (with the log-variance bound penalty) + backward + one
 Adam step, float32 on the CPU with ONE torch thread, at MBPO's size as mbrl-lib ships it for HalfCheetah: 7 members,
 4 hidden layers of 200 SiLU units, obs 17, action 6, reward learned (D = 18), 256 samples per member.
 
 * ours: ``GaussianEnsemble(17, 6)`` (defaults), a batch of 256 transitions shared by the members with per-member
-  bootstrap multiplicities ``bootstrap`` [7, 256] (:func:`worldmodels.bootstrap_counts`); the step is
+  bootstrap multiplicities ``bootstrap`` [7, 256] (``worldmodels.bootstrap_counts``); the step is
   ``model.loss(batch).loss.mean()``, ``backward()``, ``Adam.step()``.
 * mbrl: ``mbrl==0.2.0``'s ``OneDTransitionRewardModel(GaussianMLP(23, 18, num_layers=4, ensemble_size=7,
   hid_size=200, learn_logvar_bounds=True, SiLU), target_is_delta=True, normalize=True, learned_rewards=True)``
@@ -25,7 +25,7 @@ created on first use: ``torch==2.13.0`` first (the CPU wheel; the script refuses
 import on Python 3.11), gymnasium==0.26.3, termcolor, tqdm.  The mbrl side runs in a persistent subprocess; rounds
 interleave the variants (alternating order) and the median seconds/step over rounds is reported.
 
-Usage::
+Usage:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ensemble_speed.py [--rounds 15] [--steps 20] [--profile]
 
@@ -34,7 +34,7 @@ forces them): ours under ``torch.autocast(bfloat16)`` as ``model_precision=bf16`
 ``BilevelUpdate``), mbrl-lib's same step under the same autocast, and the bf16 GEMM floor.
 
 Writes ``benchmarks/results/ensemble_speed.json``.  Row ``GEMM floor``: the step's 14 batched matrix products
-alone (:func:`gemm_floor`), a lower bound for any fp32 implementation of the same step — the script prints whether
+alone (``gemm_floor``), a lower bound for any fp32 implementation of the same step — the script prints whether
 0.7 × mbrl is below it.
 """
 

@@ -12,7 +12,7 @@ For the latest checkpoint of a ``dreamerv2`` or ``tempo`` run directory with con
   rewards 0 vs 2: R² ≈ 0, a policy trained on it is blind), and each observation dimension's std and largest |value|
   (reacher's unlimited shoulder angle reached ±92 rad, std 25, next to `to_target`'s 0.1).
 
-Writes the numbers as JSON with ``--out``::
+Writes the numbers as JSON with ``--out``:
 
     python benchmarks/inspect_actor.py ~/runs/dmc-suite/VARIANT/pendulum_swingup-s0 --episodes 10
 """

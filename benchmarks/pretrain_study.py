@@ -9,9 +9,9 @@ compared at equal steps (charge 0), as the paper does; the pre-training was paid
 
 For every seed: ``pretrain-sS`` (``reweigh pretrain``), ``finetune-TASK-sS`` (``reweigh run --init``) and
 ``scratch-TASK-sS``, all ordinary resumable run directories under ``--logdir``, run two at a time with one torch
-thread each (:func:`recipes.compare.run_jobs`'s runner).  Writes ``study.md``, ``study.json`` and ``study.png``:
+thread each (``recipes.compare.run_jobs``'s runner).  Writes ``study.md``, ``study.json`` and ``study.png``:
 per task the curves (mean ± std over seeds), Welch's t at T, and the world model's observation and reward losses
-during fine-tuning against the scratch runs'::
+during fine-tuning against the scratch runs':
 
     python benchmarks/pretrain_study.py --envs dmc:cartpole_balance,cartpole_swingup \\
         --unseen dmc:cartpole_swingup_sparse --seeds 0,1,2 --task-steps 30000 --logdir ~/runs/pretrain-study

@@ -22,7 +22,7 @@ part's FLOPs would take at the peak (1.0 is the roofline).  ``GEMM kernels s`` i
 and convolution kernels themselves (``PartCounter.gemm_seconds``, each call timed, in the counted step), and
 ``×GEMM floor`` that time over the time at the peak: the ×GEMM the part would reach if every other op cost nothing,
 since the step's GEMMs (batch-16 recurrent steps, 800-row imagination steps) run below the large square GEMM's
-peak.  Usage::
+peak.  Usage:
 
     python benchmarks/roofline.py [--configs cpu,cpu-pixels,sheeprl,paper] [--threads 1] [--reps 10]
 
@@ -123,11 +123,11 @@ class PartCounter(TorchDispatchMode):
     """FLOPs of matmuls/convolutions (torch's own formulas, ``torch.utils.flop_counter``) and aten op calls.
 
     Ops run inside a labelled module's forward (forward hooks on ``parts``' modules) count to that label's
-    :attr:`forward`; ops run by the backward nodes that forward created (hooks on those nodes, so only backward
-    work that actually runs) count to its :attr:`backward`; :attr:`total` counts everything, labelled or
+    ``forward``; ops run by the backward nodes that forward created (hooks on those nodes, so only backward
+    work that actually runs) count to its ``backward``; ``total`` counts everything, labelled or
     not (a double backward's work, for one, runs outside any node hook's label only when it has no module).
     List every submodule of a part (e.g. ``list(m.modules())``): the innermost module labels its nodes first.
-    :attr:`gemm_seconds` is the wall time spent inside those matmul/convolution calls (each timed; the hooks' and
+    ``gemm_seconds`` is the wall time spent inside those matmul/convolution calls (each timed; the hooks' and
     the mode's Python overhead falls outside them): the GEMMs' own time at the step's actual shapes.
     """
 

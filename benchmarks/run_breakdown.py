@@ -3,7 +3,7 @@
 Wraps the learner's ``train`` (model updates, compiling included), ``act`` and ``observe``, the environments'
 ``step``, the evaluations and the checkpoints, and times the garbage collector's collections per generation
 (``gc.callbacks``); at exit prints seconds, calls and milliseconds per call, largest first, and writes them as JSON
-(``--out``). Everything after ``--`` is the ``reweigh`` command line::
+(``--out``). Everything after ``--`` is the ``reweigh`` command line:
 
     python benchmarks/run_breakdown.py --out breakdown.json -- run tempo --env dmc:cartpole_swingup --preset cpu \\
         --steps 20000 --logdir /tmp/r1 --set compile=true

@@ -12,7 +12,7 @@ The bound it prints: TEMPO's exact SameState hypergradient (TEMPO eq. 9) needs a
 filtering: encoder, RSSM, slow critic) and J a (a forward-mode pass through the filtering) on top of DreamerV2's
 step, so ``1 + (a + JVP) / DreamerV2`` is the ratio this implementation cannot go below whatever else is removed.
 
-Usage::
+Usage:
 
     python benchmarks/step_phases.py --preset paper \
         --variants dreamerv2+compile=true,tempo+meta_every=1+compile=true [--threads 2] [--out X.json]

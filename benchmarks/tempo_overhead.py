@@ -8,7 +8,7 @@
   (``/proc/self/clear_refs``) and one more round runs; reported are that peak (VmHWM) and its increase over the
   RSS before the round (the train step's own working memory).
 
-A variant is ``RECIPE`` or ``RECIPE+key=value+...`` as in ``reweigh compare``.  Usage::
+A variant is ``RECIPE`` or ``RECIPE+key=value+...`` as in ``reweigh compare``.  Usage:
 
     python benchmarks/tempo_overhead.py [--preset cpu] [--rounds 10] [--threads 1] [--out benchmarks/results/...]
 """

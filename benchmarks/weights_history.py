@@ -4,14 +4,14 @@
 run's history: given copies of ``checkpoints/latest.pt`` taken while the run trained (files ``epNNN.pt`` in
 ``--history``, NNN = the number of replay episodes on disk when the copy was taken), it rebuilds for each copy the
 run as it was — the same ``config.json``, that checkpoint, and the first NNN episode files of ``replay/`` — and runs
-:func:`recipes.dreamer.tempo.inspect_weights` on it, so each row's weights and rewards are those of the replay the
+``recipes.dreamer.tempo.inspect_weights`` on it, so each row's weights and rewards are those of the replay the
 weighter was training on then.  The copier used for docs/recipe-tempo.md (every 30 s, a copy whenever the
-checkpoint's mtime changes)::
+checkpoint's mtime changes):
 
     while true; do m=$(stat -c %Y RUN/checkpoints/latest.pt); if [ "$m" != "$(cat H/.m)" ]; then sleep 5; \
       cp RUN/checkpoints/latest.pt H/ep$(printf %03d $(ls RUN/replay | wc -l)).pt; echo $m > H/.m; fi; sleep 30; done
 
-Usage::
+Usage:
 
     python benchmarks/weights_history.py --run RUN --history H [--sequences 64] [--out weights_history.json]
 

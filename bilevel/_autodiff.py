@@ -1,7 +1,7 @@
 """Autodiff primitives shared by the hypergradient strategies.
 
 Everything here works on *lists* of parameter tensors (the values of a ``params`` dict, in a fixed order) so
-that the strategies never touch ``nn.Module`` internals.  Central object: :class:`LowerPoint`, the lower-level
+that the strategies never touch ``nn.Module`` internals.  Central object: ``LowerPoint``, the lower-level
 objective ``L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ)`` evaluated at one point θ with its gradient kept differentiable,
 from which every second-order product the strategies need is one more backward pass:
 
@@ -46,7 +46,7 @@ def grads(
 def grads_used(
     output: Tensor, inputs: Sequence[Tensor], *, retain_graph: bool | None = None
 ) -> tuple[TensorList, list[bool]]:
-    """:func:`grads` (zeros for unused inputs) and, per input, whether ``output`` depends on it at all (autograd
+    """``grads`` (zeros for unused inputs) and, per input, whether ``output`` depends on it at all (autograd
     found a path), so that callers can leave structurally zero directions out of second-order products."""
     needs = [p for p in inputs if p.requires_grad]
     if not output.requires_grad or not needs:
@@ -134,7 +134,7 @@ def flatten(xs: Sequence[Tensor]) -> Tensor:
 
 
 def unflatten(vec: Tensor, like: Sequence[Tensor]) -> TensorList:
-    """Inverse of :func:`flatten` for tensors shaped like ``like``."""
+    """Inverse of ``flatten`` for tensors shaped like ``like``."""
     out, i = [], 0
     for p in like:
         n = p.numel()
@@ -153,7 +153,7 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, *, iters: 
 
 
 class CGResult(NamedTuple):
-    """What :func:`cg_solve` returns: the iterate ``x``, its squared residual ‖b − A x‖² as CG's recursion
+    """What ``cg_solve`` returns: the iterate ``x``, its squared residual ‖b − A x‖² as CG's recursion
     tracks it (0-dim tensor) and the number of matrix-vector products spent."""
 
     x: Tensor

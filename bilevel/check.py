@@ -1,6 +1,6 @@
 """Check hypergradients against central finite differences — the tool to run after writing a custom task loss.
 
-Every strategy knows the scalar function of w that it differentiates (:meth:`Strategy.objective`, evaluated with
+Every strategy knows the scalar function of w that it differentiates (``Strategy.objective``, evaluated with
 first-order autograd only): ``Lookahead`` the upper loss after K real SGD steps, ``Implicit`` the upper loss at the
 re-solved lower problem, ``SameState`` TEMPO's linearisation (eq. 9).  Central differences of that function along
 coordinates or random directions are compared with the strategy's analytic g = dL_up/dw.
@@ -70,7 +70,7 @@ class CheckRow:
 
 
 def default_strategies(lr: float) -> list[Strategy]:
-    """What :func:`check_hypergradient` checks when given no strategies."""
+    """What ``check_hypergradient`` checks when given no strategies."""
     return [SameState(lr), Lookahead(lr, 1), Lookahead(lr, 3), Implicit("cg", iters=200)]
 
 
@@ -116,13 +116,13 @@ def check_hypergradient(
 ) -> list[CheckRow]:
     """Compare each strategy's dL_up/dw with central finite differences of the function it differentiates.
 
-    Same arguments as :func:`bilevel.hypergradient`.  Use float64 parameters and data for meaningful errors
+    Same arguments as ``bilevel.hypergradient``.  Use float64 parameters and data for meaningful errors
     (float32 rounding limits agreement to ~1e-3).  ``Implicit`` strategies are checked at θ* = argmin L_low(·, w),
     found by L-BFGS from ``params`` (the implicit function theorem holds only there).  Strategies that train no
     weighter (``Naive``, ``Uniform``) are skipped.
 
     Args:
-        strategies: defaults to :func:`default_strategies` with ``lr``.
+        strategies: defaults to ``default_strategies`` with ``lr``.
         lr: η of the default strategies.
         eps: finite-difference step; default 1e-5 (float64) or 1e-2 (float32), 1e-4 for Implicit in float64.
         directions: number of random unit directions; default: every coordinate when N ≤ ``max_coordinates``,
@@ -131,7 +131,7 @@ def check_hypergradient(
         seed: seed of the random directions.
 
     Returns:
-        One :class:`CheckRow` per strategy (print with :func:`format_report`).
+        One ``CheckRow`` per strategy (print with ``format_report``).
 
     Raises:
         ValueError: if either closure is not deterministic, or shapes do not match.

@@ -23,7 +23,7 @@ def problem(
     upper_loss: UpperLoss,
     params: Mapping[str, Tensor],
 ) -> BilevelProblem:
-    """A :class:`BilevelProblem` over detached copies of ``params`` (see :func:`hypergradient`)."""
+    """A ``BilevelProblem`` over detached copies of ``params`` (see ``hypergradient``)."""
     return BilevelProblem(per_sample_loss, upper_loss, _fresh(params))
 
 
@@ -37,7 +37,7 @@ def hypergradient(
     """dL_up/dw for the weighted lower problem ``L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ)`` by ``strategy``.
 
     Args:
-        strategy: a :class:`bilevel.Strategy` (``SameState``, ``Lookahead``, ``Implicit``, ``Naive``, ``Uniform``).
+        strategy: a ``bilevel.Strategy`` (``SameState``, ``Lookahead``, ``Implicit``, ``Naive``, ``Uniform``).
         per_sample_loss: ``params -> Tensor[N]`` unweighted per-sample lower losses ℓ(θ) (any shape equal to
             ``weights``; N = numel).  Use ``torch.func.functional_call(model, params, args)`` inside.
         upper_loss: ``params -> Tensor[]`` the task-aware loss L_up(θ) (a non-scalar result is averaged).

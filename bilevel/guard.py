@@ -1,13 +1,13 @@
 """The guard every optimiser step of this distribution passes: a non-finite loss or gradient skips the update.
 
 One NaN in one input element makes every gradient NaN, and one optimiser step with NaN gradients writes NaN into
-every parameter (and into Adam's moments).  :func:`check_finite` is called with the update's losses and gradient
+every parameter (and into Adam's moments).  ``check_finite`` is called with the update's losses and gradient
 norms *before* any ``optimizer.step()``; if one is NaN or ±inf it clears the gradients of the given optimisers and
-raises :class:`NonFiniteError`, so nothing is written into the model.  The values are the ones the update computes
+raises ``NonFiniteError``, so nothing is written into the model.  The values are the ones the update computes
 anyway (the gradient norm that ``clip_grad_norm_`` returns, the loss it logs), so the check costs no extra
 device synchronisation where they are already read as Python floats, and one where they are tensors.
 
-Who catches :class:`NonFiniteError` decides the policy (the run loop of :mod:`recipes.run.loop` counts skipped
+Who catches ``NonFiniteError`` decides the policy (the run loop of ``recipes.run.loop`` counts skipped
 updates and stops a run after too many in a row).
 """
 

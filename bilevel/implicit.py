@@ -2,14 +2,14 @@
 
 The lower level is ``θ*(ψ) = argmin_θ L(θ, ψ)`` and the outer objective is ``F(θ*(ψ), ψ)``.  Where
 ``∇θ L(θ*, ψ) = 0`` and ``H = ∇²θθ L`` is invertible, the implicit function theorem gives
-``dθ*/dψ = −H⁻¹ ∂²L/∂θ∂ψ`` and hence (AdMRL, Lin et al. 2020, eq. 5–6; Lorraine et al. 2020, eq. 2–3)::
+``dθ*/dψ = −H⁻¹ ∂²L/∂θ∂ψ`` and hence (AdMRL, Lin et al. 2020, eq. 5–6; Lorraine et al. 2020, eq. 2–3):
 
     dF/dψ = ∂F/∂ψ − (∂²L/∂ψ∂θ) H⁻¹ ∇θF
 
 computed here matrix-free: one adjoint solve ``H x = ∇θF`` by Hessian-vector products, then one mixed product
 ``∂/∂ψ ⟨∇θL, x⟩``.  AdMRL's code solves H X = ∂²L/∂θ∂ψ instead, one system per coordinate of ψ; the adjoint form
 is the same quantity for any ψ with a single solve.  Per-sample reweighting is the special case
-``L(θ, w) = mean(w · ℓ(θ))`` (:class:`bilevel.Implicit` computes exactly that).
+``L(θ, w) = mean(w · ℓ(θ))`` (``bilevel.Implicit`` computes exactly that).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SOLVERS = ("cg", "normal_cg")
 
 
 class ImplicitInfo(NamedTuple):
-    """Diagnostics of one :func:`implicit_hypergradient` call.
+    """Diagnostics of one ``implicit_hypergradient`` call.
 
     Attributes:
         residual: ‖rhs − A x‖ of the linear system actually solved (``H + λI`` for ``cg``,
@@ -108,10 +108,10 @@ def implicit_hypergradient(
         iters: the most CG iterations (≥ 1).
         damping: λ ≥ 0.
         tol: stop when the residual is below ``tol`` times the right-hand side's norm.
-        return_info: also return an :class:`ImplicitInfo`.
+        return_info: also return an ``ImplicitInfo``.
 
     Returns:
-        dF/dψ, a detached tensor of ``psi``'s shape (and an :class:`ImplicitInfo` if ``return_info``).
+        dF/dψ, a detached tensor of ``psi``'s shape (and an ``ImplicitInfo`` if ``return_info``).
 
     Raises:
         ValueError: on an unknown ``solver``, ``iters < 1``, ``damping < 0``, an empty ``theta`` or one with no

@@ -3,9 +3,9 @@
 Without normalisation the weighter can lower L_up = Σ|V_post − V_prior|² simply by shrinking all weights as the
 values grow during training; normalising makes only the *relative* value disparity count.  Two choices:
 
-* :class:`BatchNormalizer` — statistics of the current batch, gradients flowing through them.  What the official
+* ``BatchNormalizer`` — statistics of the current batch, gradients flowing through them.  What the official
   TEMPO code does (a Keras ``BatchNormalization`` without affine parameters, called in training mode).
-* :class:`MovingNormalizer` — exponential moving mean and variance, treated as constants.  What the paper's text
+* ``MovingNormalizer`` — exponential moving mean and variance, treated as constants.  What the paper's text
   describes ("a normalization with moving mean and variance").
 """
 
@@ -67,7 +67,7 @@ class MovingNormalizer(nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """Fold the statistics of ``x`` into the moving averages; a batch with a NaN or infinite element leaves
-        them unchanged (an update skipped for non-finite values, :mod:`bilevel.guard`, must not leave NaN here)."""
+        them unchanged (an update skipped for non-finite values, ``bilevel.guard``, must not leave NaN here)."""
         mean, var = x.mean().to(self.mean), x.var(unbiased=False).to(self.var)
         finite = torch.isfinite(mean) & torch.isfinite(var)
         if not bool(self.initialized):
@@ -89,7 +89,7 @@ class MovingNormalizer(nn.Module):
 
 
 def make_normalizer(kind: Literal["batch", "moving"], *, momentum: float = 0.01, eps: float = 1e-3) -> nn.Module:
-    """Build a normaliser by name: ``"batch"`` → :class:`BatchNormalizer`, ``"moving"`` → :class:`MovingNormalizer`.
+    """Build a normaliser by name: ``"batch"`` → ``BatchNormalizer``, ``"moving"`` → ``MovingNormalizer``.
 
     Raises:
         ValueError: for any other name.

@@ -1,6 +1,6 @@
 """Hypergradient strategies: every strategy is one way to get g = dL_up/dw ∈ R^N.
 
-The bi-level problem (TEMPO eq. 6; Meta-Weight-Net; Learning-to-Reweight)::
+The bi-level problem (TEMPO eq. 6; Meta-Weight-Net; Learning-to-Reweight):
 
     min_α  L_up(θ*(w)),   w = N_α(features),
     θ*(w) ≈ argmin_θ  L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ)
@@ -57,8 +57,8 @@ class FactoredJvp:
     so only θ ↦ z needs a forward-mode pass (a world model's filtering, not its decoder).  The per-sample gradients
     ∂ℓ_i/∂z_{k,i} come free from the backward that θ's own gradient needs: there the cotangent of z_k at sample i is
     (w_i/N) ∂ℓ_i/∂z_{k,i} (ℓ_i reads only sample i of z_k), divided by w_i/N (by one more backward of Σ_i ℓ_i to the
-    z_k where some w_i is 0).  :meth:`bilevel.BilevelUpdate.step` takes one as ``jvp=`` (and binds it with
-    :meth:`at`).
+    z_k where some w_i is 0).  ``bilevel.BilevelUpdate.step`` takes one as ``jvp=`` (and binds it with
+    ``at``).
 
     Attributes:
         intermediates: z_k by name, tensors of the forward at θ (its graph), each of shape [*S, ...] with S the shape
@@ -73,7 +73,7 @@ class FactoredJvp:
     tangents: Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]]
 
     def at(self, loss: Tensor, weights: Tensor, params: Sequence[Tensor]) -> FactoredJvpAt:
-        """The :data:`PerSampleJvp` at the forward that computed ``loss`` (ℓ, shape S) and the intermediates, with
+        """The ``PerSampleJvp`` at the forward that computed ``loss`` (ℓ, shape S) and the intermediates, with
         the lower level's ``weights`` (shape S, detached) and θ (``params``, in the caller's order).
 
         Raises:
@@ -89,11 +89,11 @@ class FactoredJvp:
 
 
 class FactoredJvpAt:
-    """:class:`FactoredJvp` bound to one forward (:meth:`FactoredJvp.at`): ``(params, tangents) -> (ℓ, J·v)``.
+    """``FactoredJvp`` bound to one forward (``FactoredJvp.at``): ``(params, tangents) -> (ℓ, J·v)``.
 
     Its first call runs the lower backward of L_low = (1/N) Σ_i w_i ℓ_i to θ and the intermediates (not keeping the
     graph: compiled graphs with donated buffers allow one backward, so it must come after any other backward through
-    the forward, e.g. a = ∇θ L_up's) and keeps θ's gradient in :attr:`lower_grad` for the caller; where some w_i is 0
+    the forward, e.g. a = ∇θ L_up's) and keeps θ's gradient in ``lower_grad`` for the caller; where some w_i is 0
     it first backpropagates Σ_i ℓ_i to the intermediates, keeping the graph.
 
     Raises (from a call):
@@ -215,7 +215,7 @@ class HypergradientResult:
 
 
 class Strategy(abc.ABC):
-    """How to obtain dL_up/dw.  Subclasses implement :meth:`compute` and :meth:`objective`."""
+    """How to obtain dL_up/dw.  Subclasses implement ``compute`` and ``objective``."""
 
     #: False for strategies that set the weights by a rule instead of training a weighter.
     trains_weighter: ClassVar[bool] = True
@@ -228,8 +228,8 @@ class Strategy(abc.ABC):
 
     @abc.abstractmethod
     def objective(self, problem: BilevelProblem, weights: Tensor) -> Tensor:
-        """The scalar function of w whose exact gradient :meth:`compute` returns, evaluated with first-order
-        autograd only (no ``create_graph``).  Finite differences of it verify :meth:`compute`."""
+        """The scalar function of w whose exact gradient ``compute`` returns, evaluated with first-order
+        autograd only (no ``create_graph``).  Finite differences of it verify ``compute``."""
 
     def rule_weights(self, loss: Tensor, per_sample_upper: Tensor | None) -> Tensor | None:
         """Weights set by a rule (``Naive``, ``Uniform``) for per-sample lower losses ``loss`` and per-sample upper
@@ -250,7 +250,7 @@ class SameState(Strategy):
     """TEMPO's approximation (eq. 9): the virtual step's upper gradient is taken at θ instead of θ'.
 
     With θ' = θ − η ∇θ L_low(θ, w) (eq. 7, written as descent on L_low = −weighted ELBO) and L_up(θ') ≈
-    L_up(θ) + ⟨∇θL_up(θ), θ' − θ⟩::
+    L_up(θ) + ⟨∇θL_up(θ), θ' − θ⟩:
 
         g_i = dL_up/dw_i = −(η/N) ⟨∇θ L_up(θ), ∇θ ℓ_i(θ)⟩
 
@@ -260,7 +260,7 @@ class SameState(Strategy):
     backward at all; needs a closure that torch.func can transform).  ``method="auto"`` (default) takes the
     double backward when the forward at θ was already run (``BilevelUpdate``, where the model needs ∇θ L_low
     anyway, unless the problem brings its own ``per_sample_jvp``, e.g. a compiled one) and the JVP otherwise (the
-    functional :func:`bilevel.hypergradient`), falling back to the double
+    functional ``bilevel.hypergradient``), falling back to the double
     backward if the closure cannot be transformed (with a warning, once, naming the error).
     ``method="finite_difference"`` approximates the mixed product by central differences of the per-sample losses
     along a (as DARTS does, Liu et al. 2019, eq. 8):
@@ -402,7 +402,7 @@ class Lookahead(Strategy):
     step, the Hessian product skipped at k = 0.  Cost and memory grow linearly in K.
 
     The virtual steps are plain SGD whatever the real optimiser is (as in the papers above); BatchNorm running
-    statistics are not touched by them when used through :class:`bilevel.BilevelUpdate`.
+    statistics are not touched by them when used through ``bilevel.BilevelUpdate``.
 
     Args:
         lr: η of the virtual steps.
@@ -458,7 +458,7 @@ class Lookahead(Strategy):
 class Implicit(Strategy):
     """Implicit-function-theorem hypergradient at a (approximate) minimiser θ* of L_low.
 
-    ∇θ L_low(θ*(w), w) = 0 gives dθ*/dw_i = −H⁻¹ ∇θℓ_i/N with H = ∇²θ L_low, hence::
+    ∇θ L_low(θ*(w), w) = 0 gives dθ*/dw_i = −H⁻¹ ∇θℓ_i/N with H = ∇²θ L_low, hence:
 
         g_i = −(1/N) ⟨(H + λI)⁻¹ ∇θ L_up(θ*), ∇θ ℓ_i(θ*)⟩
 
@@ -468,7 +468,7 @@ class Implicit(Strategy):
     which stays positive semi-definite when H is indefinite (what AdMRL does).
 
     The damping λ is exactly the IFT derivative of the proximal lower problem
-    ``argmin_θ L_low(θ, w) + (λ/2)‖θ − θ*‖²``, which is what :meth:`objective` solves.
+    ``argmin_θ L_low(θ, w) + (λ/2)‖θ − θ*‖²``, which is what ``objective`` solves.
 
     Args:
         solver: ``"cg"`` or ``"neumann"``.
@@ -477,7 +477,7 @@ class Implicit(Strategy):
         normal_equations: solve the normal equations (two HVPs per iteration).
         alpha: Neumann step size (must satisfy α < 2/λ_max(H)); ignored by CG.
         tol: CG relative residual at which to stop early.
-        inner_iters: L-BFGS iterations before the Newton polish when :meth:`objective` re-solves the lower
+        inner_iters: L-BFGS iterations before the Newton polish when ``objective`` re-solves the lower
             problem (checks only).
     """
 
@@ -532,14 +532,14 @@ class Implicit(Strategy):
         return HypergradientResult(-mixed.detach(), lower_grad, upper.detach())
 
     def objective(self, problem: BilevelProblem, weights: Tensor, start: list[Tensor] | None = None) -> Tensor:
-        """L_up(θ̂(w)) with θ̂ from :meth:`solve` (anchored at ``problem.params``)."""
+        """L_up(θ̂(w)) with θ̂ from ``solve`` (anchored at ``problem.params``)."""
         return problem.upper_at(self.solve(problem, weights, start)).detach()
 
     def solve(self, problem: BilevelProblem, weights: Tensor, start: list[Tensor] | None = None) -> list[Tensor]:
         """θ̂(w) = argmin_θ L_low(θ, w) + (λ/2)‖θ − θ_0‖², θ_0 = ``problem.params``, from ``start`` (default θ_0).
 
         Tensors are aligned with ``problem.names``; frozen tensors stay put.  The IFT derivative of θ̂ at its own
-        solution is exactly what :meth:`compute` returns there with the same damping λ.  Used for checks, not for
+        solution is exactly what ``compute`` returns there with the same damping λ.  Used for checks, not for
         training.
         """
         theta0 = [t.detach() for t in problem.tensors]
@@ -622,7 +622,7 @@ class Uniform(Strategy):
         return torch.zeros((), dtype=weights.dtype, device=weights.device)
 
 
-#: Names :func:`make_strategy` accepts (``lookaheadK`` means ``lookahead`` with ``steps=K``, e.g. ``lookahead3``).
+#: Names ``make_strategy`` accepts (``lookaheadK`` means ``lookahead`` with ``steps=K``, e.g. ``lookahead3``).
 STRATEGY_NAMES = ("same_state", "lookahead", "implicit", "implicit_normal", "naive", "uniform")
 
 
@@ -642,16 +642,16 @@ def make_strategy(
     """Build a strategy by name: the one factory behind every config field and CLI flag that selects a strategy.
 
     Args:
-        name: one of :data:`STRATEGY_NAMES`, or ``lookaheadK`` (K look-ahead steps, overriding ``steps``).
+        name: one of ``STRATEGY_NAMES``, or ``lookaheadK`` (K look-ahead steps, overriding ``steps``).
         lr: η of ``same_state`` and ``lookahead`` (required by them, ignored by the others).
         steps: K of ``lookahead``.
-        method: of :class:`SameState`.
-        convention: of :class:`SameState`.
-        fd_eps: of :class:`SameState`.
-        solver: of :class:`Implicit` (``implicit_normal`` solves the normal equations).
-        iters: of :class:`Implicit`.
-        damping: of :class:`Implicit`.
-        normalizer: of :class:`Naive`.
+        method: of ``SameState``.
+        convention: of ``SameState``.
+        fd_eps: of ``SameState``.
+        solver: of ``Implicit`` (``implicit_normal`` solves the normal equations).
+        iters: of ``Implicit``.
+        damping: of ``Implicit``.
+        normalizer: of ``Naive``.
 
     Raises:
         ValueError: on an unknown name (listing the known ones), a missing ``lr`` where one is needed, or a bad

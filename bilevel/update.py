@@ -39,7 +39,7 @@ class LevelOutputs:
 class BilevelUpdate:
     """Performs one bi-level update: the model's step on the weighted loss and the weighter's step on dL_up/dw.
 
-    Per call of :meth:`step` (TEMPO Algorithm 1, lines 3–8):
+    Per call of ``step`` (TEMPO Algorithm 1, lines 3–8):
 
     1. ``out = forward(model)`` — one real forward at θ (BatchNorm statistics update here, once);
     2. ``w = weighter(out.features)`` (or ``strategy.rule_weights(out.loss, out.upper)`` for ``Naive``/``Uniform``);
@@ -48,21 +48,21 @@ class BilevelUpdate:
        never changed by virtual steps;
     4. ``w.backward(g)`` (upper level) and ∇θ (1/N) Σ w_i ℓ_i (lower level) — the gradient the strategy already
        computed at θ, so no second backward pass;
-    5. the finiteness check (:func:`bilevel.guard.check_finite`, on the metrics read anyway: losses, weights,
+    5. the finiteness check (``bilevel.guard.check_finite``, on the metrics read anyway: losses, weights,
        gradient norms, in one device synchronisation), then the weighter-optimiser and model-optimiser steps.  A
-       NaN or infinite value raises :class:`bilevel.guard.NonFiniteError` before either step: nothing is written
+       NaN or infinite value raises ``bilevel.guard.NonFiniteError`` before either step: nothing is written
        into the model, the weighter (its buffers, e.g. BatchNorm statistics, are restored) or their optimisers'
        states.  Buffers that the caller's forward at θ updates in the model are the caller's to keep.
 
     Args:
         model: the lower-level model θ (its trainable parameters are θ).
         model_optimizer: the real optimiser for θ (Adam, SGD, ...).
-        strategy: a :class:`bilevel.Strategy`.
-        weighter: N_α, e.g. :class:`bilevel.MetaWeighter`; required when ``strategy.trains_weighter``.
+        strategy: a ``bilevel.Strategy``.
+        weighter: N_α, e.g. ``bilevel.MetaWeighter``; required when ``strategy.trains_weighter``.
         weighter_optimizer: optimiser over α; required with ``weighter``.
         grad_clip: global-norm clip for θ's gradient (DreamerV2/TEMPO: 100), or None.
         weighter_grad_clip: global-norm clip for α's gradient, or None.
-        skip_nonfinite: raise :class:`bilevel.guard.NonFiniteError` instead of stepping on a non-finite loss,
+        skip_nonfinite: raise ``bilevel.guard.NonFiniteError`` instead of stepping on a non-finite loss,
             weight or gradient (default); ``False`` steps regardless, as plain PyTorch would.
         hypergradient_scale: ``"exact"`` backpropagates g = dL_up/dw into the weighter as the strategy returns it;
             ``"unit_norm"`` divides it by its norm first, g / ‖g‖ — the same direction at every step, at a scale
@@ -131,10 +131,10 @@ class BilevelUpdate:
                 as the real forward at θ instead of calling ``forward`` again.  It must come from the current θ
                 with its autograd graph.
             jvp: optional ``(params, tangents) -> (ℓ, J·v)`` at the real model's parameters (see
-                :class:`bilevel.BilevelProblem`'s ``per_sample_jvp``), e.g. a compiled forward-mode pass of
+                ``bilevel.BilevelProblem``'s ``per_sample_jvp``), e.g. a compiled forward-mode pass of
                 ``forward``'s loss; ``SameState(method="auto")`` then computes (1/N) J a with it instead of the
                 double backward, and θ's gradient by a plain backward through ``outputs``.  A
-                :class:`bilevel.FactoredJvp` builds the mixed product from its intermediates' tangents and θ's own
+                ``bilevel.FactoredJvp`` builds the mixed product from its intermediates' tangents and θ's own
                 backward (w detached), which then runs when the strategy asks for J a.
 
         Returns:

@@ -86,10 +86,10 @@ PROBLEM_KEYS = ("per_sample_loss", "upper_loss", "params", "weights")
 
 
 def check_problem(spec: Any, where: str) -> dict[str, Any]:
-    """Validate what a check-hypergrad target returned; the problem as a dict of :data:`PROBLEM_KEYS`.
+    """Validate what a check-hypergrad target returned; the problem as a dict of ``PROBLEM_KEYS``.
 
     Raises:
-        ValueError: naming ``where`` and the first item that is not what :func:`bilevel.check_hypergradient`
+        ValueError: naming ``where`` and the first item that is not what ``bilevel.check_hypergradient``
             expects (arity, keys, types, shapes).
     """
     import torch

@@ -6,7 +6,7 @@ A variant is ``RECIPE`` or ``RECIPE+key=value+...`` (e.g. ``tempo+convention=off
 recipe compare the same way.  Run directories are ``DIR/<variant>-s<seed>``; a run whose metrics already reach
 the requested steps is reused, an unfinished one is resumed, a missing one is started (``jobs`` at a time, each a
 ``reweigh run`` subprocess with ``threads`` torch threads; or on Ray with ``backend="ray"``), through the job
-runner of ``reweigh sweep`` (:mod:`recipes.launch`).
+runner of ``reweigh sweep`` (``recipes.launch``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _metric(variants: list[Variant]) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class Job:
-    """One run of :func:`run_jobs`: a variant on an environment with a seed, in its run directory."""
+    """One run of ``run_jobs``: a variant on an environment with a seed, in its run directory."""
 
     variant: Variant
     env: str
@@ -95,7 +95,7 @@ def run_jobs(
     address: str | None = None,
 ) -> None:
     """Start or resume every job whose run is not finished (``steps`` evaluated and checkpointed) through the job
-    runner :func:`recipes.launch.run_trials` that ``reweigh sweep`` uses too: each a ``reweigh run`` subprocess
+    runner ``recipes.launch.run_trials`` that ``reweigh sweep`` uses too: each a ``reweigh run`` subprocess
     with ``threads`` torch threads logging to ``RUN_DIR.log``, ``jobs`` at a time on the ``local`` backend, or
     one Ray task of ``threads`` CPUs per job on the ``ray`` backend (a private local Ray, or the cluster at
     ``address``).
@@ -142,7 +142,7 @@ def run_all(
     address: str | None = None,
 ) -> None:
     """Start or resume every missing run of ``variants`` × ``seeds`` on ``env`` in ``logdir/SLUG-sSEED``
-    (:func:`run_jobs`); raises RuntimeError if any run fails."""
+    (``run_jobs``); raises RuntimeError if any run fails."""
     todo = [Job(v, env, s, logdir / f"{v.slug}-s{s}") for v in variants for s in seeds]
     run_jobs(
         todo,
@@ -205,7 +205,7 @@ def mean_over_evaluations(a: list[float], b: list[float], *, resamples: int = 10
 def summarize(variants: list[Variant], seeds: list[int], logdir: Path, steps: int) -> dict[str, Any]:
     """Curves on the evaluation steps every run has, Welch's test of the first variant vs the second (H1: the first
     is better — higher, or lower for a metric to minimise such as AdMRL's worst-case gap) at every evaluation and on
-    each run's mean over the evaluations (:func:`mean_over_evaluations`, with a bootstrap CI), finals."""
+    each run's mean over the evaluations (``mean_over_evaluations``, with a bootstrap CI), finals."""
     metric, maximize = _metric(variants)
     curves = {v.label: [eval_curve(logdir / f"{v.slug}-s{s}", metric) for s in seeds] for v in variants}
     common = sorted(set.intersection(*[set(c) for runs in curves.values() for c in runs]))
@@ -323,8 +323,8 @@ def compare(
 ) -> dict[str, Any]:
     """Run or reuse the runs, then write ``<name>.png``, ``<name>.json`` and ``<name>.md`` in ``logdir``, and for
     every variant whose recipe has a report hook ``<name>-<variant>-diagnostics.png`` (tempo: TEMPO Fig. 9 over its
-    seeds).  Missing runs go through :func:`run_jobs` on ``backend`` (``local`` or ``ray``, see
-    :mod:`recipes.launch`)."""
+    seeds).  Missing runs go through ``run_jobs`` on ``backend`` (``local`` or ``ray``, see
+    ``recipes.launch``)."""
     if len(variants) < 1 or not seeds:
         raise ValueError("compare needs at least one recipe and one seed")
     logdir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The one job runner of ``reweigh compare`` and ``reweigh sweep``: every run is a :class:`Trial`, an ordinary
+"""The one job runner of ``reweigh compare`` and ``reweigh sweep``: every run is a ``Trial``, an ordinary
 ``reweigh run`` in its own run directory, started as a subprocess with its output appended to ``RUN_DIR.log``.
 
 Two backends run the same command line:
@@ -210,7 +210,7 @@ def run_trials(
     report: Report | None = print,
     prefix: str = "run",
 ) -> list[TrialResult]:
-    """Start or resume every trial whose run is not :func:`finished`; returns one result per trial, in order.
+    """Start or resume every trial whose run is not ``finished``; returns one result per trial, in order.
 
     Args:
         trials: the runs.

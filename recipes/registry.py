@@ -1,4 +1,4 @@
-"""The recipe registry: adding a recipe is one :class:`Recipe` entry in :data:`RECIPES`.
+"""The recipe registry: adding a recipe is one ``Recipe`` entry in ``RECIPES``.
 
 The CLI (``reweigh run NAME``), ``reweigh compare`` and the benchmarks look recipes up here; nothing else lists
 them.  Training functions and report hooks are named as ``module:function`` and imported on use, so the CLI starts
@@ -34,8 +34,8 @@ class Recipe:
 
     Attributes:
         name: what ``reweigh run NAME`` takes.
-        config: its pydantic config class (a :class:`recipes.run.config.RunConfig`).
-        presets: preset layers applied in order by :func:`recipes.run.config.resolve`.
+        config: its pydantic config class (a ``recipes.run.config.RunConfig``).
+        presets: preset layers applied in order by ``recipes.run.config.resolve``.
         train: ``"module:function"`` of ``train(cfg, logdir, *, force, progress, recipe) -> summary`` (``recipe``
             is this entry's name, so one function may serve several entries).
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
@@ -55,7 +55,7 @@ class Recipe:
     maximize: bool = True
 
     def resolve(self, env: str, preset: str, overrides: dict[str, Any] | None = None, **run: Any) -> RunConfig:
-        """This recipe's config for ``env`` and ``preset`` (see :func:`recipes.run.config.resolve`)."""
+        """This recipe's config for ``env`` and ``preset`` (see ``recipes.run.config.resolve``)."""
         return resolve_config(self.config, self.presets, env, preset, overrides, **run)
 
     def run(self, cfg: RunConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def get_recipe(name: str) -> Recipe:
 def resolve(
     env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2", **run: Any
 ) -> RunConfig:
-    """The config of ``recipe`` (see :meth:`Recipe.resolve`).
+    """The config of ``recipe`` (see ``Recipe.resolve``).
 
     Raises:
         ValueError: naming the offending field (or ``recipe``).

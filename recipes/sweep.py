@@ -1,7 +1,7 @@
 """``reweigh sweep SWEEP.yaml``: recipes × envs × seeds × override grid, each trial one run directory, run by the
-job runner of :mod:`recipes.launch` (Ray by default) and summarised per environment by ``reweigh compare``.
+job runner of ``recipes.launch`` (Ray by default) and summarised per environment by ``reweigh compare``.
 
-A sweep file (YAML; every key is checked, unknown keys and wrong types are refused with the file and the key)::
+A sweep file (YAML; every key is checked, unknown keys and wrong types are refused with the file and the key):
 
     logdir: runs/sweep               # trials go to LOGDIR/<env>/<variant>-s<seed>, logs beside them
     recipes: [tempo, dreamerv2]      # RECIPE or RECIPE+key=value+... as in reweigh compare

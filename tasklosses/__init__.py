@@ -1,8 +1,8 @@
 """Upper-level, task-aware losses, each per sample, from a model's outputs and a value function V (or ∇V).
 
-Every loss is called as ``loss(predicted, target, value_fn)`` (the :class:`TaskLoss` protocol) and returns one
+Every loss is called as ``loss(predicted, target, value_fn)`` (the ``TaskLoss`` protocol) and returns one
 value per sample with the leading shape of the model's per-sample MLE loss (``[B, T]``, ``[N]``, ...); the
-bi-level core averages it into L_up.  Built-ins, selectable by name with :func:`make_task_loss`:
+bi-level core averages it into L_up.  Built-ins, selectable by name with ``make_task_loss``:
 
 =========  ====================================================  ========================================
 name       loss                                                  for

@@ -5,7 +5,7 @@ states, the *target* (real or inferred) states and a value function V to one los
 shape of the model's per-sample maximum-likelihood loss ℓ (``[B, T]`` for an RSSM, ``[N]`` for a dynamics MLP,
 ``[E, N]`` for an ensemble).  The bi-level core averages it into L_up; ``Naive`` weighting uses it per sample.
 
-Add your own loss in one file::
+Add your own loss in one file:
 
     @register_task_loss("my_loss")
     class MyLoss(nn.Module):
@@ -37,7 +37,7 @@ class TaskLoss(Protocol):
         target: the states the prediction is compared with, ``[..., D]`` (the posterior state of an RSSM, the
             real next state).  May depend on θ (the RSSM posterior does); gradients flow into it unless a loss
             says otherwise.
-        value_fn: V, see :data:`ValueFn`.  Its parameters should not require grad (or be ignored by the caller):
+        value_fn: V, see ``ValueFn``.  Its parameters should not require grad (or be ignored by the caller):
             an upper loss trains the model and, through the hypergradient, the weighter, never the critic.
 
     Returns (of ``__call__``):

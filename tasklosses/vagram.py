@@ -47,7 +47,7 @@ def clip_gradient_norms(grad: Tensor, quantile: float) -> Tensor:
 
 
 def vagram(predicted: Tensor, target: Tensor, value_grad: Tensor) -> Tensor:
-    """Per-sample VaGraM diagonal bound for given value gradients; see :class:`VaGraM`.
+    """Per-sample VaGraM diagonal bound for given value gradients; see ``VaGraM``.
 
     Args:
         predicted: ``[..., D]``; ``target`` must broadcast to its shape.
@@ -86,14 +86,14 @@ class VaGraM(nn.Module):
 
     A first-order Taylor expansion of V around the real next state s' turns VAML (TEMPO eq. 3) into
     ``(∇_s V(s')ᵀ (ŝ' − s'))²``; VaGraM replaces it by a diagonal bound (Cauchy–Schwarz: the Taylor term is at most
-    D times it; eq. 7 of the paper), which stays well posed when ∇V is nearly orthogonal to the error::
+    D times it; eq. 7 of the paper), which stays well posed when ∇V is nearly orthogonal to the error:
 
         L_i = Σ_d ( ∂V/∂s_d (s'_i) · (ŝ'_{i,d} − s'_{i,d}) )²
 
     i.e. a squared error whose dimensions are weighted by the squared value gradient.
 
     Choices.
-    * The gradient is taken at the *real* next state ``target``, detached (:func:`value_gradient`): a constant for
+    * The gradient is taken at the *real* next state ``target``, detached (``value_gradient``): a constant for
       the model, no gradient into V's parameters.  Gradients of the loss still flow into ``target`` through the
       error term ŝ' − s' (needed when the "real" state is itself a model output, e.g. a posterior latent).
     * Several value functions (the official code uses both critics and both target critics) are given as a

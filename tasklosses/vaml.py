@@ -8,7 +8,7 @@ from tasklosses.base import ValueFn, evaluate_value, register_task_loss
 
 
 def vaml(predicted: Tensor, target: Tensor, value_fn: ValueFn) -> Tensor:
-    """Per-sample VAML: ``(V(s') − mean_k V(ŝ'_k))²``; see :class:`VAML`.
+    """Per-sample VAML: ``(V(s') − mean_k V(ŝ'_k))²``; see ``VAML``.
 
     Raises:
         ValueError: on shapes that fit neither ``[K, *target.shape]`` nor ``target.shape``.
@@ -29,12 +29,12 @@ def vaml(predicted: Tensor, target: Tensor, value_fn: ValueFn) -> Tensor:
 class VAML(nn.Module):
     """Value-Aware Model Learning (Farahmand, Barreto & Nikovski, AISTATS 2017; TEMPO eq. 3), per sample.
 
-    Eq. 3 with µ the data distribution::
+    Eq. 3 with µ the data distribution:
 
         L^VAML = ∫ µ(s, a) | ∫ p(s'|s,a) V(s') ds' − ∫ p̂(s'|s,a) V(s') ds' |² d(s, a)
 
     estimated per transition i from the real next state s'_i (one sample of p) and K samples ŝ'_{i,k} of the
-    model p̂ (reparameterised, so that they carry gradients to θ)::
+    model p̂ (reparameterised, so that they carry gradients to θ):
 
         L_i = ( V(s'_i) − (1/K) Σ_k V(ŝ'_{i,k}) )²
 

@@ -15,7 +15,7 @@ from tasklosses.base import ValueFn, evaluate_value, register_task_loss
 class VVAML(nn.Module):
     """Variational VAML: the squared disparity of normalised posterior and prior state values, per time step.
 
-    TEMPO eq. 4 (and the upper level of eq. 6), per sample::
+    TEMPO eq. 4 (and the upper level of eq. 6), per sample:
 
         L_t = | V̄(s_t^post) − V̄(s_t^prior) |²,    V̄ = Norm(V)
 
@@ -31,14 +31,14 @@ class VVAML(nn.Module):
     statistics the mean cancels and ``L_t = (V_post,t − V_prior,t)² / (σ² + eps)``; σ² is
 
     * ``normalizer="batch"`` (default, the official code's choice): the variance of the current batch, with
-      gradients flowing through it (:class:`bilevel.BatchNormalizer`).  L_t then depends (weakly) on every value of
+      gradients flowing through it (``bilevel.BatchNormalizer``).  L_t then depends (weakly) on every value of
       the batch, and the loss is invariant to an affine change ``a·V + b`` (a > 0) of the critic up to eps.
     * ``normalizer="moving"`` (the paper text's "moving mean and variance"): an exponential moving variance
-      (:class:`bilevel.MovingNormalizer`), a constant for autograd, updated from the detached joint batch at every
+      (``bilevel.MovingNormalizer``), a constant for autograd, updated from the detached joint batch at every
       call in training mode and frozen in eval mode.  Its statistics are buffers of this module, so they are
       saved in checkpoints.  Put the module in eval mode for hypergradient checks (calls must be deterministic).
       Every call in training mode counts, including the virtual forwards of a ``Lookahead`` strategy inside
-      :class:`bilevel.BilevelUpdate` (``SameState`` reuses the one real forward, so the statistics move once per
+      ``bilevel.BilevelUpdate`` (``SameState`` reuses the one real forward, so the statistics move once per
       step).
 
     Gradients flow into both value inputs (the posterior and the prior state both depend on θ); the critic is
@@ -54,7 +54,7 @@ class VVAML(nn.Module):
 
     Shapes:
         ``forward(predicted [..., F], target [..., F], value_fn)`` → ``[...]`` (e.g. features ``[B, T, F]`` →
-        ``[B, T]``); :meth:`from_values` ``([...], [...])`` → ``[...]``.
+        ``[B, T]``); ``from_values`` ``([...], [...])`` → ``[...]``.
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class VVAML(nn.Module):
         return (post - prior).pow(2)
 
     def value_loss(self, value_target: Tensor, value_predicted: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The optional task-loss hook for losses of the values alone (see :class:`tasklosses.TaskLoss`): the
+        """The optional task-loss hook for losses of the values alone (see ``tasklosses.TaskLoss``): the
         per-step loss and the normalised values, from values the caller computed anyway.
 
         One normaliser update serves both (TEMPO feeds the normalised values to its weighter, eq. 5).

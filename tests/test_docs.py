@@ -47,6 +47,12 @@ def test_docs_site_builds_strict(tmp_path):
     for page in pages:
         html = site / ("index.html" if page == "index" else f"{page}/index.html")
         assert html.exists(), f"docs/{page}.md was not built"
+    # docstrings are Markdown (Google style as mkdocstrings renders it): a Sphinx role or a reST literal-block
+    # marker would be printed as it is
+    raw = re.compile(r":(?:py:)?(?:func|meth|class|data|mod|attr|exc|obj):|[^:\s]::</p>")
+    for html in site.rglob("*.html"):
+        found = raw.search(html.read_text())
+        assert found is None, f"{html.relative_to(site)}: raw reST markup {found.group(0)!r} in the built site"
     reference = (site / "reference-bilevel" / "index.html").read_text()
     assert 'id="bilevel.SameState"' in reference and 'id="bilevel.BilevelUpdate"' in reference
     assert 'id="recipes.launch.run_trials"' in (site / "reference-recipes" / "index.html").read_text()

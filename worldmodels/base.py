@@ -31,7 +31,7 @@ class WorldModel(Protocol):
 
     ``batch`` holds tensors shaped [B, T, ...]; the keys a model reads are its own business (the RSSM reads
     ``obs``, ``action``, ``reward``, ``discount``, ``is_first``).  Implement this method on an ``nn.Module`` and
-    the model plugs into :class:`bilevel.BilevelUpdate` and the recipes.
+    the model plugs into ``bilevel.BilevelUpdate`` and the recipes.
     """
 
     def loss(self, batch: dict[str, Tensor]) -> ModelLoss: ...

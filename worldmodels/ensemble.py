@@ -1,6 +1,6 @@
 """Probabilistic ensembles of Gaussian MLPs (PETS/MBPO) and M3PO's history-conditioned meta-model.
 
-:class:`GaussianEnsemble` is the probabilistic ensemble of PETS (Chua et al. 2018, "Deep Reinforcement Learning in a
+``GaussianEnsemble`` is the probabilistic ensemble of PETS (Chua et al. 2018, "Deep Reinforcement Learning in a
 Handful of Trials using Probabilistic Dynamics Models", §4 and App. A.1) as MBPO uses it (Janner et al. 2019, "When
 to Trust Your Model", §5 and App. C) and mbrl-lib ships it (``GaussianMLP``, ``conf/dynamics_model/
 gaussian_mlp_ensemble.yaml``: 7 members, 5 elites, 4 hidden layers of 200 SiLU units).  Every member e predicts a
@@ -9,16 +9,16 @@ diagonal Gaussian over the target y = (Δo, r) = (o' − o, r) given the input x
     y ~ N(μ_e(x), diag σ²_e(x)),   log σ²_e = soft-bounded raw output (PETS App. A.1)
 
 All members run in one batched matmul per layer (``torch.baddbmm`` over weights [E, in, out]); no Python loop over
-members.  Inputs and targets are standardised by running statistics of all data seen (:class:`RunningNormalizer`);
+members.  Inputs and targets are standardised by running statistics of all data seen (``RunningNormalizer``);
 the network reads normalised inputs, predicts normalised targets, and the NLL is taken in that normalised space.
 
-:class:`HistoryEnsemble` is M3PO's meta-model p_θ(o', r | o, a, h) (Hiraoka et al. 2021, §6, Figure 5 and
+``HistoryEnsemble`` is M3PO's meta-model p_θ(o', r | o, a, h) (Hiraoka et al. 2021, §6, Figure 5 and
 Algorithm 2, line 3): the same ensemble with z = a GRU code of the last L steps of the episode as its context.
 
-Per-sample losses.  :meth:`GaussianEnsemble.loss` returns ℓ[N], one value per transition, averaged over members —
-the quantity :class:`bilevel.BilevelUpdate` weights (L_low = (1/N) Σ_i w_i ℓ_i).  Bootstrap resampling (PETS §4.1:
+Per-sample losses.  ``GaussianEnsemble.loss`` returns ℓ[N], one value per transition, averaged over members —
+the quantity ``bilevel.BilevelUpdate`` weights (L_low = (1/N) Σ_i w_i ℓ_i).  Bootstrap resampling (PETS §4.1:
 each member trains on its own resample of the data) is expressed as per-member sample multiplicities c[E, N]
-(:func:`bootstrap_counts`) so that all members still share one batch.
+(``bootstrap_counts``) so that all members still share one batch.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def bootstrap_counts(members: int, n: int, generator: torch.Generator | None = N
 
     Member e draws n indices uniformly with replacement from {0, …, n − 1}; ``counts[e, i]`` is how often it drew
     i (a bincount), so every row sums to n.  Passing the counts as ``batch["bootstrap"]`` to
-    :meth:`GaussianEnsemble.loss` (sliced with the minibatch's indices, ``counts[:, idx]``) makes member e's loss
+    ``GaussianEnsemble.loss`` (sliced with the minibatch's indices, ``counts[:, idx]``) makes member e's loss
     Σ_i c_{e,i} NLL_{e,i}: member e trains on its own bootstrap resample, exactly as mbrl-lib's
     ``BootstrapIterator`` does by indexing, while all members keep one shared batch (and one batched forward).
 
@@ -158,13 +158,13 @@ class EnsembleLinear(nn.Module):
 class GaussianEnsemble(nn.Module):
     """PETS/MBPO probabilistic ensemble of E diagonal-Gaussian MLPs over y = (Δo, r) given x = (o, a) [, z].
 
-    Member e: ``layers`` hidden :class:`EnsembleLinear` layers of ``units`` with ``activation``, and a linear head
+    Member e: ``layers`` hidden ``EnsembleLinear`` layers of ``units`` with ``activation``, and a linear head
     giving the normalised mean μ̃_e and a raw log-variance, which is soft-bounded by learned parameters (PETS,
-    App. A.1)::
+    App. A.1):
 
         logvar = max_logvar − softplus(max_logvar − raw);   logvar = min_logvar + softplus(logvar − min_logvar)
 
-    Per-sample loss (in normalised target space ỹ = (y − μ_y) / σ_y, optional bootstrap multiplicities c[E, N])::
+    Per-sample loss (in normalised target space ỹ = (y − μ_y) / σ_y, optional bootstrap multiplicities c[E, N]):
 
         NLL_{e,i} = Σ_d ½ (ỹ_{i,d} − μ̃_{e,i,d})² e^{−logvar_{e,i,d}} + ½ logvar_{e,i,d} + ½ log 2π
         ℓ_i       = (1/E) Σ_e c_{e,i} NLL_{e,i} + 0.01 (Σ max_logvar − Σ min_logvar)
@@ -175,16 +175,16 @@ class GaussianEnsemble(nn.Module):
     Args:
         obs_dim: O; action_dim: A.
         members: E (MBPO/mbrl-lib: 7).
-        elites: how many members :meth:`sample` draws from after :meth:`select_elites` (5).
+        elites: how many members ``sample`` draws from after ``select_elites`` (5).
         layers: hidden layers (4; mbrl-lib's ``num_layers``: 4 hidden layers and an output layer).
         units: hidden width (200).
         activation: ``silu`` (MBPO's swish), ``relu``, ``elu``, ``tanh``, ``leaky_relu`` or ``gelu``.
         context_dim: size of an extra input z appended to the normalised (o, a) — used as is, not normalised
-            (:class:`HistoryEnsemble` feeds its history code here).  0 for none.
+            (``HistoryEnsemble`` feeds its history code here).  0 for none.
         learn_reward: predict (Δo, r) (D = O + 1) or only Δo (D = O).
 
-    Buffers: ``input_norm`` over (o, a) [O + A], ``target_norm`` over y [D] (:class:`RunningNormalizer`, updated by
-    :meth:`update_normalizer`), ``elite_idx`` [elites] (int64; members 0…elites−1 until :meth:`select_elites`).
+    Buffers: ``input_norm`` over (o, a) [O + A], ``target_norm`` over y [D] (``RunningNormalizer``, updated by
+    ``update_normalizer``), ``elite_idx`` [elites] (int64; members 0…elites−1 until ``select_elites``).
 
     Raises:
         ValueError: on non-positive sizes, ``elites`` outside [1, members] or an unknown activation.
@@ -287,7 +287,7 @@ class GaussianEnsemble(nn.Module):
         return 0.01 * (self.max_logvar.sum() - self.min_logvar.sum())
 
     def forward(self, batch: dict[str, Tensor]) -> ModelLoss:
-        """Same as :meth:`loss` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
+        """Same as ``loss`` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
         return self.loss(batch)
 
     def loss(self, batch: dict[str, Tensor]) -> ModelLoss:
@@ -295,11 +295,11 @@ class GaussianEnsemble(nn.Module):
 
         Args:
             batch: ``obs`` [N, O], ``action`` [N, A], ``reward`` [N], ``next_obs`` [N, O]; optional ``bootstrap``
-                [E, N] (per-member multiplicities, :func:`bootstrap_counts`); ``context`` [N, C] when
+                [E, N] (per-member multiplicities, ``bootstrap_counts``); ``context`` [N, C] when
                 ``context_dim > 0``.
 
         Returns:
-            :class:`ModelLoss` with ``loss`` ℓ[N] (see the class docstring; the bound penalty is added to every
+            ``ModelLoss`` with ``loss`` ℓ[N] (see the class docstring; the bound penalty is added to every
             sample), ``terms``: ``nll`` [N] (ℓ without the penalty) and ``mse`` [N] (squared error of the mean in
             normalised space, averaged over members and dims, unweighted); ``states``: ``next_obs_mean`` [E, N, O]
             (o + denormalised mean of Δo, differentiable in θ), ``next_obs_std`` [E, N, O], ``reward_mean`` [E, N]
@@ -340,7 +340,7 @@ class GaussianEnsemble(nn.Module):
         elite selection (MBPO App. C).
 
         Args:
-            batch: as for :meth:`loss` (``bootstrap`` is ignored).
+            batch: as for ``loss`` (``bootstrap`` is ignored).
 
         Returns:
             ``[E]``: mean over samples and output dims.
@@ -429,22 +429,22 @@ class GaussianEnsemble(nn.Module):
 
 
 class HistoryEnsemble(GaussianEnsemble):
-    """M3PO's meta-model p_θ(o', r | o, a, h_{L:t}): a :class:`GaussianEnsemble` conditioned on a history code z.
+    """M3PO's meta-model p_θ(o', r | o, a, h_{L:t}): a ``GaussianEnsemble`` conditioned on a history code z.
 
     Hiraoka et al. 2021, §6 and Figure 5: an RNN reads the last L steps of the current episode and its hidden output
-    z is fed to the ensemble's FFNN together with (o, a).  Here z = :class:`worldmodels.history.HistoryEncoder`
+    z is fed to the ensemble's FFNN together with (o, a).  Here z = ``worldmodels.history.HistoryEncoder``
     (a GRU, exactly independent of left padding) of the window ``history`` [N, L, O + A + 1] with ``history_mask``
-    [N, L] (layout in :mod:`worldmodels.history`).
+    [N, L] (layout in ``worldmodels.history``).
 
     Choices.
     * ONE encoder is shared by all members (the paper's Figure 5 draws one RNN feeding the ensemble's B heads): it
       costs one GRU pass per batch instead of E, and the members still differ through their own MLPs, their
       initialisations and their bootstrap resamples.  Its parameters train on the member-averaged loss.
-    * The encoder reads *normalised* history steps: a separate :class:`RunningNormalizer` ``history_norm`` over
-      (o, a, r) [O + A + 1], updated with the same transitions in :meth:`update_normalizer` (separate from
+    * The encoder reads *normalised* history steps: a separate ``RunningNormalizer`` ``history_norm`` over
+      (o, a, r) [O + A + 1], updated with the same transitions in ``update_normalizer`` (separate from
       ``input_norm`` because it also covers the reward, which ``target_norm`` lacks without a reward head).
       Padding slots are zeroed again after normalisation (the encoder ignores them anyway).
-    * ``history_len = 0`` builds exactly a :class:`GaussianEnsemble` (no encoder, no ``history_norm``, the same
+    * ``history_len = 0`` builds exactly a ``GaussianEnsemble`` (no encoder, no ``history_norm``, the same
       parameters in the same order and the same random initialisation), and the history arguments are ignored.
 
     Args:
@@ -452,9 +452,9 @@ class HistoryEnsemble(GaussianEnsemble):
         action_dim: A.
         history_len: L ≥ 0, the window length the data carries (0: MBPO's memoryless model).
         history_hidden: size of z (the GRU's hidden size).
-        **ensemble_kwargs: :class:`GaussianEnsemble`'s keyword arguments except ``context_dim``.
+        **ensemble_kwargs: ``GaussianEnsemble``'s keyword arguments except ``context_dim``.
 
-    Batch keys (for :meth:`loss`/:meth:`holdout_loss`): those of :class:`GaussianEnsemble` plus ``history``
+    Batch keys (for ``loss``/``holdout_loss``): those of ``GaussianEnsemble`` plus ``history``
     [N, L, O + A + 1] and ``history_mask`` [N, L] when L > 0.
 
     Raises:
@@ -488,7 +488,7 @@ class HistoryEnsemble(GaussianEnsemble):
 
     @torch.no_grad()
     def update_normalizer(self, batch: dict[str, Tensor]) -> None:
-        """As :meth:`GaussianEnsemble.update_normalizer`, and the history normaliser over (o, a, r)."""
+        """As ``GaussianEnsemble.update_normalizer``, and the history normaliser over (o, a, r)."""
         super().update_normalizer(batch)
         if self.history_norm is not None:
             dtype = self._dtype()
@@ -534,7 +534,7 @@ class HistoryEnsemble(GaussianEnsemble):
         deterministic: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """One meta-model step from (o, a, h): ``(next_obs [N, O], reward [N])``, a random elite member per sample
-        (M3PO Algorithm 2, line 8; see :meth:`GaussianEnsemble.sample`)."""
+        (M3PO Algorithm 2, line 8; see ``GaussianEnsemble.sample``)."""
         mean, std = self._predict(obs, action, self.encode(history, mask))
         return self._sample_from(obs, mean, std, generator, deterministic)
 

@@ -12,7 +12,7 @@ Layout (one convention for the ensemble, SAC and the rollouts):
   always on the *left* (the oldest slots): an episode younger than L steps has its first slots masked, so a window
   never reaches into a previous episode.  Masked slots hold zeros.
 
-:func:`roll_history` appends one step (as a branched rollout does with the model's own samples) and keeps the
+``roll_history`` appends one step (as a branched rollout does with the model's own samples) and keeps the
 layout.  With L = 0 there is no history and the encoder returns an empty ``[N, 0]`` code.
 """
 
@@ -55,7 +55,7 @@ class HistoryEncoder(nn.Module):
     ``nn.GRU`` call per batch: no Python loop over time.
 
     Args:
-        in_dim: size of one history element, O + A + 1 (:func:`history_dim`).
+        in_dim: size of one history element, O + A + 1 (``history_dim``).
         hidden: size H of z.
         cudnn: use cuDNN's fused RNN on CUDA.  cuDNN's RNN has no double backward, so a model that a bi-level
             strategy differentiates twice (``SameState``'s mixed product, ``Implicit``'s Hessian products) must set

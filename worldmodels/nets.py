@@ -17,7 +17,7 @@ def at_least_fp32(x: Tensor) -> Tensor:
 
 
 class MLP(nn.Sequential):
-    """An ``nn.Sequential`` whose output is in at least float32 (:func:`at_least_fp32`): under autocast its
+    """An ``nn.Sequential`` whose output is in at least float32 (``at_least_fp32``): under autocast its
     products run in bf16 while whatever reads the output (a distribution, a loss) gets fp32.  Indexing and
     state-dict keys are ``nn.Sequential``'s."""
 
@@ -27,7 +27,7 @@ class MLP(nn.Sequential):
 
 def mlp(inp: int, out: int, layers: int, units: int, act: type[nn.Module] = nn.ELU, norm: bool = False) -> MLP:
     """``layers`` hidden dense layers of ``units`` (optional LayerNorm, then ``act``) and a linear output, in at least
-    float32 under autocast (:class:`MLP`)."""
+    float32 under autocast (``MLP``)."""
     mods: list[nn.Module] = []
     for _ in range(layers):
         mods += [nn.Linear(inp, units)] + ([nn.LayerNorm(units)] if norm else []) + [act()]
@@ -42,7 +42,7 @@ def symlog(x: Tensor) -> Tensor:
 
 
 def symexp(x: Tensor) -> Tensor:
-    """sign(x)·(exp(|x|) − 1), the inverse of :func:`symlog` (DreamerV3 eq. 1)."""
+    """sign(x)·(exp(|x|) − 1), the inverse of ``symlog`` (DreamerV3 eq. 1)."""
     return torch.sign(x) * torch.expm1(x.abs())
 
 
@@ -66,7 +66,7 @@ class TwoHotHead(nn.Module):
     prediction symexp(Σ softmax(f)·b)).  Scale-free: the same head fits rewards of 0.01 and of 1000.
 
     ``forward(feat[..., F]) -> [..., 1]`` is the predicted value (so call sites that read a scalar head work
-    unchanged); :meth:`nll` ``(feat[..., F], target[...]) -> [...]`` is the per-element cross-entropy against the
+    unchanged); ``nll`` ``(feat[..., F], target[...]) -> [...]`` is the per-element cross-entropy against the
     two-hot target, the head's loss.  The output layer starts at zero (DreamerV3: reward and critic heads), so the
     first predictions are 0 rather than random large values.
     """

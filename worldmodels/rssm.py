@@ -47,7 +47,7 @@ def free_nats_on_mean(kl: Tensor, free: float) -> Tensor:
     return torch.where(kl.detach().mean() >= free, kl, torch.full_like(kl, free))
 
 
-#: ``(state, embed, action, is_first, noise) -> (last state, posts, priors)``: :meth:`RSSM.observe_chunk`'s signature.
+#: ``(state, embed, action, is_first, noise) -> (last state, posts, priors)``: ``RSSM.observe_chunk``'s signature.
 ObserveChunk = Callable[[State, Tensor, Tensor, Tensor, "tuple[Tensor, Tensor] | None"], tuple[State, State, State]]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -140,7 +140,7 @@ class RSSM(nn.Module):
 
     @property
     def feat_size(self) -> int:
-        """Size of :meth:`features`: S·C (or S) + D."""
+        """Size of ``features``: S·C (or S) + D."""
         return self.stoch_size + self.deter_size
 
     def initial(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
@@ -169,7 +169,7 @@ class RSSM(nn.Module):
         """Reparameterised sample (Gaussian) or straight-through one-hot sample (categorical), flattened.
 
         ``noise``: [..., S], standard Normal (Gaussian) or U[0, 1) (categorical: one uniform per variable,
-        :func:`categorical_one_hot`); None draws it.
+        ``categorical_one_hot``); None draws it.
 
         Raises:
             ValueError: categorical ``noise`` not of shape [..., S] (the per-class noise of the Gumbel-max
@@ -231,10 +231,10 @@ class RSSM(nn.Module):
         Args:
             embed: [B, T, E]; action: [B, T, A] (a_{t−1}); is_first: [B, T] bool.
             state: the state before step 0 (default zeros).
-            noise: optional (prior noise, posterior noise), each of :meth:`noise_shape` (B, T), for reproducible
+            noise: optional (prior noise, posterior noise), each of ``noise_shape`` (B, T), for reproducible
                 latent samples.
             chunk: run the sequence as consecutive chunks of this many steps (0: one chunk), each by
-                ``chunk_fn`` (default :meth:`observe_chunk`), the state carried across.  The same results as one
+                ``chunk_fn`` (default ``observe_chunk``), the state carried across.  The same results as one
                 chunk; the point is a compiled ``chunk_fn``: one graph of ``chunk`` steps reused along the sequence
                 compiles ~T/chunk times faster than the unrolled sequence (``recipes.dreamer``'s
                 ``compile_chunk``).
@@ -270,7 +270,7 @@ class RSSM(nn.Module):
         is_first: Tensor,
         noise: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[State, State, State]:
-        """The filtering loop over K steps from ``state`` (shapes of :meth:`observe` with T = K): the last
+        """The filtering loop over K steps from ``state`` (shapes of ``observe`` with T = K): the last
         posterior state ([B, ...]) and the posterior and prior states ([B, K, ...])."""
         posts, priors = [], []
         # unbind, not embed[:, i]: the backward of K slices is one stack, not K zero-filled [B, K, E] gradients
@@ -298,7 +298,7 @@ class RSSM(nn.Module):
             start: the states to start from, [N, ...] each.
             horizon: H, the number of prior steps.
             keys: the state entries to stack and return; None: every entry the start and the imagined states share.
-                ``"feat"`` is also accepted: :meth:`features` of every state, [H+1, N, F], differentiable like the
+                ``"feat"`` is also accepted: ``features`` of every state, [H+1, N, F], differentiable like the
                 states — the per-step features the policy read, kept, so asking for only ``("feat",)`` costs no
                 second concatenation and no stacks of unused entries (the actor-critic's case).
 
@@ -339,7 +339,7 @@ class RSSM(nn.Module):
         return torch.cat([state["stoch"], state["deter"]], -1)
 
     def kl(self, post: State, prior: State, balance: float = 0.8, free: float = 0.0) -> Tensor:
-        """Per-step balanced KL (DreamerV2 §2.2, "KL balancing")::
+        """Per-step balanced KL (DreamerV2 §2.2, "KL balancing"):
 
             α KL(sg(q) ‖ p) + (1 − α) KL(q ‖ sg(p))
 
@@ -444,7 +444,7 @@ def _categorical_kl_partials(lq: Tensor, lp: Tensor) -> tuple[Tensor, Tensor]:
 class _BalancedCategoricalKL(torch.autograd.Function):
     """KL(Cat(lq) ‖ Cat(lp)) summed over the last two dims [S, C]; gradients scaled (1 − α) for q, α for p.
 
-    ``backward`` and ``jvp`` apply the same balanced partials, as in :class:`_BalancedGaussianKL`.
+    ``backward`` and ``jvp`` apply the same balanced partials, as in ``_BalancedGaussianKL``.
     """
 
     @staticmethod
@@ -502,8 +502,8 @@ class ConvEncoder(nn.Module):
         return self.net(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
 
     def forward_with_activations(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """:meth:`forward` and every layer's ELU output ([N, C_i, H_i, W_i], N = the leading dims' product): what
-        :meth:`tangent` reuses instead of recomputing them."""
+        """``forward`` and every layer's ELU output ([N, C_i, H_i, W_i], N = the leading dims' product): what
+        ``tangent`` reuses instead of recomputing them."""
         lead = x.shape[:-3]
         h, acts = x.reshape(-1, *x.shape[-3:]), []
         for m in self.net:
@@ -515,8 +515,8 @@ class ConvEncoder(nn.Module):
     def tangent(
         self, x: Tensor, acts: Sequence[Tensor], params: dict[str, Tensor], tangents: dict[str, Tensor]
     ) -> Tensor:
-        """∂e/∂θ · v of :meth:`forward` at ``x`` ([..., C, H, W]) from the forward's ELU outputs ``acts``
-        (:meth:`forward_with_activations`), so no layer's primal is recomputed: per layer the tangent of
+        """∂e/∂θ · v of ``forward`` at ``x`` ([..., C, H, W]) from the forward's ELU outputs ``acts``
+        (``forward_with_activations``), so no layer's primal is recomputed: per layer the tangent of
         h_i = conv(u_{i−1}; W_i, b_i) is conv(u_{i−1}; V_i, c_i) + conv(du_{i−1}; W_i), and du_i = ELU′(h_i)·dh_i with
         ELU′ = 1 where u_i > 0, else u_i + 1 (α = 1).  Two convolutions per layer (one for the first) where
         ``torch.func.jvp`` runs three.
@@ -601,15 +601,15 @@ class RSSMWorldModel(nn.Module):
     Args:
         obs_shape: ``(C, H, W)`` for images (uint8 expected, mapped to [−0.5, 0.5]) or ``(O,)`` for vectors.
         action_dim: A.
-        deter: see :class:`RSSM`.
-        stoch: see :class:`RSSM`.
-        classes: see :class:`RSSM`.
-        hidden: see :class:`RSSM`.
-        min_std: see :class:`RSSM`.
-        unimix: see :class:`RSSM`.
+        deter: see ``RSSM``.
+        stoch: see ``RSSM``.
+        classes: see ``RSSM``.
+        hidden: see ``RSSM``.
+        min_std: see ``RSSM``.
+        unimix: see ``RSSM``.
         symlog_obs: vector observations: the encoder reads symlog(o) and the decoder's unit-variance Normal
             reconstructs symlog(o), i.e. DreamerV3's symlog squared error (§3, eq. 1-2).
-        twohot_bins: 0: DreamerV2's unit-variance Normal reward head; K > 0: a :class:`worldmodels.nets.TwoHotHead`
+        twohot_bins: 0: DreamerV2's unit-variance Normal reward head; K > 0: a ``worldmodels.nets.TwoHotHead``
             over K symlog-spaced bins (DreamerV3, 255), whose per-step cross-entropy is the ``reward`` term.
         depth: conv depth (DreamerV2 48); mlp_layers/mlp_units: vector encoder/decoder and heads (4 × 400).
         discount_head: predict γ_t (Atari yes, DMC no).
@@ -684,7 +684,7 @@ class RSSMWorldModel(nn.Module):
     def forward(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
     ) -> ModelLoss:
-        """Same as :meth:`loss` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
+        """Same as ``loss`` (so ``torch.func.functional_call`` and ``BilevelUpdate`` can call the model)."""
         return self.loss(batch, noise, state)
 
     def preprocess(self, obs: Tensor) -> Tensor:
@@ -698,16 +698,16 @@ class RSSMWorldModel(nn.Module):
     def loss(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None, state: State | None = None
     ) -> ModelLoss:
-        """Per-step negative ELBO: :meth:`observe_states` then :meth:`loss_from_states`.
+        """Per-step negative ELBO: ``observe_states`` then ``loss_from_states``.
 
         Args:
             batch: ``obs`` [B, T, *obs_shape], ``action`` [B, T, A], ``reward`` [B, T], ``is_first`` [B, T] bool,
                 and ``discount`` [B, T] when the model has a discount head.
-            noise: optional latent noise (see :meth:`RSSM.observe`).
+            noise: optional latent noise (see ``RSSM.observe``).
             state: optional state before the first step.
 
         Returns:
-            :class:`ModelLoss` with ``loss`` [B, T], ``terms`` (``obs``, ``reward``, ``discount``, ``kl``: [B, T],
+            ``ModelLoss`` with ``loss`` [B, T], ``terms`` (``obs``, ``reward``, ``discount``, ``kl``: [B, T],
             unscaled) and ``states`` (``post``, ``prior``: state dicts [B, T, ...]; ``feat``: posterior features).
         """
         post, prior = self.observe_states(batch, noise, state)
@@ -723,7 +723,7 @@ class RSSMWorldModel(nn.Module):
         chunk_fn: ObserveChunk | None = None,
         embed: Tensor | None = None,
     ) -> tuple[State, State]:
-        """The filtering half of :meth:`loss`: encoder and :meth:`RSSM.observe` (``chunk``, ``chunk_fn``: see
+        """The filtering half of ``loss``: encoder and ``RSSM.observe`` (``chunk``, ``chunk_fn``: see
         there) → posterior and prior states (dicts of [B, T, ...]).  Split out so that a caller can differentiate the
         states alone (a task loss of the states, e.g. V-VAML, never reaches the heads) or compile the parts as
         separate graphs.  ``embed``: the encoder's output [B, T, E] for ``batch["obs"]`` if the caller computed it
@@ -734,8 +734,8 @@ class RSSMWorldModel(nn.Module):
         return self.rssm.observe(embed, action, is_first, state, noise, chunk=chunk, chunk_fn=chunk_fn)
 
     def loss_from_states(self, batch: dict[str, Tensor], post: State, prior: State) -> ModelLoss:
-        """The likelihood half of :meth:`loss`: decoder, reward (and discount) NLLs and the balanced KL of given
-        posterior and prior states [B, T, ...] → :class:`ModelLoss` (its ``states`` are ``post`` and ``prior``)."""
+        """The likelihood half of ``loss``: decoder, reward (and discount) NLLs and the balanced KL of given
+        posterior and prior states [B, T, ...] → ``ModelLoss`` (its ``states`` are ``post`` and ``prior``)."""
         obs = self.preprocess(batch["obs"])
         feat = self.rssm.features(post)
         dims = tuple(range(2, obs.dim()))

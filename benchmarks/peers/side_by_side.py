@@ -6,7 +6,7 @@ synthetic batch of 16 × 50; ``--warmup`` train steps run untimed, then ``--step
 update + actor-critic update: what sheeprl's ``train`` does); peak RSS is the process's ``VmHWM`` at the end.
 Unlike sheeprl's process ours holds no environment and no replay buffer (a few MiB at this size).
 
-sheeprl's side is ``benchmarks/peers/sheeprl_dreamerv2.sh``'s JSON (run it first, same ``THREADS``)::
+sheeprl's side is ``benchmarks/peers/sheeprl_dreamerv2.sh``'s JSON (run it first, same ``THREADS``):
 
     THREADS=2 bash benchmarks/peers/sheeprl_dreamerv2.sh
     python benchmarks/peers/side_by_side.py --threads 2 [--set compile=true] [--peer benchmarks/results/...json]

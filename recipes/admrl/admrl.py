@@ -7,10 +7,10 @@ Per task n (ψ_n):
 2. ``n_slbo`` SLBO iterations from θ̂: collect real data with π_θ (plus noise) into D, fit ϕ, optimise θ in the
    model (lines 5–7); the result is θ*.
 3. The next task (lines 8–12): ``adversarial`` ascends the suboptimality gap L(ψ) = η*(θ*, ψ) − η*(θ̂, ψ) by the
-   implicit task gradient of :mod:`recipes.admrl.taskgrad`, ψ ← Π(ψ + α ∂L/∂ψ); ``uniform`` and ``gauss`` draw it.
+   implicit task gradient of ``recipes.admrl.taskgrad``, ψ ← Π(ψ + α ∂L/∂ψ); ``uniform`` and ``gauss`` draw it.
    The first task has no θ̂ (nothing to adapt in an empty model): its successor is drawn uniformly (line 8).
 
-:class:`AdmrlTrainer` holds everything one run needs and does one task per :meth:`AdmrlTrainer.task_iteration`.
+``AdmrlTrainer`` holds everything one run needs and does one task per ``AdmrlTrainer.task_iteration``.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ class AdmrlConfig(RunConfig):
     """Every setting of an AdMRL-family run.  ``task_search`` picks the recipe: ``adversarial`` (AdMRL), ``uniform``
     (``mb-unif``) or ``gauss`` (``mb-gauss``: ψ ~ N(0, 1) per coordinate, clipped to the box).
 
-    ``steps`` counts real transitions; the run loop's cadences inherited from :class:`RunConfig` (``prefill``,
+    ``steps`` counts real transitions; the run loop's cadences inherited from ``RunConfig`` (``prefill``,
     ``train_every``, ``train_steps``, ``eval_every``, ``log_every``, ``checkpoint_every``, ``video``) are unused:
-    this family checkpoints and logs once per task and evaluates at the end (:mod:`recipes.admrl.run`)."""
+    this family checkpoints and logs once per task and evaluates at the end (``recipes.admrl.run``)."""
 
     env: str = "admrl:halfcheetah-vel"
     action_repeat: int = Field(1, ge=1)

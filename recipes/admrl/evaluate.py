@@ -74,7 +74,7 @@ def adapt(trainer: AdmrlTrainer, psi: np.ndarray, iters: int, episodes: int) -> 
 
 def reference_return(cfg: AdmrlConfig, env: AdmrlEnv, psi: np.ndarray, cache: Path | None) -> float:
     """A*(ψ): SLBO from scratch on the real env for ψ (``cfg.reference_iters`` iterations, seed
-    :data:`REFERENCE_SEED`), cached in ``cache`` under a key of the env, ψ and the sizes that shape it."""
+    ``REFERENCE_SEED``), cached in ``cache`` under a key of the env, ψ and the sizes that shape it."""
     fields = {
         k: getattr(cfg, k)
         for k in ("env", "reference_iters", "n_collect", "episode_len", "virtual_iters", "eval_episodes")
@@ -119,8 +119,8 @@ def _gap_rows(trainer: AdmrlTrainer, grid: np.ndarray, cache: Path | None) -> di
 
 
 def evaluate_gaps(trainer: AdmrlTrainer, cache: Path | None) -> dict[str, Any]:
-    """The gap table over :func:`task_grid`: per ψ, A₀…A_n, A* and G₀…G_n; the worst-case and mean gaps; and with
-    ``eval_ood`` the same over :func:`ood_grid` under ``"ood"``."""
+    """The gap table over ``task_grid``: per ψ, A₀…A_n, A* and G₀…G_n; the worst-case and mean gaps; and with
+    ``eval_ood`` the same over ``ood_grid`` under ``"ood"``."""
     table = _gap_rows(trainer, task_grid(trainer.env), cache)
     if trainer.cfg.eval_ood:
         table["ood"] = _gap_rows(trainer, ood_grid(trainer.env), cache)

@@ -1,5 +1,5 @@
 """The run directory of the AdMRL family: Algorithm 1 task by task, a checkpoint after every task, the gap
-evaluation at the end (:mod:`recipes.admrl.evaluate`).
+evaluation at the end (``recipes.admrl.evaluate``).
 
 ``logdir`` gets ``config.json``, ``metrics.jsonl`` + TensorBoard (one record per task at its real env step: ψ, the
 task gradient, returns, model fit; and at the end ``worst_gap``, ``mean_gap``, ``worst_gap_zeroshot``,

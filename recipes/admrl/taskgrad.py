@@ -1,13 +1,13 @@
 """AdMRL's task gradient: dL/dψ of the suboptimality gap L(ψ) = η*(θ*, ψ) − η*(θ̂(ψ), ψ) (Lin et al. 2020, §4.2).
 
 θ̂(ψ) = argmax_θ η̂(θ, ψ) is the policy adapted to task ψ inside the learned model, θ* the policy trained on the real
-environment.  Eq. 2::
+environment.  Eq. 2:
 
     dL/dψ = ∂η*/∂ψ|θ* − ( (∂θ̂/∂ψ)ᵀ ∂η*/∂θ|θ̂ + ∂η*/∂ψ|θ̂ )
 
-The bracket is exactly what :func:`bilevel.implicit_hypergradient` returns for the lower objective −η̂ (θ̂ is its
+The bracket is exactly what ``bilevel.implicit_hypergradient`` returns for the lower objective −η̂ (θ̂ is its
 minimiser) and the outer objective η*, both evaluated at θ̂ — provided their autograd derivatives *are* the Monte
-Carlo estimators of eq. 3–7.  :class:`ReinforceSurrogate` is built so that they are: with per-unit log-likelihood
+Carlo estimators of eq. 3–7.  ``ReinforceSurrogate`` is built so that they are: with per-unit log-likelihood
 ratios ρ_u(θ) = exp(log π_θ(u) − log π_θ̂(u)) (ρ = 1 at θ̂),
 
     S(θ, ψ) = mean_u value_u(ψ) + mean_u (ρ_u(θ) − 1) · adv_u(ψ)
@@ -18,8 +18,8 @@ has, at θ = θ̂,
 * ∇θS = mean_u ∇log π(u) · adv_u — the policy gradient, eq. 4;
 * ∂²S/∂θ∂ψ = mean_u ∇log π(u) · ∂adv_u/∂ψ — eq. 6;
 * ∇²θθS = mean_u (∇log π(u) ∇log π(u)ᵀ + ∇²log π(u)) · adv_u — the REINFORCE Hessian: eq. 7 when a unit is a
-  trajectory and adv_u its return R_ψ(τ) (:func:`trajectory_surrogate`), AdMRL's code when a unit is one step
-  and adv_u its GAE advantage (:func:`per_step_surrogate`).
+  trajectory and adv_u its return R_ψ(τ) (``trajectory_surrogate``), AdMRL's code when a unit is one step
+  and adv_u its GAE advantage (``per_step_surrogate``).
 
 So every second-order product is one more autograd pass through ``log π``, and nothing here is specific to a policy
 class: ``log_prob(theta)`` is the caller's closure.
@@ -58,7 +58,7 @@ class ReinforceSurrogate:
 
     Its autograd derivatives at θ = θ̂ are the Monte Carlo estimators of AdMRL eq. 3, 4, 6 and 7 (module docstring);
     away from θ̂ it is an importance-weighted surrogate.  Call it as ``S(theta, psi)``, the signature
-    :func:`bilevel.implicit_hypergradient` takes.
+    ``bilevel.implicit_hypergradient`` takes.
 
     Args:
         log_prob: ``theta -> Tensor[U]``, log π_θ of each unit (a trajectory's summed log-probabilities, or one step's).
@@ -118,7 +118,7 @@ def trajectory_surrogate(
     the variance of the policy gradient and mixed term without biasing them; eq. 7 has none.
 
     Returns:
-        A :class:`ReinforceSurrogate` whose value term is mean_τ R_ψ(τ) (eq. 3).
+        A ``ReinforceSurrogate`` whose value term is mean_τ R_ψ(τ) (eq. 3).
     """
     alive, disc = _alive_and_discount(dones, gamma)
 
@@ -149,8 +149,8 @@ def per_step_surrogate(
     """AdMRL's code form: a unit is one step, adv = GAE_t(r_ψ) with the critic's V detached (its ``op_values``),
     so the Hessian is Σ_t (∇log π_t ∇log π_tᵀ + ∇²log π_t)·GAE_t — not eq. 7 (no cross-time terms).
 
-    ``values`` is Tensor[T + 1, B] (see :func:`gae`).  The value term is mean_t of the returns-to-go from t = 0 of
-    each column, as in :func:`trajectory_surrogate`.
+    ``values`` is Tensor[T + 1, B] (see ``gae``).  The value term is mean_t of the returns-to-go from t = 0 of
+    each column, as in ``trajectory_surrogate``.
     """
     values = values.detach()
     alive, disc = _alive_and_discount(dones, gamma)
@@ -188,11 +188,11 @@ def suboptimality_gap_gradient(
         real_star: η* around θ* from real rollouts of π_θ* (its ψ-gradient is eq. 3 at θ*).
         theta_hat: θ̂, name → tensor (``requires_grad=True`` for the tensors the policy trains).
         psi: ψ, Tensor[k].
-        solver, iters, damping: the IFT solve (:func:`bilevel.implicit_hypergradient`); defaults are AdMRL's code
+        solver, iters, damping: the IFT solve (``bilevel.implicit_hypergradient``); defaults are AdMRL's code
             (CG on the normal equations, 200 iterations, damping 0.1).  Its code also divides the normal-equation
             products by the number of policy parameters (``meanAAx``), which rescales the damping; we do not.
         return_info: also return the parts: ``direct_star`` (∂η*/∂ψ|θ*), ``bracket`` (the parenthesis of eq. 2)
-            and ``ift`` (:class:`bilevel.ImplicitInfo`).
+            and ``ift`` (``bilevel.ImplicitInfo``).
 
     Returns:
         dL/dψ, detached, of ``psi``'s shape; ascend it to find harder tasks (Algorithm 1, line 12).

@@ -1,10 +1,10 @@
 """AdMRL's VirtualTraining (Lin et al. 2020, §4.3): fit a dynamics model on real data, then optimise a policy for
-task ψ inside it; plus the batched rollouts the task gradient differentiates (:mod:`recipes.admrl.taskgrad`).
+task ψ inside it; plus the batched rollouts the task gradient differentiates (``recipes.admrl.taskgrad``).
 
-The model is a :class:`worldmodels.GaussianEnsemble` over Δs only (``learn_reward=False``): rewards come from the
-family's known r_ψ(s′, a) (:meth:`recipes.envs.admrl.AdmrlEnv.reward`, AdMRL's assumption that the reward
+The model is a ``worldmodels.GaussianEnsemble`` over Δs only (``learn_reward=False``): rewards come from the
+family's known r_ψ(s′, a) (``recipes.envs.admrl.AdmrlEnv.reward``, AdMRL's assumption that the reward
 parameterisation is known), and terminations from the v5 env's health checks applied to predicted states
-(:data:`TERMINATIONS`).  Model rollouts start from real states drawn from the data (SLBO and MBPO do the same).
+(``TERMINATIONS``).  Model rollouts start from real states drawn from the data (SLBO and MBPO do the same).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def fit_model(
     epoch's parameters are kept and the elites chosen by hold-out MSE (mbrl-lib's ModelTrainer, as the M3PO recipe).
     The caller feeds every new row to ``model.update_normalizer`` once, before the fit.
 
-    A minibatch whose loss is NaN or infinite is skipped before the optimiser step (:mod:`bilevel.guard`) and
+    A minibatch whose loss is NaN or infinite is skipped before the optimiser step (``bilevel.guard``) and
     counted in ``model/nonfinite_skips``.
 
     Raises:
@@ -231,7 +231,7 @@ def real_rollouts(
 
     Returns, on the CPU, the [T, B] batch (``obs``, ``action``, ``next_obs``, ``reward``, ``done``; steps after an
     episode's end are padded with its last state, zero reward and ``done`` = 1 so that
-    :mod:`recipes.admrl.taskgrad`'s alive mask drops them), the flat :class:`Transitions` and the episode returns."""
+    ``recipes.admrl.taskgrad``'s alive mask drops them), the flat ``Transitions`` and the episode returns."""
     rng = rng or np.random.default_rng()
     device = next(ppo.policy.parameters()).device
     cols: dict[str, list[list[np.ndarray]]] = {k: [] for k in ("obs", "action", "next_obs", "reward", "done")}

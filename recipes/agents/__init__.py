@@ -1,2 +1,2 @@
-"""Agents the recipes train: Dreamer's actor-critic in imagination (:mod:`recipes.agents.dreamer_ac`) and
-SAC (:mod:`recipes.agents.sac`)."""
+"""Agents the recipes train: Dreamer's actor-critic in imagination (``recipes.agents.dreamer_ac``) and
+SAC (``recipes.agents.sac``)."""

@@ -21,7 +21,7 @@ R = TypeVar("R")
 @contextlib.contextmanager
 def retained_backward() -> Iterator[None]:
     """Around backward passes that keep the graph (``retain_graph=True``) through graphs of
-    :class:`MaybeCompiled` ``(retain_graph=True)``.
+    ``MaybeCompiled`` ``(retain_graph=True)``.
 
     Such graphs are compiled without donated buffers, but AOT autograd (torch 2.13) marks them "unknown" rather than
     "none" until their backward is first compiled under ``retain_graph=True``, and at every backward that keeps the
@@ -42,7 +42,7 @@ class MaybeCompiled(Generic[R]):
 
     ``retain_graph=True``: the graph's backward may run more than once (``retain_graph``), so it is compiled
     without donated buffers (AOT autograd's default lets the backward overwrite saved tensors it is the last to
-    read, and then refuses a second backward); run those backward passes inside :func:`retained_backward`.
+    read, and then refuses a second backward); run those backward passes inside ``retained_backward``.
     """
 
     def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True, *, retain_graph: bool = False) -> None:

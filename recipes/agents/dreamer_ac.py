@@ -52,7 +52,7 @@ def replay_lambda_return(
 ) -> tuple[Tensor, Tensor]:
     """λ-returns along replayed sequences with the real rewards, cut where a new episode starts.
 
-    R_t = r_{t+1} + γ_{t+1} ((1 − λ) v_{t+1} + λ R_{t+1}) as :func:`lambda_return`, except that where step t+1
+    R_t = r_{t+1} + γ_{t+1} ((1 − λ) v_{t+1} + λ R_{t+1}) as ``lambda_return``, except that where step t+1
     starts another episode (``is_first``: the sequence continued past a time limit into the next episode) there is
     no real transition, so R_t = v_t (bootstrapped at the episode's last state, a time-limit truncation) and the
     step gets no weight.  The last step has no target either.
@@ -115,7 +115,7 @@ def truncated_normal(
 
 class Actor(nn.Module):
     """π(a | features).  Continuous: DreamerV2's truncated Normal on [−1, 1] (mean tanh(·), std
-    2·σ((·+init_std)/2) + min_std), sampled by the reparameterised inverse CDF (:func:`truncated_normal`);
+    2·σ((·+init_std)/2) + min_std), sampled by the reparameterised inverse CDF (``truncated_normal``);
     discrete: one-hot categorical with a straight-through sample, optionally mixed with ``unimix`` of the uniform
     (DreamerV3).  ``dist="normal"``: DreamerV3's bounded Normal instead (Hafner et al. 2023; danijar/dreamerv3
     ``bounded_normal``): mean tanh(·), std (max_std − min_std)·σ(· + 2) + min_std ∈ [0.1, 1], not truncated — the
@@ -131,7 +131,7 @@ class Actor(nn.Module):
     gradient vanishes for good, which is what left a pendulum swing-up actor at a constant full torque (pre-tanh
     means of −48 … 37; docs/recipe-dreamerv2.md).  Deterministic action: tanh(μ).
 
-    ``mean_bound`` b (``trunc_normal`` and ``normal``; None: off): :meth:`sample` also returns the hinge penalty
+    ``mean_bound`` b (``trunc_normal`` and ``normal``; None: off): ``sample`` also returns the hinge penalty
     Σ_a max(0, |μ̃_a| − b)² on the pre-tanh mean μ̃, which the actor-critic adds to the actor's loss, so the mean stays
     where tanh′ ≥ tanh′(b) (0.0099 at b = 3) and the policy can still turn round.  It is the bounded counterpart of
     the pre-squash mean regulariser of SAC's original code (Haarnoja et al. 2018, haarnoja/sac: 1e-3·μ̃²), and
@@ -241,22 +241,22 @@ class ActorCritic(nn.Module):
         layers, units: actor/critic MLPs (4 × 400).
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
         compile: ``torch.compile`` the rollout and losses (one graph, unrolled over the horizon; eager fallback;
-            :mod:`recipes.agents.compile`).
+            ``recipes.agents.compile``).
         imag_chunk: with ``compile``: 0 (default) compiles the rollout and the losses as that one graph; K > 0 the
             rollout as one graph of K imagination steps run ⌈horizon/K⌉ times (the state carried across) and the
             losses as another.  The same update (same random draws, rounding aside); the graphs to compile are
             ~horizon/K times smaller, which shortens the cold compile (docs/performance.md).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
-            products in bf16, distributions and returns in fp32; :mod:`recipes.run.precision`); None: plain fp32.
+            products in bf16, distributions and returns in fp32; ``recipes.run.precision``); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
         actor_dist, actor_max_std: continuous actions: ``trunc_normal`` (DreamerV2), ``normal`` (DreamerV3's
             bounded Normal, std ∈ [0.1, ``actor_max_std``]) or ``tanh_normal`` (DreamerV1 / SAC: the sample
-            squashed, entropy with its log-Jacobian); see :class:`Actor`.
+            squashed, entropy with its log-Jacobian); see ``Actor``.
         actor_mean_bound: None (default): off; b > 0: the actor's loss also has the mean over imagined states of
-            Σ_a max(0, |μ̃_a| − b)² on the pre-tanh mean μ̃ (:class:`Actor`), so dynamics backprop, whose tiny
+            Σ_a max(0, |μ̃_a| − b)² on the pre-tanh mean μ̃ (``Actor``), so dynamics backprop, whose tiny
             gradients Adam steps at full size, cannot push the mean into tanh's flat tails for good.
         twohot_bins: 0: DreamerV2's critic (a scalar, squared error); K > 0: a two-hot critic over K symlog-spaced
-            bins (DreamerV3 §3, 255; :class:`worldmodels.nets.TwoHotHead`).
+            bins (DreamerV3 §3, 255; ``worldmodels.nets.TwoHotHead``).
         return_norm: DreamerV3's return normalisation (Hafner et al. 2023, §3 "Actor learning", eq. 7): the actor's
             objective (the advantage R − v for REINFORCE, R for dynamics backprop) is divided by max(L, S), S an EMA
             (decay ``return_norm_decay``, 0.99) of the 5th-95th percentile range of the λ-returns and L =
@@ -265,9 +265,9 @@ class ActorCritic(nn.Module):
         repval_scale: 0 (DreamerV2): the critic learns from imagined returns only; > 0: DreamerV3's replay value
             loss (Hafner et al. 2023; danijar/dreamerv3 ``repval``, 0.3) is added to the critic's loss with this
             weight — the critic also regresses, at the replayed posterior states, λ-returns of the *real* rewards
-            (:func:`replay_lambda_return`), so value spreads from the rare rewarded states actually visited.
+            (``replay_lambda_return``), so value spreads from the rare rewarded states actually visited.
             Bootstrapped with the slow critic (DreamerV3 bootstraps with the imagined returns).  Needs ``replay``
-            in :meth:`update`.
+            in ``update``.
     """
 
     def __init__(
@@ -438,7 +438,7 @@ class ActorCritic(nn.Module):
         return metrics
 
     def _policy(self, logps: list[Tensor], ents: list[Tensor], penalties: list[Tensor]) -> Callable[[Tensor], Tensor]:
-        """The policy :meth:`worldmodels.RSSM.imagine` rolls out: samples the actor at the (detached) features and
+        """The policy ``worldmodels.RSSM.imagine`` rolls out: samples the actor at the (detached) features and
         appends each step's log-probability, entropy and mean penalty to the given lists."""
         reinforce = self.actor_grad == "reinforce"
 
@@ -468,7 +468,7 @@ class ActorCritic(nn.Module):
     def _rollout_chunk(
         self, state: dict[str, Tensor], steps: int
     ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
-        """:meth:`worldmodels.RSSM.imagine` for ``steps`` steps from ``state`` ([N, ·]): the state reached, and the
+        """``worldmodels.RSSM.imagine`` for ``steps`` steps from ``state`` ([N, ·]): the state reached, and the
         features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
         penalties [K, N] (None without ``mean_bound``).  One compiled graph with ``imag_chunk``."""
         logps: list[Tensor] = []
@@ -483,7 +483,7 @@ class ActorCritic(nn.Module):
     def _chunked_losses(
         self, start: dict[str, Tensor], is_terminal: Tensor | None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """:meth:`_losses` by compiled parts (``imag_chunk``): the rollout in chunks of ``imag_chunk`` steps through
+        """``_losses`` by compiled parts (``imag_chunk``): the rollout in chunks of ``imag_chunk`` steps through
         one graph, then the losses as another."""
         if self.actor_grad == "dynamics":
             # the chunks after the first get states that require grad (dynamics backprop through the actions);
@@ -551,7 +551,7 @@ class ActorCritic(nn.Module):
 
     def _replay_value_loss(self, replay: dict[str, Tensor]) -> Tensor:
         """DreamerV3's replay value loss: the critic at the replayed posterior features against λ-returns of the
-        real rewards (:func:`replay_lambda_return`, bootstrapped with the slow critic), masked where no real
+        real rewards (``replay_lambda_return``, bootstrapped with the slow critic), masked where no real
         transition follows; a scalar."""
         feat = replay["feat"].detach().transpose(0, 1)  # [T, B, F]
         reward = replay["reward"].detach().transpose(0, 1).float()

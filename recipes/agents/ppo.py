@@ -11,10 +11,10 @@ optimisation inside a learned model (AdMRL's VirtualTraining, Lin et al. 2020 Al
   ε = 0.2; 2×64 tanh units; gradient-norm clip 0.5 and value coefficient 0.5 as OpenAI baselines' ``ppo2``.
 
 Why ours and not Stable-Baselines3's PPO: AdMRL's task gradient differentiates log π_θ of the *same* trajectories
-twice in θ and once in ψ through the rewards (:mod:`recipes.admrl.taskgrad`), which needs a functional
+twice in θ and once in ψ through the rewards (``recipes.admrl.taskgrad``), which needs a functional
 ``log_prob(params, obs, act)`` and rewards recomputable from stored next observations; SB3's rollout buffer keeps
 numpy rewards and its ``learn()`` owns the environment loop, so the model-as-vectorised-env and the task gradient
-would both sit outside it.  :meth:`PPO.update` takes any [T, B] batch the caller collects.
+would both sit outside it.  ``PPO.update`` takes any [T, B] batch the caller collects.
 """
 
 from __future__ import annotations
@@ -65,17 +65,17 @@ class GaussianPolicy(nn.Module):
         return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
 
     def forward(self, obs: Tensor, act: Tensor) -> Tensor:
-        """:meth:`log_prob` (so ``torch.func.functional_call(policy, params, (obs, act))`` gives log π at θ)."""
+        """``log_prob`` (so ``torch.func.functional_call(policy, params, (obs, act))`` gives log π at θ)."""
         return self.log_prob(obs, act)
 
     def functional_log_prob(self, params: Mapping[str, Tensor], obs: Tensor, act: Tensor) -> Tensor:
-        """:meth:`log_prob` at parameters ``params`` (name → tensor, as ``named_parameters()``), for autograd in θ."""
+        """``log_prob`` at parameters ``params`` (name → tensor, as ``named_parameters()``), for autograd in θ."""
         return functional_call(self, dict(params), (obs, act))
 
 
 class GaussianActorCritic:
-    """A :class:`GaussianPolicy` and a tanh-MLP value function V(s), with GAE (Schulman et al. 2016, eq. 16): what
-    :class:`PPO` and :class:`recipes.agents.trpo.TRPO` share."""
+    """A ``GaussianPolicy`` and a tanh-MLP value function V(s), with GAE (Schulman et al. 2016, eq. 16): what
+    ``PPO`` and ``recipes.agents.trpo.TRPO`` share."""
 
     def __init__(
         self,
@@ -107,7 +107,7 @@ class GaussianActorCritic:
     def advantages(
         self, obs: Tensor, reward: Tensor, done: Tensor, last_obs: Tensor, truncated: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """GAE advantages and returns-to-go (A + V), both [T, B], for the batch of :meth:`PPO.update`.
+        """GAE advantages and returns-to-go (A + V), both [T, B], for the batch of ``PPO.update``.
 
         GAE stops at terminals and truncations; only terminals drop V(s_{t+1}) from δ_t.
         """

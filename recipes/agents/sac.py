@@ -13,11 +13,11 @@ Algorithm 2, lines 10–12).
 * Temperature (eq. 18): J(α) = E[−α (log π(a|s) + H̄)] with the target entropy H̄ = −|A| by default; as in
   softlearning (the MBPO code) and Stable-Baselines3 it is optimised through log α, i.e. the loss is
   −log α · (log π + H̄) — the same sign of the gradient as eq. 18, scaled by 1/α, and α stays positive.
-* One :meth:`SAC.update` is one gradient step of the critic, then the actor (on the updated critic) and then α, as
+* One ``SAC.update`` is one gradient step of the critic, then the actor (on the updated critic) and then α, as
   in the SAC paper's Algorithm 1; the actor and the critic targets use α before its step.
 
-History conditioning (``history_len`` = L > 0).  z = :class:`worldmodels.history.HistoryEncoder` (a GRU) of the window
-``history`` [N, L, O + A + 1] / ``mask`` [N, L] (layout of :mod:`worldmodels.history`), concatenated to the
+History conditioning (``history_len`` = L > 0).  z = ``worldmodels.history.HistoryEncoder`` (a GRU) of the window
+``history`` [N, L, O + A + 1] / ``mask`` [N, L] (layout of ``worldmodels.history``), concatenated to the
 observation.  The actor and the critic have *separate* encoders: the twin Qs share one critic encoder, trained by the
 critic loss only (the actor loss sees its code detached); the target critic has a Polyak-averaged target copy of it;
 the actor's encoder is trained by the actor loss.  M3PO's Figure 5 feeds "z" to the policy and to the value network
@@ -28,7 +28,7 @@ ignored.
 
 Why not Stable-Baselines3: SB3's ``SAC.train()`` samples its batches from its own replay buffer and its policies
 take the observation only, so M3PO's mixture of real (D_env) and model (D_model) data with per-row history windows
-would mean overriding most of it.  Here :meth:`SAC.update` takes any batch the caller assembles.
+would mean overriding most of it.  Here ``SAC.update`` takes any batch the caller assembles.
 
 Defaults are the SAC paper's (arXiv:1812.05905, Appendix D, Table 1), which MBPO (Janner et al. 2019) keeps for its
 policy: Adam with learning rate 3·10⁻⁴ (actor, critic and α), γ = 0.99, 2 hidden ReLU layers of 256 units, target
@@ -39,7 +39,7 @@ Twin Qs: two MLPs rather than one batched network ([2, in, out] weights via ``ba
 thread, batch 256, 2 × 256 ReLU units, one full critic step + target forward + actor-side backward + Polyak per
 update: 6.8–7.1 ms (two MLPs) vs 6.7–7.8 ms (batched, input expanded) and 8.3–8.8 ms (batched, broadcast matmul) at
 input 14; 7.8–7.9 ms vs 8.1–8.5 ms and 9.2–9.6 ms at input 78 — a tie or a few per cent in favour of the two MLPs,
-which also reuse :func:`worldmodels.nets.mlp` and its standard initialisation.
+which also reuse ``worldmodels.nets.mlp`` and its standard initialisation.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class SquashedGaussianActor(nn.Module):
 class TwinCritic(nn.Module):
     """Twin soft Q-functions Q_1, Q_2(o, z, a) sharing one optional history encoder; two MLPs (ReLU).
 
-    Args: as :class:`SquashedGaussianActor`.
+    Args: as ``SquashedGaussianActor``.
 
     Shapes: ``encode(history, mask) -> z [N, H] | None``; ``q(obs [..., O], z, action [..., A]) -> [2, ...]``.
     """
@@ -209,7 +209,7 @@ class SAC(nn.Module):
         grad_clip: ``None`` (default, as the paper) or the max global grad norm of the actor and of the critic.
 
     State: the submodules ``actor``, ``critic``, ``critic_target``, the parameter ``log_alpha`` and the buffer
-    ``updates`` are all in ``state_dict()``; the optimisers are in :meth:`optimizers`.
+    ``updates`` are all in ``state_dict()``; the optimisers are in ``optimizers``.
 
     Raises:
         ValueError: on a negative ``history_len`` or another out-of-range argument.
@@ -302,7 +302,7 @@ class SAC(nn.Module):
         Args:
             obs: [..., O]; with a history, its last leading dim is the N rows of the windows (z is broadcast over
                 the others, e.g. [E, N, O] ensemble predictions).
-            history, mask: [N, L, O + A + 1] and [N, L], as in :meth:`act`.
+            history, mask: [N, L, O + A + 1] and [N, L], as in ``act``.
             samples: the number of action samples S ≥ 1.
 
         Returns:
@@ -317,7 +317,7 @@ class SAC(nn.Module):
     def value_fn(
         self, history: Tensor | None = None, mask: Tensor | None = None, *, samples: int = 1
     ) -> Callable[[Tensor], Tensor]:
-        """A :data:`tasklosses.base.ValueFn` for the task-aware losses: states [..., O] → V [...] (:meth:`value`).
+        """A ``tasklosses.base.ValueFn`` for the task-aware losses: states [..., O] → V [...] (``value``).
 
         The closure is a *deterministic* function of the states: the history codes are computed once, here,
         without gradient (the windows are data, not variables of a task loss), and the action noise ε is fixed per
@@ -379,7 +379,7 @@ class SAC(nn.Module):
 
         Args:
             batch: ``reward`` [N], ``next_obs`` [N, O], ``done`` [N] and, with a history, ``next_history`` /
-                ``next_history_mask`` (see :meth:`update`).
+                ``next_history_mask`` (see ``update``).
 
         Returns:
             [N], no gradient.  Where ``done`` = 1 it is exactly r.
@@ -402,7 +402,7 @@ class SAC(nn.Module):
                 true terminal, 0 otherwise — a time-limit truncation is not done), and with ``history_len > 0``:
                 ``history`` / ``history_mask`` [N, L, O + A + 1] / [N, L], the window ending *before* ``obs``, and
                 ``next_history`` / ``next_history_mask``, the window ending before ``next_obs`` (``history``
-                rolled by (obs, action, reward), :func:`worldmodels.history.roll_history`; the caller supplies it).
+                rolled by (obs, action, reward), ``worldmodels.history.roll_history``; the caller supplies it).
 
         Returns:
             ``critic_loss`` (Σ_i ½ E[(Q_i − y)²]), ``actor_loss``, ``alpha`` (the α used in this step),
@@ -410,7 +410,7 @@ class SAC(nn.Module):
 
         Raises:
             bilevel.NonFiniteError: a loss (or, with ``grad_clip``, a gradient norm) is NaN or infinite
-                (:mod:`bilevel.guard`).  The critic's values are checked before the critic's step, the actor's and
+                (``bilevel.guard``).  The critic's values are checked before the critic's step, the actor's and
                 the temperature's before theirs: a non-finite critic skips the whole update, a non-finite actor or
                 temperature skips those two steps (the critic's step of this update stands) and the Polyak update.
         """

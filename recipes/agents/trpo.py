@@ -3,7 +3,7 @@ the learned model: max-KL δ = 0.01, the natural-gradient step by conjugate grad
 (Appendix C), a backtracking line search that requires improvement of the surrogate and KL ≤ δ, and a value
 function fitted by Adam regression on the GAE returns.
 
-Same interface as :class:`recipes.agents.ppo.PPO` (``act``, ``values``, ``update``, ``policy``, ``value``), so the
+Same interface as ``recipes.agents.ppo.PPO`` (``act``, ``values``, ``update``, ``policy``, ``value``), so the
 AdMRL recipe takes either (``policy_opt``).
 """
 
@@ -73,7 +73,7 @@ class TRPO(GaussianActorCritic):
     def update(
         self, obs: Tensor, act: Tensor, reward: Tensor, done: Tensor, last_obs: Tensor, truncated: Tensor | None = None
     ) -> dict[str, float]:
-        """One TRPO step on B rollouts of T steps (arguments as :meth:`recipes.agents.ppo.PPO.update`)."""
+        """One TRPO step on B rollouts of T steps (arguments as ``recipes.agents.ppo.PPO.update``)."""
         T, B = reward.shape
         adv, ret = self.advantages(obs, reward, done, last_obs, truncated)
         ret = ret.reshape(-1)

@@ -1,1 +1,1 @@
-"""Experience storage: the on-disk episode replay (:mod:`recipes.data.replay`)."""
+"""Experience storage: the on-disk episode replay (``recipes.data.replay``)."""

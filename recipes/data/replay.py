@@ -4,7 +4,7 @@ DreamerV2-style replay (Hafner et al. 2021) with the absorbing-state padding of 
 related tasks" §5.2: a sequence that runs past the end of an episode continues in the episode's absorbing state
 instead of discarding episodes shorter than the sequence length.
 
-**Data convention** (DreamerV2's, as in :mod:`worldmodels.rssm`): one dict per environment step with ``obs``
+**Data convention** (DreamerV2's, as in ``worldmodels.rssm``): one dict per environment step with ``obs``
 (uint8 [C, H, W] or float32 [O]), ``action`` (float32 [A], the action a_{t−1} that *led to* this obs; zeros at the
 first step; one-hot for discrete actions), ``reward`` (float32, received on arrival), ``discount`` (float32, 0 after
 a true terminal), ``is_first``, ``is_last``, ``is_terminal`` (bool).  Extra keys are stored and sampled too.
@@ -15,11 +15,11 @@ A file is written under a temporary name (``.<name>.tmp``, same directory), fsyn
 ``os.replace``, so a killed process leaves at most a stray ``*.tmp`` file, which loading ignores (and leaves
 alone).  A file with a valid name that cannot be read is skipped with a warning.  The replay on disk *is* the
 replay: the constructor loads every stored episode in index order, so a resumed run sees the same episodes in the
-same order, and with :meth:`Replay.load_state_dict` the same random stream.  In memory an episode is a dict of
+same order, and with ``Replay.load_state_dict`` the same random stream.  In memory an episode is a dict of
 read-only numpy arrays [L, ...].
 
-**Unfinished episodes.**  :meth:`Replay.add` collects the steps of each worker; an ``is_last`` step closes the
-episode, which is written and becomes sampleable.  :meth:`Replay.flush` (call it before a checkpoint) closes the
+**Unfinished episodes.**  ``Replay.add`` collects the steps of each worker; an ``is_last`` step closes the
+episode, which is written and becomes sampleable.  ``Replay.flush`` (call it before a checkpoint) closes the
 unfinished episode of every worker as a *segment* whose last step has ``is_last=False``: it is written and becomes
 sampleable at once, exactly as it will be after a reload; later steps of that worker form a new segment (its first
 step keeps ``is_first=False``).  Segments are never merged.  A step with ``is_first=True`` arriving while a worker
@@ -36,7 +36,7 @@ stay on disk unloaded.
    proportional to its length and then a start index uniformly among its L steps (every step, the last one
    included, can start a sequence).  With ``sample_by="episode"`` it draws an episode uniformly among the stored
    episodes (segments count as episodes) and then a start uniformly among its steps: with one task drawn per
-   episode (:mod:`recipes.envs.multitask`), tasks whose episodes are short keep their share of the batch.
+   episode (``recipes.envs.multitask``), tasks whose episodes are short keep their share of the batch.
 2. The sequence takes the next min(T, L − start) consecutive steps of that episode.
 3. If it is not yet T steps long, it continues according to ``boundary``:
 
@@ -62,7 +62,7 @@ stay on disk unloaded.
 
 The only randomness is one ``np.random.Generator`` seeded by ``seed`` (PCG64); the starts, the continuation
 episodes (drawn in batch order) and then the padding actions (in row-major order of the padded positions) all
-come from it; :meth:`Replay.state_dict` / :meth:`Replay.load_state_dict` save and restore it.  ``action_sampler``
+come from it; ``Replay.state_dict`` / ``Replay.load_state_dict`` save and restore it.  ``action_sampler``
 receives that generator and returns one action [A]; it is called once per padded step, whereas the built-in
 samplers draw all padded actions in one vectorised call.  Without a sampler the action type is inferred from the
 stored actions that are not at an ``is_first`` step: discrete if all of them are one-hot rows (and at least one
@@ -172,17 +172,17 @@ class Replay:
 
     @property
     def num_steps(self) -> int:
-        """Stored (sampleable) steps; unfinished steps held by :meth:`add` are not counted."""
+        """Stored (sampleable) steps; unfinished steps held by ``add`` are not counted."""
         return self._steps
 
     @property
     def steps_added(self) -> int:
-        """Steps passed to :meth:`add` since this object was constructed."""
+        """Steps passed to ``add`` since this object was constructed."""
         return self._added
 
     @property
     def num_pending(self) -> int:
-        """Steps of unfinished episodes, not yet stored (see :meth:`flush`)."""
+        """Steps of unfinished episodes, not yet stored (see ``flush``)."""
         return sum(len(v) for v in self._pending.values())
 
     @property
@@ -216,7 +216,7 @@ class Replay:
         return {"rng": self._rng.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the generator saved by :meth:`state_dict`, so sampling continues the same random stream."""
+        """Restore the generator saved by ``state_dict``, so sampling continues the same random stream."""
         self._rng.bit_generator.state = dict(state["rng"])
 
     # ------------------------------------------------------------------ adding

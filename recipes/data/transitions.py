@@ -1,20 +1,20 @@
 """In-memory transition storage for model-based recipes: the real data D_env and the model data D_model (M3PO,
 Algorithm 2; MBPO).
 
-Both are :class:`TransitionBuffer` s: preallocated torch tensors on the run's device (sampling and the model's
+Both are ``TransitionBuffer`` s: preallocated torch tensors on the run's device (sampling and the model's
 training epochs never leave it), first-in-first-out once full, saved whole in checkpoints.  Every row is one
 transition (o, a, r, o', done); ``done`` is 1.0 for a true terminal only (a time-limit truncation is not one).
 
-Histories (:mod:`worldmodels.history`) come two ways:
+Histories (``worldmodels.history``) come two ways:
 
 * D_env stores each row's position ``pos`` in its episode and keeps rows in the order they happened, so the window
   of the L steps before row i is rows i−L … i−1, masked where they belong to an earlier episode
-  (:meth:`TransitionBuffer.history`): nothing is stored twice.  D_env must never wrap (its capacity is the run's
-  length), which :meth:`TransitionBuffer.add` enforces for buffers made with ``wrap=False``.
+  (``TransitionBuffer.history``): nothing is stored twice.  D_env must never wrap (its capacity is the run's
+  length), which ``TransitionBuffer.add`` enforces for buffers made with ``wrap=False``.
 * D_model stores each rollout transition's window explicitly (``history``, ``history_mask``), since model rollouts
   branch from arbitrary real windows.
 
-The window after a transition is always the window before it rolled by (o, a, r) (:func:`next_history`).
+The window after a transition is always the window before it rolled by (o, a, r) (``next_history``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class TransitionBuffer:
             length: L.
 
         Returns:
-            ``(history [N, L, O + A + 1], mask [N, L])`` in the layout of :mod:`worldmodels.history`: slot j holds
+            ``(history [N, L, O + A + 1], mask [N, L])`` in the layout of ``worldmodels.history``: slot j holds
             row i − L + j as (o, a, r), valid iff that row is in the same episode (``pos[i] ≥ L − j``).
 
         Raises:

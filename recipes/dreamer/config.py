@@ -1,7 +1,7 @@
 """Pydantic configs of the Dreamer-family recipes, with presets as data (``cpu`` and ``paper``).
 
 The config is the only place a number lives.  Presets are dicts of overrides selected by the environment family
-(``dmc`` proprio/pixels, ``atari``, ``gym``; see :func:`recipes.run.config.resolve`).  Sources: DreamerV2's published
+(``dmc`` proprio/pixels, ``atari``, ``gym``; see ``recipes.run.config.resolve``).  Sources: DreamerV2's published
 ``configs.yaml`` (danijar/dreamerv2) and TEMPO Appendix C (Table 1).
 """
 
@@ -16,7 +16,7 @@ from recipes.run.precision import Precision
 
 
 class DreamerConfig(RunConfig):
-    """Every setting of a ``dreamerv2`` run: the run's (:class:`recipes.run.config.RunConfig`) plus the world model,
+    """Every setting of a ``dreamerv2`` run: the run's (``recipes.run.config.RunConfig``) plus the world model,
     the actor-critic and the replay.  Environment steps (agent steps × action repeat) everywhere."""
 
     # world model (DreamerV2 DMC unless noted)
@@ -418,7 +418,7 @@ PRESETS: Presets = {
 for _preset in PRESETS.values():
     _preset["mario"] = dict(_preset["atari"])
 
-#: Extra presets of the ``tempo`` recipe, applied after :data:`PRESETS` (same keys).  ``paper``: TEMPO Table 1
+#: Extra presets of the ``tempo`` recipe, applied after ``PRESETS`` (same keys).  ``paper``: TEMPO Table 1
 #: (the field defaults).  ``cpu``: a smaller weighter and the upper level every 16th update, sized by measurement
 #: so that a TEMPO train step costs at most ~1.15× a DreamerV2 one (benchmarks/tempo_overhead.py).
 TEMPO_PRESETS: Presets = {

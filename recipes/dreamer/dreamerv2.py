@@ -1,9 +1,9 @@
 """Recipe ``dreamerv2``: RSSM world model with uniform weights + Dreamer actor-critic, trained online.
 
-Composes library parts: the replay on disk (:mod:`recipes.data.replay`), the world model
-(:mod:`worldmodels.rssm`), the bi-level update with the ``Uniform`` strategy — plain maximum likelihood, the
-baseline of every TEMPO comparison (:mod:`bilevel`) — and the actor-critic (:mod:`recipes.agents.dreamer_ac`),
-driven by the shared run loop (:mod:`recipes.run.loop`).
+Composes library parts: the replay on disk (``recipes.data.replay``), the world model
+(``worldmodels.rssm``), the bi-level update with the ``Uniform`` strategy — plain maximum likelihood, the
+baseline of every TEMPO comparison (``bilevel``) — and the actor-critic (``recipes.agents.dreamer_ac``),
+driven by the shared run loop (``recipes.run.loop``).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from worldmodels import ConvEncoder, ModelLoss, RSSMWorldModel
 
 
 class CompiledObserveChunk:
-    """:meth:`worldmodels.RSSM.observe_chunk` compiled (:class:`recipes.agents.compile.MaybeCompiled`), the
-    :data:`worldmodels.rssm.ObserveChunk` that :meth:`worldmodels.RSSM.observe` runs along the sequence.
+    """``worldmodels.RSSM.observe_chunk`` compiled (``recipes.agents.compile.MaybeCompiled``), the
+    ``worldmodels.rssm.ObserveChunk`` that ``worldmodels.RSSM.observe`` runs along the sequence.
 
     A carried-in state that needs no gradient (the zero initial state of the first chunk) is passed as a leaf that
     requires one, and a carried state is made contiguous (its statistics are views of wider tensors), so that every
     chunk hits the same graph: dynamo specialises on ``requires_grad`` and on strides, and the first chunk would
     otherwise compile a second graph of its own.  The zero state's gradient is computed and dropped (nothing reads
-    it).  ``retain_graph``: as :class:`recipes.agents.compile.MaybeCompiled`'s, for callers whose backward runs
+    it).  ``retain_graph``: as ``recipes.agents.compile.MaybeCompiled``'s, for callers whose backward runs
     through the chunks more than once (TEMPO's a = ∇θ L_up, then θ's gradient)."""
 
     def __init__(self, rssm: Any, *, retain_graph: bool = False) -> None:
@@ -156,7 +156,7 @@ class DreamerAgent(nn.Module):
 
     def _encode(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The encoder's embedding [B, T, E] of ``obs`` and, for a conv encoder, its ELU outputs
-        (:meth:`worldmodels.ConvEncoder.forward_with_activations`; [] otherwise)."""
+        (``worldmodels.ConvEncoder.forward_with_activations``; [] otherwise)."""
         x = self.wm.preprocess(obs)
         if isinstance(self.wm.encoder, ConvEncoder):
             return self.wm.encoder.forward_with_activations(x)
@@ -165,7 +165,7 @@ class DreamerAgent(nn.Module):
     def observe_compiled_with_activations(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], list[Tensor]]:
-        """:meth:`worldmodels.RSSMWorldModel.observe_states` by compiled parts (needs ``compile=true`` and
+        """``worldmodels.RSSMWorldModel.observe_states`` by compiled parts (needs ``compile=true`` and
         ``compile_chunk > 0``): the encoder as one graph, then the filtering loop in chunks of ``compile_chunk`` steps
         through one graph reused along the sequence.  Returns (post, prior, the conv encoder's ELU outputs or [])."""
         assert self._observe_chunk is not None and self._compiled_encode is not None
@@ -177,11 +177,11 @@ class DreamerAgent(nn.Module):
     def observe_compiled(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """:meth:`observe_compiled_with_activations` without the activations."""
+        """``observe_compiled_with_activations`` without the activations."""
         return self.observe_compiled_with_activations(batch, noise)[:2]
 
     def _chunked_loss(self, batch: dict[str, Tensor]) -> ModelLoss:
-        """The world-model loss by compiled parts: :meth:`observe_compiled`, then the compiled likelihood terms."""
+        """The world-model loss by compiled parts: ``observe_compiled``, then the compiled likelihood terms."""
         assert self._compiled_likelihood is not None
         post, prior = self.observe_compiled(batch)
         return self._compiled_likelihood(batch, post, prior)
@@ -193,7 +193,7 @@ class DreamerAgent(nn.Module):
     # -- learning --------------------------------------------------------------------------------------------
     def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
         """The ``forward`` closure the bi-level update calls with the model at θ (or a virtual θ'): the per-step
-        ELBO terms ℓ[B, T], and the :class:`worldmodels.ModelLoss` as ``aux``."""
+        ELBO terms ℓ[B, T], and the ``worldmodels.ModelLoss`` as ``aux``."""
 
         def forward(fn: Any) -> LevelOutputs:
             out = self._compiled_loss(batch) if fn is self.wm and self._compiled_loss is not None else fn(batch)
@@ -262,7 +262,7 @@ class DreamerAgent(nn.Module):
     def _act_tensors(
         self, obs: Tensor, prev_action: Tensor, is_first: Tensor, state: dict[str, Tensor], explore: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """:meth:`act` on tensors: ``obs`` [1, ...] raw, ``prev_action`` [1, A], ``is_first`` [1] bool, ``state`` the
+        """``act`` on tensors: ``obs`` [1, ...] raw, ``prev_action`` [1, A], ``is_first`` [1] bool, ``state`` the
         latent state [1, ·]; returns the action [A] and the posterior state.  Compiled with ``compile=true``
         (one graph per value of ``explore``)."""
         embed = self.wm.encoder(self.wm.preprocess(obs))
@@ -386,7 +386,7 @@ def init_state(agent: DreamerAgent, cfg: DreamerConfig) -> dict[str, Tensor]:
 
 
 def load_init(agent: DreamerAgent, cfg: DreamerConfig) -> int:
-    """Copy :func:`init_state` into ``agent``; returns the number of tensors loaded."""
+    """Copy ``init_state`` into ``agent``; returns the number of tensors loaded."""
     state = init_state(agent, cfg)
     agent.load_state_dict(state, strict=False)
     return len(state)
@@ -403,7 +403,7 @@ def make_learner(
 
 
 def check_init(cfg: DreamerConfig, logdir: Path, agent_cls: Callable[..., DreamerAgent] = DreamerAgent) -> None:
-    """Before a fresh run writes anything: raise :func:`init_state`'s ``ValueError`` if ``cfg.init`` does not fit
+    """Before a fresh run writes anything: raise ``init_state``'s ``ValueError`` if ``cfg.init`` does not fit
     (builds the agent once on the CPU; nothing to do without ``init`` or when resuming)."""
     if cfg.init is None or (logdir / "checkpoints" / "latest.pt").exists():
         return
@@ -414,6 +414,6 @@ def check_init(cfg: DreamerConfig, logdir: Path, agent_cls: Callable[..., Dreame
 def train(
     cfg: DreamerConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "dreamerv2"
 ) -> dict[str, Any]:
-    """Train (or resume) a ``dreamerv2`` run in ``logdir`` (:func:`recipes.run.loop.train`)."""
+    """Train (or resume) a ``dreamerv2`` run in ``logdir`` (``recipes.run.loop.train``)."""
     check_init(cfg, logdir)
     return loop.train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)

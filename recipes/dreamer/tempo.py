@@ -1,6 +1,6 @@
 """Recipe ``tempo``: TEMPO (Deng et al., NeurIPS 2023) — DreamerV2 with a meta-weighted world model.
 
-One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``)::
+One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``):
 
     batch → RSSM.observe (one pass, fixed latent noise) → ℓ[B,T] (every ELBO term), h, s_post, s_prior
           → V(s_post), V(s_prior) by the slow critic → Norm → L_up[B,T] = |V̄_post − V̄_prior|²   (eq. 4)
@@ -11,7 +11,7 @@ One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``)::
 The upper loss reads the states of the lower loss's observe pass (the official code runs a second observe pass
 with other latent samples; we do not).  Gaussian latents feed the weighter the posterior and prior *means*,
 categorical latents their logits, as the official code does.  Every number lives in
-:class:`recipes.dreamer.config.TempoConfig`.
+``recipes.dreamer.config.TempoConfig``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from worldmodels import ConvEncoder, ModelLoss
 
 
 def make_strategy(cfg: TempoConfig) -> Strategy:
-    """The hypergradient strategy named by ``cfg.strategy`` (:func:`bilevel.make_strategy`; η = ``meta_lr`` or the
+    """The hypergradient strategy named by ``cfg.strategy`` (``bilevel.make_strategy``; η = ``meta_lr`` or the
     model's learning rate)."""
     return _make_strategy(
         cfg.strategy,
@@ -75,7 +75,7 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
 COMPILE_JVP_MAX_EVERY = 32
 
 
-#: Metrics of :meth:`bilevel.BilevelUpdate.step` that only weighter updates produce.
+#: Metrics of ``bilevel.BilevelUpdate.step`` that only weighter updates produce.
 WEIGHTER_METRICS = ("hypergrad_norm", "weighter_grad_norm", "weighter_step", "weighter_step_vs_lr")
 
 
@@ -100,13 +100,13 @@ class TempoAgent(dreamerv2.DreamerAgent):
     """DreamerV2's agent plus a meta weighter N_α, a task-aware upper loss and a hypergradient strategy.
 
     Args:
-        cfg: a :class:`TempoConfig`.
+        cfg: a ``TempoConfig``.
         obs_shape, action_dim, discrete: the environment's spaces.
 
     ``compile=True`` also compiles the world-model forward at θ wherever the step needs only first-order derivatives
     through it (compiled graphs support no double backward): steps without a weighter update, and weighter updates by
     ``SameState`` with ``same_state_method`` ``auto``/``jvp``/``finite_difference``, whose mixed product (1/N) J a
-    then comes from a forward-mode pass of the filtering alone (:meth:`loss_jvp`, a :class:`bilevel.FactoredJvp`;
+    then comes from a forward-mode pass of the filtering alone (``loss_jvp``, a ``bilevel.FactoredJvp``;
     compiled per ``compile_jvp``) instead of a double backward.  Other strategies keep the eager forward on weighter
     updates.
     """
@@ -226,7 +226,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
 
     def level_outputs(self, out: ModelLoss, task: Tensor | None = None) -> LevelOutputs:
         """ℓ, weighter features and the per-step upper loss from one observe pass; ``aux`` holds the pass's
-        :class:`worldmodels.ModelLoss` and the raw values (for logging).  ``task``: the batch's task ids [B, T]
+        ``worldmodels.ModelLoss`` and the raw values (for logging).  ``task``: the batch's task ids [B, T]
         (int) for ``weighter_task``."""
         upper, features, values = self.upper_parts(out.states["post"], out.states["prior"], task)
         return LevelOutputs(loss=out.loss, features=features, upper=upper, aux=(out, values))
@@ -270,7 +270,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
     def _filter_and_upper(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], task: Tensor | None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]:
-        """The first compiled graph of the forward at θ: filtering (encoder, RSSM) and :meth:`upper_parts`, so the
+        """The first compiled graph of the forward at θ: filtering (encoder, RSSM) and ``upper_parts``, so the
         upper loss's gradient runs one compiled backward that never reaches the likelihood heads."""
         post, prior = self.wm.observe_states(batch, noise)
         return post, prior, self.upper_parts(post, prior, task)
@@ -278,8 +278,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
     def _chunked_filter_and_upper(
         self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], task: Tensor | None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]:
-        """:meth:`_filter_and_upper` by compiled parts: the filtering loop in chunks (``compile_chunk``), then
-        :meth:`upper_parts` as one graph."""
+        """``_filter_and_upper`` by compiled parts: the filtering loop in chunks (``compile_chunk``), then
+        ``upper_parts`` as one graph."""
         assert self._compiled_upper is not None
         post, prior, acts = self.observe_compiled_with_activations(batch, noise)
         if acts and self._compiled_encoder_tangent is not None:
@@ -308,7 +308,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         return forward
 
     def _call(self, part: str, params: dict[str, Tensor], *args: Any) -> Any:
-        """Part ``part`` of :attr:`_calls` at ``params`` (the world model's parameters by name)."""
+        """Part ``part`` of ``_calls`` at ``params`` (the world model's parameters by name)."""
         return torch.func.functional_call(self._calls[part], {f"inner.{n}": t for n, t in params.items()}, args)
 
     def _states_jvp(
@@ -339,7 +339,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         self, params: dict[str, Tensor], tangents: dict[str, Tensor], obs: Tensor, acts: list[Tensor]
     ) -> Tensor:
         """The conv encoder's embedding tangent [B, T, E] along ``tangents`` from the forward's ELU outputs
-        ``acts`` (:meth:`worldmodels.ConvEncoder.tangent`)."""
+        ``acts`` (``worldmodels.ConvEncoder.tangent``)."""
         encoder = self.wm.encoder
         assert isinstance(encoder, ConvEncoder)
         strip = lambda d: {n[len("encoder.") :]: v for n, v in d.items() if n.startswith("encoder.")}  # noqa: E731
@@ -357,7 +357,7 @@ class TempoAgent(dreamerv2.DreamerAgent):
         is_first: Tensor,
         noise: tuple[Tensor, Tensor],
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """One K-step chunk of the filtering loop (:meth:`worldmodels.RSSM.observe_chunk`) by forward mode from
+        """One K-step chunk of the filtering loop (``worldmodels.RSSM.observe_chunk``) by forward mode from
         ``state`` and its tangent: the last state, its tangent, and the chunk's state tangents (``post/<key>``,
         ``prior/<key>``, [B, K, ...])."""
 
@@ -377,8 +377,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
         batch: dict[str, Tensor],
         noise: tuple[Tensor, Tensor],
     ) -> dict[str, Tensor]:
-        """:meth:`_states_jvp` by compiled parts: the encoder's tangent (a conv encoder's from the forward's
-        activations, :meth:`_encoder_tangent`; otherwise its JVP), then the filtering loop's JVP in chunks of
+        """``_states_jvp`` by compiled parts: the encoder's tangent (a conv encoder's from the forward's
+        activations, ``_encoder_tangent``; otherwise its JVP), then the filtering loop's JVP in chunks of
         ``compile_chunk`` steps, the state and its tangent carried across (contiguous: one graph for every chunk)."""
         assert self._compiled_jvp is not None and self._compiled_chunk_jvp is not None
         saved, self._encoder_acts = self._encoder_acts, None
@@ -411,8 +411,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
         return {n: torch.cat([p[n] for p in parts], 1) for n in parts[0]}
 
     def loss_jvp(self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor], levels: LevelOutputs) -> FactoredJvp:
-        """The mixed product's forward-mode pass for :class:`bilevel.BilevelUpdate` (``jvp=``) as a
-        :class:`bilevel.FactoredJvp` through the posterior and prior states of ``levels`` (the forward at θ): the
+        """The mixed product's forward-mode pass for ``bilevel.BilevelUpdate`` (``jvp=``) as a
+        ``bilevel.FactoredJvp`` through the posterior and prior states of ``levels`` (the forward at θ): the
         upper loss depends on the filtering (encoder, RSSM) alone, and ℓ_{b,t} reads the states only at (b, t) (the
         decoder, heads and KL act per step), so only the filtering runs in forward mode — no decoder pass."""
         states = levels.aux[0].states
@@ -453,8 +453,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
 def train(
     cfg: TempoConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "tempo"
 ) -> dict[str, Any]:
-    """Train (or resume) a ``tempo`` run in ``logdir`` (:func:`recipes.run.loop.train`); at the end also
-    ``diagnostics.png`` (:func:`plot_diagnostics`)."""
+    """Train (or resume) a ``tempo`` run in ``logdir`` (``recipes.run.loop.train``); at the end also
+    ``diagnostics.png`` (``plot_diagnostics``)."""
     dreamerv2.check_init(cfg, logdir, TempoAgent)
     result = loop.train(
         cfg,
@@ -479,7 +479,7 @@ DIAGNOSTICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def diagnostics(logdirs: list[Path]) -> dict[str, dict[str, list[float]]]:
-    """TEMPO Fig. 9's curves over runs: for every key of :data:`DIAGNOSTICS` that all runs logged,
+    """TEMPO Fig. 9's curves over runs: for every key of ``DIAGNOSTICS`` that all runs logged,
     ``{"steps", "mean", "std"}`` over the runs at the log steps they share (env steps; std 0 for one run)."""
     records = [rundir.read_metrics(d) for d in logdirs]
     out: dict[str, dict[str, list[float]]] = {}
@@ -558,7 +558,7 @@ def weights_by_reward(meta: Tensor, reward: Tensor) -> dict[str, float]:
     }
 
 
-#: What :func:`training_history` summarises: the logged key and how (median or mean over a span's records).
+#: What ``training_history`` summarises: the logged key and how (median or mean over a span's records).
 HISTORY_KEYS: tuple[tuple[str, str], ...] = (
     ("model/weight_std", "mean"),
     ("model/weighter_step", "median"),
@@ -570,7 +570,7 @@ HISTORY_KEYS: tuple[tuple[str, str], ...] = (
 def training_history(logdir: Path, spans: int = 5) -> list[dict[str, float]]:
     """How the weights and the weighter moved over a run, from its ``metrics.jsonl``: the logged records split into
     ``spans`` equal spans of environment steps, and per span ``start``/``end`` (env steps) and each key of
-    :data:`HISTORY_KEYS` (without its ``model/`` prefix) that was logged there — the weights' std (batch spread),
+    ``HISTORY_KEYS`` (without its ``model/`` prefix) that was logged there — the weights' std (batch spread),
     the weighter's effective step ‖Δα‖/‖α‖ and ‖Δα‖/(lr·√P) (1: every parameter moves by Adam's learning rate) and
     the upper loss.  Empty where no record has the weights.
 
@@ -600,7 +600,7 @@ def training_history(logdir: Path, spans: int = 5) -> list[dict[str, float]]:
 
 
 def _print_history(rows: list[dict[str, float]]) -> None:
-    """The table of :func:`training_history`."""
+    """The table of ``training_history``."""
     print("over training (from metrics.jsonl): env steps | weights' std | weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)")
     for row in rows:
         cells = [f"{row[k]:.3g}" if k in row else "-" for k in ("weight_std", "weighter_step", "weighter_step_vs_lr")]
@@ -639,7 +639,7 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, show: int = 8, seed: in
         ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence], "summary": {mean, std,
         q05_q50_q95, share_near_low, share_near_high}, "by_reward": ..., "history": ...}`` — the shares of all steps'
         weights within 2% of the weighter's range of its lower and upper bound; ``by_reward``:
-        :func:`weights_by_reward` of all steps; ``history``: :func:`training_history` of the run.
+        ``weights_by_reward`` of all steps; ``history``: ``training_history`` of the run.
 
     Raises:
         ValueError: if ``logdir`` holds no ``tempo`` run or no checkpoint.

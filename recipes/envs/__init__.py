@@ -21,13 +21,13 @@ Names (anything else raises ``ValueError`` naming it; the CLI turns that into ex
   is switched off so this limit is the only one.
 * ``meta:FAMILY`` — a meta-RL task family on gymnasium MuJoCo v5 with a hidden task that may switch inside an
   episode (M3PO §7): ``meta:halfcheetah-fwd-bwd``, ``meta:halfcheetah-pier``, ``meta:ant-crippled-leg``,
-  ``meta:walker-randomparams`` (:mod:`recipes.envs.metarl`; ``task_switch``, ``split``).  Action repeat 1.
+  ``meta:walker-randomparams`` (``recipes.envs.metarl``; ``task_switch``, ``split``).  Action repeat 1.
 * ``admrl:FAMILY`` — AdMRL's reward families parameterised by ψ ∈ [−1, 1]^k, differentiable in ψ:
   ``admrl:ant2d``, ``admrl:ant3d``, ``admrl:hopper2d``, ``admrl:walker2d``, ``admrl:halfcheetah-vel``,
-  ``admrl:cheetah-highdim`` (:mod:`recipes.envs.admrl`; ``set_task(psi)``).  Action repeat 1, vector observations.
+  ``admrl:cheetah-highdim`` (``recipes.envs.admrl``; ``set_task(psi)``).  Action repeat 1, vector observations.
 * ``mario:WORLD-STAGE`` — one Super Mario Bros level through gym-super-mario-bros 7.4.0 on nes-py 8.2.1 (the
   optional extra ``pip install 'reweigh[mario]'``; nes-py compiles C++), e.g. ``mario:1-1``, ``mario:3-2``, as in
-  "Pre-training world models on related tasks" §5 (:mod:`recipes.envs.mario`): the package's 12-action
+  "Pre-training world models on related tasks" §5 (``recipes.envs.mario``): the package's 12-action
   ``COMPLEX_MOVEMENT``, its reward (x progress, clock ticks, −25 on death, clipped to ±15 per frame), grayscale
   ``size``×``size`` frames, action repeat 4, sticky actions 0.2 per frame.  Death and the flag end the episode as
   true terminals (``discount`` 0); the game clock ends every episode long before the 27000-agent-step limit.
@@ -40,7 +40,7 @@ Names (anything else raises ``ValueError`` naming it; the CLI turns that into ex
 
 * ``A,B,C`` — a comma list of the names above: a multi-task environment that draws one member per episode
   (uniformly, or by ``task_weights``) and adds ``task`` (the member's index) to every step dict; the members must
-  share their spaces (:mod:`recipes.envs.multitask`).  ``dmc:walker_stand,walker_walk`` — a member without a family
+  share their spaces (``recipes.envs.multitask``).  ``dmc:walker_stand,walker_walk`` — a member without a family
   takes the previous one's.
 
 Arguments:
@@ -113,8 +113,8 @@ def make_env(
     task_weights: Sequence[float] | None = None,
 ) -> Env:
     """Make ``dmc:DOMAIN_TASK``, ``atari:GAME``, ``gym:ID`` or ``meta:FAMILY`` (see the module docstring for every
-    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see :mod:`recipes.envs.metarl`), or,
-    for a comma list of names, a :class:`recipes.envs.multitask.MultiTaskEnv` over them (``task_weights``: the
+    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see ``recipes.envs.metarl``), or,
+    for a comma list of names, a ``recipes.envs.multitask.MultiTaskEnv`` over them (``task_weights``: the
     member draw's probabilities; None = uniform)."""
     if "," in name:
         from recipes.envs.multitask import make_multitask

@@ -2,7 +2,7 @@
 
 Lin et al. 2020 (AdMRL) §5; numbers from the official code (``slbo/envs/mujoco/*_task_env.py``, ``rllab/…``).  A
 task is ψ ∈ [−1, 1]^k, mapped affinely onto the family's goal box: goal = lo + (ψ + 1)/2 · (hi − lo).  Every reward
-is a function of the *next observation*, the action and ψ only — :meth:`AdmrlEnv.reward` — so a learned model that
+is a function of the *next observation*, the action and ψ only — ``AdmrlEnv.reward`` — so a learned model that
 predicts observations predicts rewards, for any ψ, and ∂r/∂ψ exists (eq. 3 and 6 of the paper).  To make that true
 the observation ends with the reward's features f (v5 hides some of them, e.g. Ant's velocities are only
 instantaneous qvel, not the step's displacement):
@@ -27,7 +27,7 @@ z outside [0.2, 1.0], as the code's; Hopper, Walker2d: their health checks; Half
 models differ from the rllab ones the paper used, so returns are not comparable with its plots.
 
 The task is the env's state, not part of the observation (AdMRL adapts one policy per task).  Convention as
-:mod:`recipes.envs.metarl`: ``sample_tasks(n)`` (uniform on the box, seeded), ``set_task(psi)``, ``get_task()``;
+``recipes.envs.metarl``: ``sample_tasks(n)`` (uniform on the box, seeded), ``set_task(psi)``, ``get_task()``;
 a task set stays until the next ``set_task`` (no resampling at reset).
 """
 
@@ -101,7 +101,7 @@ class AdmrlEnv(GymEnv):
     """An AdMRL family: a v5 MuJoCo env whose reward is set by ψ ∈ [−1, 1]^k (module docstring).
 
     Attributes:
-        admrl_family: the family's name; ``spec``: its :class:`RewardFamily`; ``task_dim``: k;
+        admrl_family: the family's name; ``spec``: its ``RewardFamily``; ``task_dim``: k;
         ``feature_dim``: the number of trailing observation entries that are reward features (0 for
         cheetah-highdim, whose features are the whole observation).
     """
@@ -150,7 +150,7 @@ class AdmrlEnv(GymEnv):
         return [self._rng.uniform(-1.0, 1.0, self.task_dim) for _ in range(int(n))]
 
     def set_task(self, psi: Any, *, out_of_box: bool = False) -> None:
-        """Make ψ the task from the next step on; ``out_of_box`` allows |ψ_i| up to :data:`OOD_BOUND` (evaluation
+        """Make ψ the task from the next step on; ``out_of_box`` allows |ψ_i| up to ``OOD_BOUND`` (evaluation
         of out-of-distribution tasks, AdMRL §5.3: the goal map extends affinely beyond the box).
 
         Raises:
@@ -284,7 +284,7 @@ def make_admrl_env(
     action_repeat: int = 1,
     time_limit: int | None = None,
 ) -> AdmrlEnv:
-    """The AdMRL family ``family`` (one of :data:`ADMRL_FAMILIES`), task ψ = 0 (the box's centre) until set.
+    """The AdMRL family ``family`` (one of ``ADMRL_FAMILIES``), task ψ = 0 (the box's centre) until set.
 
     Raises:
         ValueError: for an unknown family (naming the known ones) or ``pixels=True``.

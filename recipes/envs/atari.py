@@ -1,4 +1,4 @@
-"""Arcade Learning Environment games as ``atari:GAME`` (see :mod:`recipes.envs` for the conventions)."""
+"""Arcade Learning Environment games as ``atari:GAME`` (see ``recipes.envs`` for the conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The environment interface every recipe sees: DreamerV2's step dict (see :mod:`recipes.envs`)."""
+"""The environment interface every recipe sees: DreamerV2's step dict (see ``recipes.envs``)."""
 
 from __future__ import annotations
 

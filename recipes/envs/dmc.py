@@ -1,4 +1,4 @@
-"""DeepMind Control Suite tasks as ``dmc:DOMAIN_TASK`` (see :mod:`recipes.envs` for the conventions)."""
+"""DeepMind Control Suite tasks as ``dmc:DOMAIN_TASK`` (see ``recipes.envs`` for the conventions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Any registered gymnasium id as ``gym:ID`` (see :mod:`recipes.envs` for the conventions)."""
+"""Any registered gymnasium id as ``gym:ID`` (see ``recipes.envs`` for the conventions)."""
 
 from __future__ import annotations
 

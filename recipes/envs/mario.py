@@ -1,20 +1,20 @@
-"""Super Mario Bros levels as ``mario:WORLD-STAGE`` (see :mod:`recipes.envs` for the step-dict conventions).
+"""Super Mario Bros levels as ``mario:WORLD-STAGE`` (see ``recipes.envs`` for the step-dict conventions).
 
 The setting of "Pre-training world models on related tasks" (§5.1–5.2): ``gym-super-mario-bros`` 7.4.0 (it ships the
 ROM) on the ``nes-py`` 8.2.1 emulator, one level per environment (its ``SuperMarioBros-W-S-v0`` ids: the unmodified
 "vanilla" ROM, the game written to start at that level), with
 
-* the twelve button combinations of the package's ``COMPLEX_MOVEMENT`` (:data:`MARIO_ACTIONS`, the paper's list);
+* the twelve button combinations of the package's ``COMPLEX_MOVEMENT`` (``MARIO_ACTIONS``, the paper's list);
 * the package's reward: Mario's horizontal movement + the in-game clock's ticks (−1 each) − 25 on death, clipped to
   [−15, 15] per emulator frame (so at most ±60 per agent step at action repeat 4);
 * the episode ending on death (falling into a pit, an enemy, the clock running out) or on reaching the flag / axe:
   both are true terminals (``discount`` 0).  The clock kills Mario within 400 game ticks (≈ 8000 frames ≈ 2000
-  agent steps: standing still on 1-1 ends by time-up after 2005), so the time limit (:data:`MARIO_TIME_LIMIT`,
+  agent steps: standing still on 1-1 ends by time-up after 2005), so the time limit (``MARIO_TIME_LIMIT``,
   DreamerV2's Atari 27000 agent steps, which the paper reuses) is a safety net; only a ``time_limit`` below the
   clock's makes a truncation (``discount`` 1);
 * DreamerV2's Atari preprocessing as the paper describes it: grayscale frames resized to ``size``×``size`` (area
   interpolation), uint8 ``(1, size, size)``; each action repeated for 4 frames; sticky actions — on every emulator
-  frame the previous frame's buttons stay pressed with probability 0.2 (:data:`MARIO_STICKY`; ALE's rule, with the
+  frame the previous frame's buttons stay pressed with probability 0.2 (``MARIO_STICKY``; ALE's rule, with the
   paper's probability).  ``pixels=False`` observes the 2 KiB NES RAM as float32 ``(2048,)``.
 
 The emulator and the level reset are deterministic; the sticky actions are the only randomness, drawn from
@@ -29,8 +29,8 @@ array scalar, and one that does not fit raises, so both packages fail on the fir
 * ``gym_super_mario_bros/smb_env.py`` line 142, ``_x_position``: ``self.ram[0x6d] * 0x100`` →
   ``OverflowError: Python integer 256 out of bounds for uint8``.
 
-:class:`MarioEnv` fixes both the way upstream would: a ``ROM`` subclass whose header is int64
-(:func:`ines_header`), installed only while the emulator is built, and a ``SuperMarioBrosEnv`` subclass that reads
+``MarioEnv`` fixes both the way upstream would: a ``ROM`` subclass whose header is int64
+(``ines_header``), installed only while the emulator is built, and a ``SuperMarioBrosEnv`` subclass that reads
 the RAM bytes as Python ints.  Everything else in the two packages runs as published.  ``nes-py`` subclasses the
 legacy ``gym.Env`` (gym 0.26.2, imported under numpy 2 without trouble); this module uses none of gym's API
 (no ``gym.make``, no wrappers), silences the notice gym prints on import and undoes the environment variables
@@ -90,7 +90,7 @@ _GYM_NOTICE = "Gym has been unmaintained"
 
 
 def button_byte(buttons: tuple[str, ...]) -> int:
-    """The controller byte (0–255) that presses ``buttons`` (names as in :data:`MARIO_ACTIONS`)."""
+    """The controller byte (0–255) that presses ``buttons`` (names as in ``MARIO_ACTIONS``)."""
     byte = 0
     for button in buttons:
         byte |= _BUTTON_BITS[button]
@@ -156,7 +156,7 @@ def _backend() -> tuple[Any, type, type]:
         raise ImportError(f"mario: this nes-py has no nes_py.nes_env.ROM to fix for numpy 2; {MARIO_INSTALL_HINT}")
 
     class IntHeaderROM(nes_py.nes_env.ROM):
-        """nes-py's ROM with an int64 header (:func:`ines_header`): its size properties then hold under numpy 2."""
+        """nes-py's ROM with an int64 header (``ines_header``): its size properties then hold under numpy 2."""
 
         @property
         def header(self) -> np.ndarray:
@@ -265,7 +265,7 @@ class MarioEnv(Env):
 def make_mario_env(
     level: str, *, seed: int, pixels: bool, size: int, action_repeat: int, time_limit: int | None
 ) -> MarioEnv:
-    """``mario:LEVEL`` for :func:`recipes.envs.make_env` (``time_limit`` ``None`` → :data:`MARIO_TIME_LIMIT`)."""
+    """``mario:LEVEL`` for ``recipes.envs.make_env`` (``time_limit`` ``None`` → ``MARIO_TIME_LIMIT``)."""
     limit = MARIO_TIME_LIMIT if time_limit is None else time_limit
     return MarioEnv(level, seed=seed, pixels=pixels, size=size, action_repeat=action_repeat, time_limit=limit)
 

@@ -33,7 +33,7 @@ changing task that the agent cannot directly observe".  These are re-creations o
   arrays shaped like ``model.body_mass`` (8,), ``model.body_inertia`` (8, 3), ``model.dof_damping`` (9,) and
   ``model.geom_friction`` (8, 3); every element i.i.d. base^U(−3, 3) as rand_param_envs' ``RandomEnv``
   (``log_scale_limit = 3.0``) draws them — base 1.5 for mass, inertia and friction, base **1.3** for damping (that
-  file's constant; see :data:`WALKER_BASES`).  Both splits draw from this distribution.  Reward: Walker2d-v5's own,
+  file's constant; see ``WALKER_BASES``).  Both splits draw from this distribution.  Reward: Walker2d-v5's own,
   v_x + 1 (healthy) − 10⁻³‖a‖², v_x = Δqpos[0] / dt; episodes terminate when unhealthy, as Walker2d-v5's.
 
 Parameter tasks hold *scale factors*, and ``set_task`` always writes ``original × scale`` with the model's values
@@ -41,7 +41,7 @@ from construction, so tasks never compound.  After changing masses or inertias, 
 model's derived constants (subtree masses, inverse weights used by the constraint solver) on a scratch ``MjData``;
 the simulation state is left untouched, so a task may switch mid-episode.
 
-The environment (a :class:`recipes.envs.GymEnv`) offers rand_param_envs' convention: ``sample_tasks(n) -> list[dict]``
+The environment (a ``recipes.envs.GymEnv``) offers rand_param_envs' convention: ``sample_tasks(n) -> list[dict]``
 from the split's distribution with the env's own seeded generator, ``set_task(task)``, ``get_task() -> dict``.  Tasks
 are small dicts of ints or float64 arrays (JSON after ``.tolist()``).  The task is hidden: observations are exactly
 the v5 env's vector observation (or, with ``pixels=True``, its frame, as ``gym:`` renders it — no task is drawn into
@@ -377,7 +377,7 @@ def make_meta_env(
     task_switch: int | None = None,
     split: str = "train",
 ) -> MetaEnv:
-    """The meta-RL env ``family`` (one of :data:`META_FAMILIES`; see the module docstring).
+    """The meta-RL env ``family`` (one of ``META_FAMILIES``; see the module docstring).
 
     Args:
         family: e.g. ``"halfcheetah-fwd-bwd"`` (without the ``meta:`` prefix).

@@ -1,7 +1,7 @@
 """A multi-task environment: one of N environments drawn per episode, the agent not told which.
 
 The setting of "Pre-training world models on related tasks" §4.1 (one DreamerV2 agent trained on a set of
-Super Mario Bros levels): every :meth:`MultiTaskEnv.reset` draws a member (uniformly by default, or by
+Super Mario Bros levels): every ``MultiTaskEnv.reset`` draws a member (uniformly by default, or by
 ``weights``) from one seeded generator and plays a whole episode in it.  Observations carry no task identity;
 the step dict gains one extra key, ``task`` (int32 scalar, the member's index in the set), which the replay stores
 like any extra key — the run loop logs per-task returns from it and ``tempo`` can condition its weighter on it
@@ -49,7 +49,7 @@ def split_names(name: str) -> list[str]:
 
 
 class MultiTaskEnv(Env):
-    """N member environments behind one :class:`~recipes.envs.base.Env`; a member is drawn at every reset.
+    """N member environments behind one ``recipes.envs.base.Env``; a member is drawn at every reset.
 
     Args:
         members: the member environments (already made; closed with this env).
@@ -116,7 +116,7 @@ class MultiTaskEnv(Env):
         return len(self.members)
 
     def set_task(self, index: int | None) -> None:
-        """Make every following :meth:`reset` use member ``index`` (None: draw again); for per-task evaluation."""
+        """Make every following ``reset`` use member ``index`` (None: draw again); for per-task evaluation."""
         if index is not None and not 0 <= index < self.num_tasks:
             raise ValueError(f"task index {index} outside [0, {self.num_tasks})")
         self._forced = index
@@ -151,7 +151,7 @@ class MultiTaskEnv(Env):
 def make_multitask(
     name: str, *, seed: int, make: Callable[..., Env], weights: Sequence[float] | None = None, **kwargs: Any
 ) -> MultiTaskEnv:
-    """The :class:`MultiTaskEnv` of the comma list ``name``: member i is ``make(member_i, seed=seed + 1000·i,
+    """The ``MultiTaskEnv`` of the comma list ``name``: member i is ``make(member_i, seed=seed + 1000·i,
     **kwargs)``, the member draw is seeded by ``seed``.  Members already made are closed if a later one fails."""
     names = split_names(name)
     if len(set(names)) != len(names):

@@ -5,7 +5,7 @@ squared error.  Upper level: a fixed "critic" V (not part of θ) scores the pred
 observation, L_up = mean |V(ô_{t+1}) − V(o_{t+1})|² — a VAML-like task loss.  Float64 throughout.
 
 A user's own target has the same form: a function returning the four arguments of
-:func:`bilevel.hypergradient` as a dict.
+``bilevel.hypergradient`` as a dict.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TinySequenceModel(nn.Module):
 
 
 def problem(seed: int = 0, batch: int = 4, length: int = 8) -> dict[str, Any]:
-    """The four arguments of :func:`bilevel.hypergradient` for the demo (N = batch·length weights)."""
+    """The four arguments of ``bilevel.hypergradient`` for the demo (N = batch·length weights)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = TinySequenceModel().double()

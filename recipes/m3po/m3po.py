@@ -1,6 +1,6 @@
 """Recipes ``m3po``, ``mbpo`` and ``sac``: M3PO's Algorithm 2 (Hiraoka et al. 2021) on the shared run loop.
 
-One training call at env step t (every ``train_every`` env steps, after ``prefill``)::
+One training call at env step t (every ``train_every`` env steps, after ``prefill``):
 
     every F env steps: fit the meta-model p_θ(o', r | o, a, z) on D_env         (Alg. 2 line 3; early stopping
                        and elites by hold-out loss; optionally bi-level weighted)
@@ -8,12 +8,12 @@ One training call at env step t (every ``train_every`` env steps, after ``prefil
     G·train_every SAC updates on batches mixing D_env and D_model at real_ratio(t)  (lines 10–12; M3PO-h §7.1)
 
 ``mbpo`` is the same with L = 0 and MBPO's constant mixture; ``sac`` has no model and trains on D_env alone.
-Every number lives in :class:`recipes.m3po.config.M3POConfig`.
+Every number lives in ``recipes.m3po.config.M3POConfig``.
 
-Option ``weighting`` (the framework's own, in no paper): a :class:`bilevel.MetaWeighter` weighs every training
-transition of the meta-model; the upper loss is a task loss from :mod:`tasklosses` (VaGraM by default) of the
+Option ``weighting`` (the framework's own, in no paper): a ``bilevel.MetaWeighter`` weighs every training
+transition of the meta-model; the upper loss is a task loss from ``tasklosses`` (VaGraM by default) of the
 model's predicted next observations through the SAC critic's V(o', z'), and the weighter learns by any
-:mod:`bilevel` strategy — the same :class:`bilevel.BilevelUpdate` TEMPO uses, here with the ensemble's per-sample
+``bilevel`` strategy — the same ``bilevel.BilevelUpdate`` TEMPO uses, here with the ensemble's per-sample
 NLL ℓ[N] as the lower loss.
 """
 
@@ -47,7 +47,7 @@ class M3POLearner(loop.Learner):
         cfg: the run's config.
         obs_dim, action_dim: the environment's vector observation and action sizes.
         max_transitions: capacity of D_env (the run's agent steps; D_env never wraps, see
-            :mod:`recipes.data.transitions`).
+            ``recipes.data.transitions``).
     """
 
     def __init__(
@@ -343,5 +343,5 @@ def make_learner(cfg: M3POConfig, env: Env, logdir: Path) -> M3POLearner:
 def train(
     cfg: M3POConfig, logdir: Path, *, force: bool = False, progress: bool = True, recipe: str = "m3po"
 ) -> dict[str, Any]:
-    """Train (or resume) a run of the M3PO family in ``logdir`` (:func:`recipes.run.loop.train`)."""
+    """Train (or resume) a run of the M3PO family in ``logdir`` (``recipes.run.loop.train``)."""
     return loop.train(cfg, logdir, make_learner, recipe=recipe, force=force, progress=progress)

@@ -79,8 +79,8 @@ def branched_rollouts(
 
     Args:
         model: a meta-model with ``sample(obs, action, history, mask, generator=) -> (next_obs [N, O], reward
-            [N])`` (e.g. :class:`worldmodels.HistoryEnsemble`).
-        policy: with ``act(obs, history, mask) -> action [N, A]`` (sampling, e.g. :class:`recipes.agents.sac.SAC`).
+            [N])`` (e.g. ``worldmodels.HistoryEnsemble``).
+        policy: with ``act(obs, history, mask) -> action [N, A]`` (sampling, e.g. ``recipes.agents.sac.SAC``).
         start: ``obs`` [N, O], ``history`` [N, L, O + A + 1], ``history_mask`` [N, L] (rows of D_env).
         length: k ≥ 1.
         terminal: ends a rollout where it returns True (its transition is stored with ``done`` = 1).

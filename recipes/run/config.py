@@ -1,4 +1,4 @@
-"""The config every online recipe shares (:class:`RunConfig`), presets as data, and :func:`resolve`.
+"""The config every online recipe shares (``RunConfig``), presets as data, and ``resolve``.
 
 The config is the only place a number lives.  A recipe's presets are dicts of overrides keyed by preset name
 (``cpu``, ``paper``) and environment family (``dmc``, ``atari``, ``gym``, ``meta``; ``dmc_pixels`` applies on top of
@@ -24,7 +24,7 @@ Presets = dict[str, dict[str, dict[str, Any]]]
 
 class RunConfig(BaseModel):
     """What every online recipe's run needs, whatever the algorithm: the environment, the budget, the seed, the
-    device and the cadences of the run loop (:mod:`recipes.run.loop`).  Environment steps (agent steps × action
+    device and the cadences of the run loop (``recipes.run.loop``).  Environment steps (agent steps × action
     repeat) everywhere."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -108,7 +108,7 @@ class RunConfig(BaseModel):
         return len(self.env.split(","))
 
     def env_kwargs(self, *, evaluation: bool = False) -> dict[str, Any]:
-        """Keyword arguments of :func:`recipes.envs.make_env` for the training (or evaluation) environment."""
+        """Keyword arguments of ``recipes.envs.make_env`` for the training (or evaluation) environment."""
         return {
             "pixels": self.pixels,
             "size": self.image_size,
@@ -171,7 +171,7 @@ def resolve(
 
     Args:
         cls: the recipe's config class.
-        presets: layers of :data:`Presets`, applied in order; the first layer's keys are the valid preset names.
+        presets: layers of ``Presets``, applied in order; the first layer's keys are the valid preset names.
         env: the environment name (its family selects the preset entries).
         preset: the preset name.
         overrides: ``--set`` values, applied last.

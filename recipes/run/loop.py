@@ -1,19 +1,19 @@
 """The online run loop every recipe shares: act, store, train on a cadence, log, evaluate, checkpoint, resume.
 
-It knows no algorithm.  A recipe hands it a :class:`Learner` (its agent and its data) and gets, in the run
-directory (:mod:`recipes.run.rundir`), the resolved config, ``metrics.jsonl`` + TensorBoard, checkpoints that resume
+It knows no algorithm.  A recipe hands it a ``Learner`` (its agent and its data) and gets, in the run
+directory (``recipes.run.rundir``), the resolved config, ``metrics.jsonl`` + TensorBoard, checkpoints that resume
 after a SIGKILL (losing at most ``checkpoint_every`` env steps), an evaluation at every ``eval_every`` env steps and
-at the end, ``curve.png`` and ``eval_episode.gif``.  Read :func:`train` top to bottom: it is the whole loop.
+at the end, ``curve.png`` and ``eval_episode.gif``.  Read ``train`` top to bottom: it is the whole loop.
 
 Faults: a run holds ``DIR/.lock`` (a second process on the same directory is refused); checkpoints rotate
 (``latest.pt``, ``previous.pt``; a damaged latest one is reported and the previous one resumed); an update whose loss
-or gradient is NaN or infinite is skipped before any optimiser step (:mod:`bilevel.guard`), counted
+or gradient is NaN or infinite is skipped before any optimiser step (``bilevel.guard``), counted
 (``nonfinite_skips`` in ``metrics.jsonl``) and reported; no checkpoint is written while skips go on in a row, and
-after ``max_nonfinite`` in a row the run stops (:class:`NonFiniteRunError`) with its last checkpoint from before the
+after ``max_nonfinite`` in a row the run stops (``NonFiniteRunError``) with its last checkpoint from before the
 first of them.  SIGINT and SIGTERM let the current update finish, write a checkpoint and stop the run
-(:mod:`recipes.run.stop`); environments, learner and logger are closed however a run ends; an optional artifact (a
+(``recipes.run.stop``); environments, learner and logger are closed however a run ends; an optional artifact (a
 GIF, a plot) that fails is one warning line.  Progress: a bar on a terminal, one plain line every 30 s elsewhere
-(:mod:`recipes.run.progress`).
+(``recipes.run.progress``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class NonFiniteRunError(RuntimeError):
 
 
 class Skips:
-    """Updates skipped for a NaN or infinite loss or gradient (:class:`bilevel.guard.NonFiniteError`).
+    """Updates skipped for a NaN or infinite loss or gradient (``bilevel.guard.NonFiniteError``).
 
     Attributes:
         total: skipped since this object was made.  in_row: skipped since the last update that was not.
@@ -63,7 +63,7 @@ class Skips:
         self.last = err
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        """``fn(*args, **kwargs)`` — one update — or ``None`` when it raised :class:`NonFiniteError` (counted)."""
+        """``fn(*args, **kwargs)`` — one update — or ``None`` when it raised ``NonFiniteError`` (counted)."""
         try:
             out = fn(*args, **kwargs)
         except NonFiniteError as err:
@@ -76,10 +76,10 @@ class Skips:
 class Learner(abc.ABC):
     """What the run loop drives: an agent with its data.
 
-    The loop calls :meth:`observe` with every step dict exactly once (the reset step, every transition, and the
-    last step of an episode), :meth:`act` to choose actions after ``prefill`` env steps, and :meth:`train` every
-    ``train_every`` env steps once ``prefill`` is done and :meth:`ready` is true.  Checkpoints hold
-    :meth:`state_dict` (after :meth:`flush`).
+    The loop calls ``observe`` with every step dict exactly once (the reset step, every transition, and the
+    last step of an episode), ``act`` to choose actions after ``prefill`` env steps, and ``train`` every
+    ``train_every`` env steps once ``prefill`` is done and ``ready`` is true.  Checkpoints hold
+    ``state_dict`` (after ``flush``).
     """
 
     @abc.abstractmethod
@@ -105,13 +105,13 @@ class Learner(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what ``state_dict`` returned."""
 
     @property
     def skips(self) -> Skips:
         """The updates skipped for a non-finite loss or gradient.  A learner that does several updates per
-        :meth:`train` call runs each as ``self.skips.run(update, ...)`` (and counts only the others as done); a
-        :class:`bilevel.guard.NonFiniteError` that escapes :meth:`train` counts as one skip of the whole call."""
+        ``train`` call runs each as ``self.skips.run(update, ...)`` (and counts only the others as done); a
+        ``bilevel.guard.NonFiniteError`` that escapes ``train`` counts as one skip of the whole call."""
         if "_skips" not in self.__dict__:
             self.__dict__["_skips"] = Skips()
         return self.__dict__["_skips"]
@@ -130,7 +130,7 @@ class Learner(abc.ABC):
 
 
 def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, dict[str, float]]:
-    """Greedy evaluation; for a multi-task env (:class:`recipes.envs.multitask.MultiTaskEnv`) ``episodes`` per
+    """Greedy evaluation; for a multi-task env (``recipes.envs.multitask.MultiTaskEnv``) ``episodes`` per
     member.  Returns the mean return (over members: each member counts once) and the metrics to log:
     ``eval_return`` and, for a multi-task env, ``eval_return/<member name>`` per member."""
     from recipes.envs.multitask import MultiTaskEnv
@@ -218,9 +218,9 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) one run in ``logdir`` until ``cfg.steps`` environment steps; returns a summary.
 
-    Holds ``logdir/.lock`` throughout (:func:`recipes.run.rundir.lock`); SIGINT and SIGTERM stop it after the
-    current update with a checkpoint (:mod:`recipes.run.stop`).  Arguments, return value and errors as
-    :func:`_train`, and:
+    Holds ``logdir/.lock`` throughout (``recipes.run.rundir.lock``); SIGINT and SIGTERM stop it after the
+    current update with a checkpoint (``recipes.run.stop``).  Arguments, return value and errors as
+    ``_train``, and:
 
     Raises:
         recipes.run.rundir.RunDirInUseError: another process trains in ``logdir``.
@@ -262,10 +262,10 @@ def _train(
         make_learner: ``(cfg, env, logdir) -> Learner``, called once the training env exists.
         recipe: the recipe's name, recorded in the config and the plot titles.
         force: resume even if ``config.json`` differs.
-        progress: show progress (a bar on a terminal, a line every 30 s elsewhere: :mod:`recipes.run.progress`).
+        progress: show progress (a bar on a terminal, a line every 30 s elsewhere: ``recipes.run.progress``).
         freeze: after the first training call, collect once and ``gc.freeze()`` the survivors (the caller
             unfreezes).
-        flag: stop (checkpoint, then :class:`recipes.run.stop.Interrupted`) once it holds a signal.
+        flag: stop (checkpoint, then ``recipes.run.stop.Interrupted``) once it holds a signal.
 
     Returns:
         ``{"env_steps", "updates", "eval_return"}`` (the final evaluation's mean return).
@@ -416,7 +416,7 @@ class _Run:
 
     def _train_call(self) -> None:
         """One training call of the learner; skipped updates are counted, reported, and stop a run after
-        ``max_nonfinite`` in a row (:func:`_skipped`)."""
+        ``max_nonfinite`` in a row (``_skipped``)."""
         counters, learner = self.counters, self.learner
         counters["last_train"] = counters["env_steps"]
         skipped = learner.skips.total

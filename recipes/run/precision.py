@@ -5,8 +5,8 @@ wrapped forward passes in bfloat16 with float32 weights, optimiser states and gr
 scaling is needed for bfloat16).  It pays only where the hardware has bfloat16 matrix units: Intel AMX measured
 1146 vs 169 GFLOP/s (bf16 vs fp32, one core), while an AVX512-BF16-only Xeon ran bf16 GEMMs at half its fp32 speed
 and an AVX2 AMD EPYC at 1/30 (docs/performance.md).  So ``auto`` does not guess from CPU flags: it times one bf16 and
-one fp32 GEMM on the run's device (:func:`bf16_speedup`, ~0.1 s, once per process) and picks bf16 only when it is at
-least :data:`AUTO_MIN_SPEEDUP` × faster.
+one fp32 GEMM on the run's device (``bf16_speedup``, ~0.1 s, once per process) and picks bf16 only when it is at
+least ``AUTO_MIN_SPEEDUP`` × faster.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def autocast(device: str | torch.device, dtype: torch.dtype | None) -> contextli
 
 
 def autocast_fn(fn: Callable[..., T], device: str | torch.device, dtype: torch.dtype | None) -> Callable[..., T]:
-    """``fn`` run under :func:`autocast`; ``fn`` itself when ``dtype`` is None (the fp32 path gains no frame)."""
+    """``fn`` run under ``autocast``; ``fn`` itself when ``dtype`` is None (the fp32 path gains no frame)."""
     if dtype is None:
         return fn
 

@@ -2,7 +2,7 @@
 
 On a terminal, tqdm's bar (redrawn in place).  Anywhere else — stderr redirected to a log file, CI, a Ray worker,
 ``reweigh compare``'s subprocesses — a bar's carriage-return redraws pile up in the log (a 2k-step run wrote 95 KB
-of them), so :class:`Progress` writes one plain line every ``every`` seconds instead, and one at the end::
+of them), so ``Progress`` writes one plain line every ``every`` seconds instead, and one at the end:
 
     [run] 12000/100000 env steps (12%) | 41.3 env steps/s | 4m50s elapsed, ~35m30s left | upd_s=3.4 eval=215
 """
@@ -44,8 +44,8 @@ class Progress:
         unit: the unit's name, singular.
         label: the line's prefix (plain lines only).
         stream: where to write; a terminal gets tqdm's bar, anything else plain lines.
-        every: seconds between plain lines (default :data:`PROGRESS_EVERY_S`, or ``$REWEIGH_PROGRESS_EVERY``).
-        enabled: ``False`` writes nothing except :meth:`write` messages.
+        every: seconds between plain lines (default ``PROGRESS_EVERY_S``, or ``$REWEIGH_PROGRESS_EVERY``).
+        enabled: ``False`` writes nothing except ``write`` messages.
     """
 
     def __init__(

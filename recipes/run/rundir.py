@@ -1,6 +1,6 @@
 """The run directory: resolved config, metrics (JSONL + TensorBoard), checkpoints, curve and video.
 
-Layout of ``DIR``::
+Layout of ``DIR``:
 
     config.json        the resolved config (a resumed run must match it unless forced)
     metrics.jsonl      one JSON object per log event; ``step`` = environment steps; ``eval_return`` on evaluations
@@ -122,7 +122,7 @@ def lock(logdir: Path) -> Iterator[None]:
 
 
 def field_defaults(cfg: BaseModel) -> dict[str, Any]:
-    """The defaults of ``cfg``'s fields that have one (JSON-compatible), for :func:`prepare`."""
+    """The defaults of ``cfg``'s fields that have one (JSON-compatible), for ``prepare``."""
     out: dict[str, Any] = {}
     for name, field in type(cfg).model_fields.items():
         if not field.is_required():

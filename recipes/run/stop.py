@@ -1,8 +1,8 @@
 """How a run stops early: SIGINT and SIGTERM finish the current update and checkpoint; other failures name themselves.
 
 A terminal's Ctrl-C sends SIGINT; Ray, SLURM and Kubernetes send SIGTERM before they preempt a job.  Inside
-:func:`stop_on_signals` either one only sets a flag, which the run loop reads between environment steps: the update
-under way finishes, the loop writes a checkpoint and raises :class:`Interrupted`, and ``reweigh`` exits with
+``stop_on_signals`` either one only sets a flag, which the run loop reads between environment steps: the update
+under way finishes, the loop writes a checkpoint and raises ``Interrupted``, and ``reweigh`` exits with
 128 + the signal's number (130, 143), the code a shell reports for a process that signal ended.  A second signal
 while the first is being handled stops at once (``KeyboardInterrupt``, no checkpoint).
 """
@@ -39,7 +39,7 @@ class RunFailedError(RuntimeError):
 
 
 class StopFlag:
-    """The signals received since :func:`stop_on_signals` began, in order (empty: go on)."""
+    """The signals received since ``stop_on_signals`` began, in order (empty: go on)."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
@@ -50,7 +50,7 @@ class StopFlag:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
-    """Within the block, SIGINT and SIGTERM append to the yielded :class:`StopFlag` instead of ending the process; the
+    """Within the block, SIGINT and SIGTERM append to the yielded ``StopFlag`` instead of ending the process; the
     previous handlers come back at its end.  Outside the main thread (where Python cannot set handlers) the flag
     never rises and the signals act as before."""
     flag = StopFlag()
