@@ -9,7 +9,7 @@ EXTRAS := rl,oracles,examples,dev,sweep,docs
 # per TEMPO update (docs/performance.md); use THREADS=1 when another job shares the machine.
 THREADS ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
-# Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs.py).
+# Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs/gl.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
 .PHONY: run example test setup lint docs bench bench-peers clean

@@ -288,7 +288,7 @@ def plot(table: dict[str, Any], path: Path, title: str) -> Path:
     steps = np.array(table["steps"])
     for label, row in table["variants"].items():
         mean, std = np.array(row["mean"]), np.array(row["std"])
-        ax.plot(steps, mean, label=label)
+        ax.plot(steps, mean, marker="o", markersize=3, label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     if "welch" in table:
         title += f"\nWelch one-tailed: mean t={table['welch']['mean_t']:.2f}, mean p={table['welch']['mean_p']:.3f}"

@@ -56,3 +56,22 @@ def test_docs_site_builds_strict(tmp_path):
     reference = (site / "reference-bilevel" / "index.html").read_text()
     assert 'id="bilevel.SameState"' in reference and 'id="bilevel.BilevelUpdate"' in reference
     assert 'id="recipes.launch.run_trials"' in (site / "reference-recipes" / "index.html").read_text()
+
+
+#: What belongs in docs/results.md and closing notes, not in library code: CPU names, dates, issue numbers, timings.
+HISTORY = re.compile(
+    r"\b(?:Xeon|EPYC|AMX|AVX2|AVX512\w*)\b|\b20\d\d-\d\d-\d\d\b|\bissue \d+|closing note|"
+    r"\b\d+(?:\.\d+)?\s?ms\b|\b\d+\.\d+ s per\b|GFLOP/s|frames/s",
+    re.I,
+)
+
+
+def test_library_code_carries_no_measurement_history():
+    found = [
+        f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+        for package in ("bilevel", "worldmodels", "tasklosses", "recipes")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if HISTORY.search(line)
+    ]
+    assert not found, "measurements belong in docs/results.md or docs/performance.md:\n" + "\n".join(found)

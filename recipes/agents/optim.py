@@ -15,8 +15,8 @@ def adamw(params: Iterable[nn.Parameter], lr: float, *, eps: float, weight_decay
     """``torch.optim.AdamW(params, lr, eps=eps, weight_decay=weight_decay)``, fused (one kernel per step over every
     tensor, instead of ~10 ``foreach`` ops) where every parameter is a floating tensor on a device with the fused
     kernel (``cpu``, ``cuda``), ``foreach`` otherwise.  The same update rule (Loshchilov & Hutter 2019, Alg. 2); it
-    differs from the unfused one by rounding only.  On the Dreamer ``cpu`` preset's small MLPs the fused step
-    measured ~3× faster (0.25 vs 0.75-0.86 ms per actor step, one thread, AVX2 EPYC; docs/performance.md).
+    differs from the unfused one by rounding only.  Small MLPs gain most: their optimiser step is dominated by
+    per-op overhead (measured in docs/performance.md).
 
     Raises:
         ValueError: ``params`` is empty (as ``torch.optim.AdamW``).

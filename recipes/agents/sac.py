@@ -35,11 +35,9 @@ policy: Adam with learning rate 3·10⁻⁴ (actor, critic and α), γ = 0.99, 2
 smoothing τ = 0.005, target update interval 1, target entropy −dim(A); the initial α = 1 (log α = 0) is
 softlearning's and SB3's ``ent_coef="auto"`` default.
 
-Twin Qs: two MLPs rather than one batched network ([2, in, out] weights via ``baddbmm``).  Measured on CPU with one
-thread, batch 256, 2 × 256 ReLU units, one full critic step + target forward + actor-side backward + Polyak per
-update: 6.8–7.1 ms (two MLPs) vs 6.7–7.8 ms (batched, input expanded) and 8.3–8.8 ms (batched, broadcast matmul) at
-input 14; 7.8–7.9 ms vs 8.1–8.5 ms and 9.2–9.6 ms at input 78 — a tie or a few per cent in favour of the two MLPs,
-which also reuse ``worldmodels.nets.mlp`` and its standard initialisation.
+Twin Qs: two MLPs rather than one batched network ([2, in, out] weights via ``baddbmm``): on CPU at SAC's sizes
+the batched forms measured no faster (a tie or a few per cent in favour of the two MLPs, docs/performance.md), and
+the two MLPs reuse ``worldmodels.nets.mlp`` and its standard initialisation.
 """
 
 from __future__ import annotations

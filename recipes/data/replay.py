@@ -68,9 +68,8 @@ samplers draw all padded actions in one vectorised call.  Without a sampler the 
 stored actions that are not at an ``is_first`` step: discrete if all of them are one-hot rows (and at least one
 exists), else continuous.
 
-Sampling copies one slice per key per episode touched (a Python loop over the B sequences, never over steps):
-a batch of 16 × 50 vector steps takes about 0.4–0.8 ms median on one thread of a small CPU machine (uint8
-3 × 64 × 64 pixels: about 3.5 ms, mostly copying the 10 MB).  Not thread safe; one ``Replay`` per directory.
+Sampling copies one slice per key per episode touched (a Python loop over the B sequences, never over steps), so
+a batch costs about one copy of its bytes.  Not thread safe; one ``Replay`` per directory.
 """
 
 from __future__ import annotations

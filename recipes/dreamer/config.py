@@ -134,14 +134,14 @@ class DreamerConfig(RunConfig):
         "fp32",
         description="the world-model update: fp32, bf16 (torch.autocast: matrix products in bf16; weights, optimiser, "
         "latent statistics and heads' outputs in fp32, as DreamerV2's mixed precision) or auto (bf16 where a bf16 "
-        "GEMM measures >= 2x faster on the device, e.g. Intel AMX; recipes.run.precision). Every reported learning "
-        "result used fp32",
+        "GEMM measures >= 2x faster on the device: matrix units for bf16; recipes.run.precision). Every reported "
+        "learning result used fp32",
     )
     ac_precision: Precision = Field(
         "fp32",
         description="the actor-critic update (imagination and losses; λ-returns in fp32): fp32, bf16 or auto, as "
-        "model_precision. Measured per part: on an AMX Xeon with compile=true at the cpu preset bf16 sped up the "
-        "actor-critic 1.8x but slowed the world model 2x (docs/performance.md)",
+        "model_precision: a separate switch because bf16 can speed up the actor-critic while it slows the world "
+        "model (docs/performance.md)",
     )
 
     # replay and collection
@@ -246,8 +246,8 @@ class TempoConfig(DreamerConfig):
         None,
         description="with compile=true and same_state_method auto/jvp: compile the forward-mode JVP of the weighter "
         "updates (the filtering's, in compile_chunk chunks) too (True), run it eagerly (False), or None: compile it "
-        "when meta_every <= 32. Measured at the cpu preset (AMX Xeon, one thread): its graphs cost ~43 s to compile "
-        "cold and save ~0.19 s per weighter update, ~230 weighter updates to pay back (docs/performance.md)",
+        "when meta_every <= 32: its graphs cost a cold compile that enough weighter updates pay back "
+        "(docs/performance.md)",
     )
     meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
     lookahead_steps: int = Field(1, ge=1)
@@ -344,7 +344,7 @@ PRESETS: Presets = {
         "gym": {"pixels": False, "action_repeat": 1},
     },
     "cpu": {
-        # Vector observations, a smaller RSSM and MLPs; sized by measurement on 2 cores (see the closing notes).
+        # Vector observations, a smaller RSSM and MLPs, sized for a 2-core machine (docs/recipe-dreamerv2.md).
         "dmc": {
             "pixels": False,
             "action_repeat": 2,
@@ -364,17 +364,16 @@ PRESETS: Presets = {
             "batch_size": 16,
             "seq_len": 50,
             "prefill": 5_000,
-            # One update every 2 env steps (~47,500 updates in 100k steps, a replay ratio of 400 against
-            # DreamerV3's 512): measured on the DMC development suite (issue 12, docs/recipe-dreamerv2.md), the
-            # actor-critic leaves the spinning optima of reacher and pendulum only at this ratio; 2.4-3.3x the wall
-            # time of train_every=10.  `make run` pins its own (8).
+            # One update every 2 env steps (a replay ratio of 400 against DreamerV3's 512): on the DMC development
+            # suite the actor-critic leaves the spinning optima of reacher and pendulum only at this ratio, at a
+            # few times the wall time of train_every=10 (docs/recipe-dreamerv2.md).  `make run` pins its own.
             "train_every": 2,
             "train_steps": 1,
             "eval_every": 10_000,
             "eval_episodes": 5,
             "replay_boundary": "concat",
         },
-        # Pixels: train_every stays 10 (a 32x32 conv update costs ~0.25 s; not measured at the higher ratio).
+        # Pixels: train_every stays 10 (a conv update costs several vector ones; the higher ratio is not measured).
         "dmc_pixels": {"pixels": True, "image_size": 32, "depth": 16, "train_every": 10},
         "atari": {
             "pixels": True,
@@ -420,7 +419,7 @@ for _preset in PRESETS.values():
 
 #: Extra presets of the ``tempo`` recipe, applied after ``PRESETS`` (same keys).  ``paper``: TEMPO Table 1
 #: (the field defaults).  ``cpu``: a smaller weighter and the upper level every 16th update, sized by measurement
-#: so that a TEMPO train step costs at most ~1.15× a DreamerV2 one (benchmarks/tempo_overhead.py).
+#: so that a TEMPO train step costs about as much as a DreamerV2 one (benchmarks/tempo_overhead.py).
 TEMPO_PRESETS: Presets = {
     "paper": {},
     "cpu": {

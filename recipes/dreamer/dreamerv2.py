@@ -147,7 +147,7 @@ class DreamerAgent(nn.Module):
         elif cfg.compile:
             self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss")
         # acting: one env step's filtering and action as one graph (at batch 1 the eager step is ~40 dispatched ops,
-        # ~1.6 ms on a 2-core EPYC; acting and evaluation are ~10% of make run's wall time)
+        # each paying the dispatcher's overhead; docs/performance.md)
         self._act_step: Callable[..., tuple[Tensor, dict[str, Tensor]]] = (
             MaybeCompiled(self._act_tensors, "the acting step") if cfg.compile else self._act_tensors
         )

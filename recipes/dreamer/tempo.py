@@ -1,6 +1,6 @@
 """Recipe ``tempo``: TEMPO (Deng et al., NeurIPS 2023) — DreamerV2 with a meta-weighted world model.
 
-One train step (TEMPO Algorithm 1 with eq. 9; ``../shared/DESIGN.md``):
+One train step (TEMPO Algorithm 1 with eq. 9; docs/recipe-tempo.md):
 
     batch → RSSM.observe (one pass, fixed latent noise) → ℓ[B,T] (every ELBO term), h, s_post, s_prior
           → V(s_post), V(s_prior) by the slow critic → Norm → L_up[B,T] = |V̄_post − V̄_prior|²   (eq. 4)
@@ -67,11 +67,9 @@ def make_strategy(cfg: TempoConfig) -> Strategy:
     )
 
 
-#: ``compile_jvp=None`` compiles the weighter update's JVP graphs when ``meta_every`` is at most this.  Measured at the
-#: cpu preset (AMX Xeon, one thread, chunks of 10): the filtering's JVP (the encoder's and one 10-step chunk graph)
-#: compiles in ~43 s on a cold cache and saves ~0.19 s per weighter update over the eager JVP (0.137 vs 0.326 s per
-#: TEMPO step at meta_every=1), so it pays back after ~230 weighter updates — within a 100k-step cpu run (~9.5k model
-#: updates) up to meta_every ≈ 40 (docs/performance.md).
+#: ``compile_jvp=None`` compiles the weighter update's JVP graphs when ``meta_every`` is at most this: the compiled
+#: JVP's cold compile pays back within a 100k-step ``cpu`` run only where weighter updates are that frequent
+#: (measured in docs/performance.md).
 COMPILE_JVP_MAX_EVERY = 32
 
 
@@ -511,7 +509,7 @@ def plot_diagnostics(logdirs: list[Path], path: Path, title: str) -> Path | None
             if key in curves:
                 c = curves[key]
                 mean, std = np.array(c["mean"]), np.array(c["std"])
-                ax.plot(c["steps"], mean, label=key.split("/", 1)[1])
+                ax.plot(c["steps"], mean, marker=".", label=key.split("/", 1)[1])
                 ax.fill_between(c["steps"], mean - std, mean + std, alpha=0.2)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("environment steps")

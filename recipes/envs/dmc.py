@@ -27,11 +27,8 @@ class DMCEnv(Env):
     """dm_control suite task.  Pixels come from a persistent ``dm_control.mujoco.Camera`` on a rendering context
     created with ``model.vis.quality.shadowsize = 0`` and ``offsamples = 0`` plus the ``shadow`` render flag off:
     no shadow pass and no multisampling.  The frames lose the soft shadows and edge smoothing (thin geoms such as
-    cartpole's rail can drop out at 64×64); otherwise they are the same scene.  Measured for 64×64
-    ``cartpole_swingup`` on one CPU core, Mesa 22.3 llvmpipe through EGL (env step + render): 13 frames/s with
-    ``physics.render`` and MuJoCo's defaults, 16 with a persistent camera, 60 without shadows, 155 without shadows
-    and anti-aliasing (208 if floor reflections were dropped too — kept here, they show in walker/quadruped).
-    The same through OSMesa: 15 → 165."""
+    cartpole's rail can drop out at 64×64); otherwise they are the same scene, rendered about ten times faster on a
+    CPU renderer (llvmpipe; docs/performance.md).  Floor reflections are kept: they show in walker and quadruped."""
 
     family = "dmc"
 

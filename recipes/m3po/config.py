@@ -62,8 +62,8 @@ class M3POConfig(RunConfig):
     model_precision: Precision = Field(
         "fp32",
         description="the meta-model's training step: fp32, bf16 (autocast: bf16 matrix products, fp32 weights, NLL "
-        "and optimiser) or auto (bf16 where a bf16 GEMM measures >= 2x faster on the device, e.g. Intel AMX; "
-        "recipes.run.precision). Ours; fp32 is what every reported learning result used",
+        "and optimiser) or auto (bf16 where a bf16 GEMM measures >= 2x faster on the device: matrix units "
+        "for bf16; recipes.run.precision). Ours; fp32 is what every reported learning result used",
     )
     holdout_ratio: float = Field(
         0.2,

@@ -39,9 +39,8 @@ class RunConfig(BaseModel):
     heap: HeapMode = Field(
         "retain",
         description="glibc malloc: 'retain' serves large tensors from the heap and keeps freed memory for the next "
-        "step (no kernel page faults on every step's large tensors: paper-preset steps 1.15x faster on CPU with one "
-        "thread, up to 1.43x with two; peak RSS about +20%), 'system' leaves the C library as it is "
-        "(recipes.run.heap)",
+        "step (no kernel page faults on every step's large tensors: faster paper-preset steps for a higher peak RSS, "
+        "docs/performance.md), 'system' leaves the C library as it is (recipes.run.heap)",
     )
 
     # environment

@@ -5,13 +5,9 @@ raised as such blocks are freed, at most 32 MiB) with a fresh ``mmap`` and retur
 tensor of more than 32 MiB (the paper preset's conv activations and their gradients: 150–600 MB at 16 × 50 images
 of 64 × 64) is page-faulted and zeroed by the kernel again on every step.  ``"retain"`` raises the mmap threshold
 and the trim threshold so that such blocks come from the heap and stay there for the next step's tensors of the
-same sizes.  Measured on a 2-core AVX2 EPYC, paper preset, compiled (docs/performance.md):
-
-* one thread (``benchmarks/tempo_overhead.py``): the DreamerV2 step 13.29 → 11.60 s, TEMPO's at ``meta_every=1``
-  17.57 → 15.24 s; peak RSS 1783 → 2201 MiB and 2249 → 2657 MiB (the freed memory is kept);
-* two threads (``benchmarks/step_phases.py``; page faults contend for the process's memory map): page faults
-  6.25 M → 0.96 M, DreamerV2 7.14 → 6.17 s, TEMPO 11.68 → 8.19 s (its a = ∇θ L_up backward, the first pass to touch
-  the gradient buffers, 3.08 → 1.48 s).
+same sizes: faster steps at the paper preset for a higher peak RSS (the freed memory is kept), most with several
+threads, whose page faults contend for the process's memory map (``benchmarks/tempo_overhead.py``,
+``benchmarks/step_phases.py``; numbers in docs/performance.md).
 
 The vector ``cpu`` preset's tensors are below the threshold: a few hundred page faults per update either way.
 """

@@ -2,11 +2,10 @@
 
 ``bf16`` runs the matrix products (``linear``, ``bmm``/``baddbmm``, convolutions: torch's autocast lists) of the
 wrapped forward passes in bfloat16 with float32 weights, optimiser states and gradients (``torch.autocast``; no loss
-scaling is needed for bfloat16).  It pays only where the hardware has bfloat16 matrix units: Intel AMX measured
-1146 vs 169 GFLOP/s (bf16 vs fp32, one core), while an AVX512-BF16-only Xeon ran bf16 GEMMs at half its fp32 speed
-and an AVX2 AMD EPYC at 1/30 (docs/performance.md).  So ``auto`` does not guess from CPU flags: it times one bf16 and
-one fp32 GEMM on the run's device (``bf16_speedup``, ~0.1 s, once per process) and picks bf16 only when it is at
-least ``AUTO_MIN_SPEEDUP`` × faster.
+scaling is needed for bfloat16).  It pays only where the hardware has bfloat16 matrix units; elsewhere bf16
+GEMMs run slower than fp32, on some CPUs many times slower (docs/performance.md).  So ``auto`` does not guess from
+CPU flags: it times one bf16 and one fp32 GEMM on the run's device (``bf16_speedup``, once per process) and picks
+bf16 only when it is at least ``AUTO_MIN_SPEEDUP`` × faster.
 """
 
 from __future__ import annotations
