@@ -42,9 +42,11 @@ class Variant:
 
         recipe, *sets = text.strip().split("+")
         if recipe not in RECIPES:
+            from recipes.suggest import did_you_mean
+
             raise ValueError(
-                f"--recipes: unknown recipe {recipe!r} in {text.strip()!r}; expected RECIPE or RECIPE+key=value+... "
-                f"with RECIPE one of {', '.join(RECIPES)}"
+                f"--recipes: unknown recipe {recipe!r} in {text.strip()!r}{did_you_mean(recipe, RECIPES)}; expected "
+                f"RECIPE or RECIPE+key=value+... with RECIPE one of {', '.join(RECIPES)}"
             )
         for item in sets:
             if "=" not in item:

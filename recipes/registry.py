@@ -144,7 +144,9 @@ def get_recipe(name: str) -> Recipe:
         ValueError: naming the field ``recipe`` and listing the known names.
     """
     if name not in RECIPES:
-        raise ValueError(f"recipe: unknown {name!r}; choose one of {', '.join(RECIPES)}")
+        from recipes.suggest import did_you_mean
+
+        raise ValueError(f"recipe: unknown {name!r}{did_you_mean(name, RECIPES)} (choose one of {', '.join(RECIPES)})")
     return RECIPES[name]
 
 

@@ -137,3 +137,28 @@ def test_compare_checks_every_variant_before_running_any(tmp_path, capsys):
 
 def test_noisy_labels_seeds(capsys):
     assert _error(capsys, ["noisy-labels", "--seeds", "a"]).startswith("--seeds: expected comma-separated integers")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "tempoo", "--env", "dmc:cartpole_swingup"], "recipe: unknown 'tempoo'; did you mean tempo"),
+        (
+            ["run", "tempo", "--env", "dmcc:cartpole_swingup"],
+            "env: unknown family 'dmcc' in 'dmcc:cartpole_swingup'; did you mean dmc?",
+        ),
+        (
+            ["run", "tempo", "--env", "dmc:cartpole_swingupp"],
+            "unknown environment 'dmc:cartpole_swingupp'; did you mean cartpole_swingup",
+        ),
+        (
+            ["run", "sac", "--env", "meta:halfcheetah-fwd-bwdd"],
+            "'meta:halfcheetah-fwd-bwdd'; did you mean halfcheetah-fwd-bwd",
+        ),
+    ],
+)
+def test_misspelt_names_get_a_did_you_mean(tmp_path, capsys, argv, expected):
+    assert main([*argv, "--logdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -135,8 +135,11 @@ def make_env(
         raise ValueError(f"task_weights apply to a set of environments (a comma list), not {name!r}")
     family, sep, task = name.partition(":")
     if not sep or family not in FAMILIES or not task:
+        from recipes.suggest import did_you_mean
+
+        hint = did_you_mean(family, FAMILIES) if sep else ""
         raise ValueError(
-            f"unknown environment {name!r}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY, admrl:FAMILY"
+            f"unknown environment {name!r}{hint}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY, admrl:FAMILY"
             " or mario:WORLD-STAGE"
         )
     if family != "meta" and (task_switch is not None or split != "train"):

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from recipes.envs.gym import GymEnv
+from recipes.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ class AdmrlEnv(GymEnv):
         time_limit: int | None = None,
     ) -> None:
         if admrl_family not in FAMILIES:
-            raise ValueError(f"unknown environment 'admrl:{admrl_family}': known families are {', '.join(FAMILIES)}")
+            raise ValueError(
+                f"unknown environment 'admrl:{admrl_family}'{did_you_mean(admrl_family, FAMILIES)}: known families "
+                f"are {', '.join(FAMILIES)}"
+            )
         if pixels:
             raise ValueError(f"admrl:{admrl_family}: pixels=True is not supported (the reward reads the state)")
         self.admrl_family, self.spec = admrl_family, FAMILIES[admrl_family]
@@ -261,7 +265,10 @@ def check_psi(family: str, psi: Any, *, bound: float = 1.0) -> np.ndarray:
             outside [−1, 1].
     """
     if family not in FAMILIES:
-        raise ValueError(f"unknown environment 'admrl:{family}': known families are {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"unknown environment 'admrl:{family}'{did_you_mean(family, FAMILIES)}: known families are "
+            f"{', '.join(FAMILIES)}"
+        )
     k = FAMILIES[family].dim
     try:
         arr = np.asarray(psi, np.float64).reshape(-1)

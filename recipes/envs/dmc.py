@@ -20,7 +20,13 @@ def _dmc_task(task: str) -> tuple[str, str]:
     for domain, name in suite.ALL_TASKS:
         if f"{domain}_{name}" == task:
             return domain, name
-    raise ValueError(f"unknown environment 'dmc:{task}': not a dm_control suite DOMAIN_TASK (e.g. dmc:walker_walk)")
+    from recipes.suggest import did_you_mean
+
+    known = [f"{domain}_{name}" for domain, name in suite.ALL_TASKS]
+    raise ValueError(
+        f"unknown environment 'dmc:{task}'{did_you_mean(task, known)}: not a dm_control suite DOMAIN_TASK "
+        "(e.g. dmc:walker_walk)"
+    )
 
 
 class DMCEnv(Env):

@@ -395,7 +395,12 @@ def make_meta_env(
             ``task_switch < 1``.
     """
     if family not in _CLASSES:
-        raise ValueError(f"unknown environment 'meta:{family}': known families are {', '.join(META_FAMILIES)}")
+        from recipes.suggest import did_you_mean
+
+        raise ValueError(
+            f"unknown environment 'meta:{family}'{did_you_mean(family, META_FAMILIES)}: known families are "
+            f"{', '.join(META_FAMILIES)}"
+        )
     _check_options(task_switch, split)
     return _CLASSES[family](
         seed=seed,

@@ -81,8 +81,12 @@ class RunConfig(BaseModel):
         for member in members:
             family = member.split(":", 1)[0]
             if family not in FAMILIES:
+                from recipes.suggest import did_you_mean
+
                 raise ValueError(
-                    f"env: unknown family {family!r} in {member!r}; use " + ", ".join(f"{f}:" for f in FAMILIES)
+                    f"env: unknown family {family!r} in {member!r}{did_you_mean(family, FAMILIES)} (use "
+                    + ", ".join(f"{f}:" for f in FAMILIES)
+                    + ")"
                 )
         if len({m.split(":", 1)[0] for m in members}) > 1:
             raise ValueError(f"env: the members of {self.env!r} must share one family")
