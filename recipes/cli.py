@@ -345,8 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     noisy.add_argument("--out", default=None, help="write results JSON here")
     noisy.set_defaults(func=cmd_noisy_labels)
 
-    run = sub.add_parser("run", help="train (or resume) a recipe in a run directory")
+    run = sub.add_parser("run", help="train (or resume) a recipe in a run directory", add_help=False)
     from recipes.registry import RECIPES
+
+    run.add_argument(
+        "-h",
+        "--help",
+        action=_RecipeHelp,
+        nargs=0,
+        help="show this help; after RECIPE also the recipe's settings (the --set keys) as --env and --preset resolve "
+        "them, e.g. reweigh run tempo --help",
+    )
 
     run.add_argument("recipe", help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()))
     run.add_argument(
@@ -429,6 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--seed", type=int, default=0)
     ins.set_defaults(func=cmd_inspect_weights)
     return parser
+
+
+class _RecipeHelp(argparse.Action):
+    """``reweigh run [RECIPE] --help``: the ``run`` help, then, when a recipe was named before it, that recipe's
+    settings (``recipes.registry.settings_help``) under the ``--env`` and ``--preset`` given before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: Any) -> None:
+        from recipes.registry import RECIPES, settings_help
+
+        parser.print_help()
+        recipe = getattr(namespace, "recipe", None)
+        if recipe in RECIPES:
+            print()
+            print(settings_help(recipe, getattr(namespace, "env", None), getattr(namespace, "preset", "cpu")))
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

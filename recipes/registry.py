@@ -150,6 +150,33 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def settings_help(name: str, env: str | None, preset: str, width: int = 100) -> str:
+    """The settings of recipe ``name`` — every ``--set`` key — with its value for ``env`` and ``preset`` (where that
+    differs from the field's default, the default too) and its description, as ``reweigh run NAME --help`` prints
+    them.  An ``env`` or ``preset`` that does not resolve shows the field defaults.
+
+    Raises:
+        ValueError: an unknown recipe.
+    """
+    import textwrap
+
+    recipe = get_recipe(name)
+    try:
+        cfg: Any = recipe.resolve(env or "dmc:cartpole_swingup", preset)
+        where = f"with --env {cfg.env} --preset {preset}"
+    except ValueError:
+        cfg, where = None, "(field defaults: --env or --preset did not resolve)"
+    lines = [f"settings of {name} {where} (--set KEY=VALUE):"]
+    for key, field in recipe.config.model_fields.items():
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        value = getattr(cfg, key) if cfg is not None else default
+        note = f"  (default {default!r})" if value != default else ""
+        lines.append(f"  {key} = {value!r}{note}")
+        if field.description:
+            lines += textwrap.wrap(field.description, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
 def resolve(
     env: str, preset: str, overrides: dict[str, Any] | None = None, *, recipe: str = "dreamerv2", **run: Any
 ) -> RunConfig:

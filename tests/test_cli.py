@@ -86,3 +86,21 @@ def test_every_registered_recipe_resolves_its_presets_and_is_listed_in_help(caps
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in RECIPES)
+
+
+def test_run_recipe_help_lists_the_recipes_settings_as_env_and_preset_resolve_them(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "tempo", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert (
+        out.startswith("usage: reweigh run") and "settings of tempo with --env dmc:cartpole_swingup --preset cpu" in out
+    )
+    assert "  meta_every = 16  (default 1)" in out  # the cpu preset's value, and the field's default
+    assert "  hypergradient_scale = 'unit_norm'\n" in out and "the same direction at unit norm" in out
+    with pytest.raises(SystemExit):
+        main(["run", "tempo", "--preset", "paper", "--help"])
+    assert "  meta_every = 1\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])  # no recipe named: the generic help only
+    assert "settings of" not in capsys.readouterr().out
