@@ -51,7 +51,8 @@ class CheckRow:
         strategy: the strategy's repr.
         rel_error: ‖g − g_fd‖ / ‖g_fd‖ over the checked coordinates or directions.
         cosine: cosine similarity of g and g_fd.
-        analytic_norm, fd_norm: the two norms.
+        analytic_norm: ‖g‖, the strategy's hypergradient's norm.
+        fd_norm: ‖g_fd‖, the finite differences' norm.
         seconds: wall time of the analytic hypergradient.
         passed: ``rel_error ≤ tolerance``.
         tolerance: the bound used.

@@ -456,9 +456,9 @@ class Lookahead(Strategy):
 
 
 class Implicit(Strategy):
-    """Implicit-function-theorem hypergradient at a (approximate) minimiser θ* of L_low.
+    """Implicit-function-theorem hypergradient at a (approximate) minimiser ``θ*`` of L_low.
 
-    ∇θ L_low(θ*(w), w) = 0 gives dθ*/dw_i = −H⁻¹ ∇θℓ_i/N with H = ∇²θ L_low, hence:
+    ``∇θ L_low(θ*(w), w) = 0`` gives ``dθ*/dw_i = −H⁻¹ ∇θℓ_i/N`` with H = ∇²θ L_low, hence:
 
         g_i = −(1/N) ⟨(H + λI)⁻¹ ∇θ L_up(θ*), ∇θ ℓ_i(θ*)⟩
 
