@@ -298,9 +298,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_weights(args: argparse.Namespace) -> int:
-    from recipes.dreamer.tempo import inspect_weights
+    """``reweigh inspect-weights DIR``: the inspect hook of the recipe that ``DIR/config.json`` names."""
+    import json
 
-    inspect_weights(Path(args.logdir), sequences=args.sequences, show=args.show, seed=args.seed)
+    from recipes.registry import get_recipe
+
+    logdir = Path(args.logdir)
+    try:
+        name = json.loads((logdir / "config.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        raise ValueError(f"logdir: {logdir} holds no run (no readable config.json naming its recipe)") from None
+    get_recipe(str(name)).inspect_run(logdir, sequences=args.sequences, show=args.show, seed=args.seed)
     return 0
 
 

@@ -40,6 +40,8 @@ class Recipe:
             is this entry's name, so one function may serve several entries).
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
             figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
+        inspect: optional ``"module:function"`` of ``inspect(logdir, *, sequences, show, seed) -> dict`` behind
+            ``reweigh inspect-weights DIR`` for this recipe's runs (it prints; tempo: TEMPO Table 2).
         summary: one line for ``reweigh run --help``.
         metric: the ``metrics.jsonl`` key ``reweigh compare`` judges runs by (``eval_return``; AdMRL: ``worst_gap``).
         maximize: whether a higher ``metric`` is better.
@@ -50,6 +52,7 @@ class Recipe:
     presets: tuple[Presets, ...]
     train: str
     report: str | None = None
+    inspect: str | None = None
     summary: str = ""
     metric: str = "eval_return"
     maximize: bool = True
@@ -61,6 +64,17 @@ class Recipe:
     def run(self, cfg: RunConfig, logdir: Path, *, force: bool = False, progress: bool = True) -> dict[str, Any]:
         """Train (or resume) one run; returns ``{"env_steps", "updates", "eval_return"}``."""
         return _load(self.train)(cfg, logdir, force=force, progress=progress, recipe=self.name)
+
+    def inspect_run(self, logdir: Path, **options: Any) -> dict[str, Any]:
+        """``reweigh inspect-weights`` for one of this recipe's runs.
+
+        Raises:
+            ValueError: the recipe declares no inspect hook (names the recipes that do).
+        """
+        if self.inspect is None:
+            have = [r.name for r in RECIPES.values() if r.inspect is not None]
+            raise ValueError(f"inspect-weights: {logdir} is a {self.name} run, not a {' or '.join(have)} run")
+        return _load(self.inspect)(logdir, **options)
 
     def make_report(self, logdirs: Sequence[Path], path: Path, title: str) -> Path | None:
         """The recipe's own figure over ``logdirs`` at ``path`` (``None`` without a report hook or data)."""
@@ -83,6 +97,7 @@ RECIPES: dict[str, Recipe] = {
             (DREAMER_PRESETS, TEMPO_PRESETS),
             "recipes.dreamer.tempo:train",
             report="recipes.dreamer.tempo:plot_diagnostics",
+            inspect="recipes.dreamer.tempo:inspect_weights",
             summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)",
         ),
         Recipe(

@@ -576,7 +576,9 @@ def test_weights_by_reward_on_a_sparse_reward():
 def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"recipe": "dreamerv2"}))
     assert main(["inspect-weights", str(tmp_path)]) == 2
-    assert "not a tempo run" in capsys.readouterr().err
+    assert "is a dreamerv2 run, not a tempo run" in capsys.readouterr().err
+    assert main(["inspect-weights", str(tmp_path / "none")]) == 2
+    assert "holds no run" in capsys.readouterr().err
 
 
 def test_weights_history_rebuilds_each_snapshot_with_its_replay(tmp_path, capsys):
