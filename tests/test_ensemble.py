@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import bilevel as B
-from worldmodels import GaussianEnsemble, HistoryEnsemble, WorldModel, bootstrap_counts
+from worldmodels import GaussianEnsemble, HistoryEnsemble, WorldModel, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim
 
 D = torch.float64
@@ -385,3 +385,45 @@ def test_bilevel_update_trains_a_meta_weighter():
     metrics = update.step(forward, upper)
     assert metrics["hypergrad_norm"] > 0 and math.isfinite(metrics["upper_loss"])
     assert any(not torch.equal(w_before[k], v) for k, v in weighter.named_parameters())
+
+
+def test_fit_to_holdout_stops_after_patience_keeps_the_best_epoch_and_picks_elites():
+    """The shared fit loop (m3po and admrl): a fit that improves for two epochs and then only gets worse stops
+    after ``patience`` epochs without improvement, restores the second epoch's parameters, and picks the elites by
+    their hold-out MSE there; an epoch is the full minibatches of a fresh shuffle, one of all N when N < batch."""
+    torch.manual_seed(0)
+    model = tiny()
+    model.update_normalizer(make_batch(64))
+    hold = make_batch(32, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train = make_batch(40, seed=2)
+    seen, snapshots = [], []
+
+    def minibatch(pos):
+        seen.append(pos.clone())
+        if len(seen) <= 4:  # two epochs of two minibatches of real training
+            loss = model.loss({k: v[pos] for k, v in train.items()}).loss.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:  # then every epoch shifts every member's predicted mean further off: worse for all
+            with torch.no_grad():
+                model.head.bias.add_(0.5)
+        if len(seen) % 2 == 0:  # the epoch's last minibatch: its parameters
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    epochs, final = fit_to_holdout(
+        model, hold, 40, minibatch, batch=16, max_epochs=None, patience=3, generator=torch.Generator().manual_seed(0)
+    )
+    assert epochs == 5  # 2 improving epochs, then patience = 3 without improvement
+    assert [len(p) for p in seen] == [16] * 10 and len(set(torch.cat(seen[:2]).tolist())) == 32
+    for k, v in model.state_dict().items():
+        if k != "elite_idx":
+            torch.testing.assert_close(v, snapshots[1][k])
+    torch.testing.assert_close(final, model.holdout_loss(hold))
+    assert set(model.elite_idx.tolist()) == set(final.argsort()[:2].tolist())
+    calls = []
+    fit_to_holdout(
+        model, hold, 5, calls.append, batch=16, max_epochs=2, patience=9, generator=torch.Generator().manual_seed(0)
+    )
+    assert [len(c) for c in calls] == [5, 5]  # N < batch: one minibatch of all N per epoch, max_epochs honoured

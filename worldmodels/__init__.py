@@ -2,6 +2,7 @@
 
 from worldmodels.base import ModelLoss, WorldModel
 from worldmodels.ensemble import GaussianEnsemble, HistoryEnsemble, bootstrap_counts
+from worldmodels.fit import fit_to_holdout
 from worldmodels.rssm import RSSM, ConvDecoder, ConvEncoder, LayerNormGRUCell, RSSMWorldModel
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "RSSMWorldModel",
     "WorldModel",
     "bootstrap_counts",
+    "fit_to_holdout",
 ]

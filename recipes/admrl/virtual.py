@@ -9,7 +9,6 @@ parameterisation is known), and terminations from the v5 env's health checks app
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from bilevel.guard import NonFiniteError, check_finite
 from recipes.agents.ppo import PPO
 from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
-from worldmodels import GaussianEnsemble, bootstrap_counts
+from worldmodels import GaussianEnsemble, bootstrap_counts, fit_to_holdout
 
 #: A policy optimiser the VirtualTraining loop drives (``act``, ``values``, ``update``, ``policy``).
 Agent = PPO | TRPO
@@ -108,49 +107,36 @@ def fit_model(
     n_hold = max(1, int(holdout_ratio * n))
     hold, train = data.batch(perm[:n_hold]), perm[n_hold:]
     counts = bootstrap_counts(model.members, len(train), generator=generator).to(data.obs.device)
-    best, best_state, since, done_epochs = None, None, 0, 0
-    last, skipped, in_row = 0.0, 0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(train), generator=generator)
-        for i in range(0, max(len(order) - batch + 1, 1), batch):
-            pos = order[i : i + batch]
-            out = model.loss({**data.batch(train[pos]), "bootstrap": counts[:, pos]})
-            loss = out.loss.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            try:  # reads the loss, as the fit did anyway: no extra synchronisation
-                values = check_finite({"model/nll": loss.detach()}, zero=(opt,))
-            except NonFiniteError as err:
-                skipped, in_row = skipped + 1, in_row + 1
-                if max_nonfinite is not None and in_row >= max_nonfinite:
-                    raise RuntimeError(
-                        f"the model fit stopped: {in_row} minibatches in a row had a non-finite {err.name} "
-                        f"({err.value}) and were skipped; look for NaN or inf in the collected data"
-                    ) from None
-                continue
-            in_row = 0
-            opt.step()
-            last = values["model/nll"]
-        done_epochs += 1
-        with torch.no_grad():
-            holdout = model.holdout_loss(hold)
-        if best is None or bool(((best - holdout) / best.abs().clamp_min(1e-12) > 0.01).any()):
-            best = holdout if best is None else torch.minimum(best, holdout)
-            best_state, since = copy.deepcopy(model.state_dict()), 0
-        else:
-            since += 1
-            if since >= patience:
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    with torch.no_grad():
-        final = model.holdout_loss(hold)
-    model.select_elites(final)
+    state = {"last": 0.0, "skipped": 0, "in_row": 0}
+
+    def minibatch(pos: Tensor) -> None:
+        out = model.loss({**data.batch(train[pos]), "bootstrap": counts[:, pos]})
+        loss = out.loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        try:  # reads the loss, as the fit did anyway: no extra synchronisation
+            values = check_finite({"model/nll": loss.detach()}, zero=(opt,))
+        except NonFiniteError as err:
+            state["skipped"] += 1
+            state["in_row"] += 1
+            if max_nonfinite is not None and state["in_row"] >= max_nonfinite:
+                raise RuntimeError(
+                    f"the model fit stopped: {state['in_row']} minibatches in a row had a non-finite {err.name} "
+                    f"({err.value}) and were skipped; look for NaN or inf in the collected data"
+                ) from None
+            return
+        state["in_row"] = 0
+        opt.step()
+        state["last"] = values["model/nll"]
+
+    done_epochs, final = fit_to_holdout(
+        model, hold, len(train), minibatch, batch=batch, max_epochs=epochs, patience=patience, generator=generator
+    )
     return {
         "model/holdout_mse": float(final[model.elite_idx].mean()),
         "model/epochs": done_epochs,
-        "model/nll": last,
-        "model/nonfinite_skips": skipped,
+        "model/nll": state["last"],
+        "model/nonfinite_skips": state["skipped"],
     }
 
 

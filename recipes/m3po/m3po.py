@@ -19,7 +19,6 @@ NLL ℓ[N] as the lower loss.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from recipes.m3po.rollouts import branched_rollouts, termination_fn
 from recipes.run import loop
 from recipes.run.precision import autocast_fn, resolve_precision
 from tasklosses import make_task_loss
-from worldmodels import HistoryEnsemble, bootstrap_counts
+from worldmodels import HistoryEnsemble, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim, roll_history
 
 
@@ -264,32 +263,27 @@ class M3POLearner(loop.Learner):
         n_hold = max(1, int(cfg.holdout_ratio * len(perm)))
         hold, train = self.env_batch(perm[:n_hold]), perm[n_hold:]
         counts = bootstrap_counts(cfg.members, len(train), generator=self.generator).to(self.device)
-        best, best_state, since, epochs = None, None, 0, 0
         metrics: dict[str, float] = {}
-        while cfg.model_max_epochs is None or epochs < cfg.model_max_epochs:
-            order = torch.randperm(len(train), generator=self.generator).to(self.device)
-            for i in range(0, len(order) - cfg.model_batch + 1, cfg.model_batch):
-                pos = order[i : i + cfg.model_batch]
-                batch = {**self.env_batch(train[pos]), "bootstrap": counts[:, pos]}
-                forward = self._model_forward(batch)
-                meta = self.counters["model_updates"] % cfg.meta_every == 0
-                # a minibatch with a non-finite loss or gradient is skipped (self.skips), nothing written
-                metrics = self.skips.run(self._model_update, forward, meta) or metrics
-                self.counters["model_updates"] += 1
-            epochs += 1
-            holdout = model.holdout_loss(hold)
-            improved = best is None or bool(((best - holdout) / best.abs().clamp_min(1e-12) > 0.01).any())
-            if improved:
-                best = holdout if best is None else torch.minimum(best, holdout)
-                best_state, since = copy.deepcopy(model.state_dict()), 0
-            else:
-                since += 1
-                if since >= cfg.model_patience:
-                    break
-        assert best_state is not None
-        model.load_state_dict(best_state)
-        final = model.holdout_loss(hold)
-        model.select_elites(final)
+
+        def minibatch(pos: Tensor) -> None:
+            nonlocal metrics
+            pos = pos.to(self.device)
+            forward = self._model_forward({**self.env_batch(train[pos]), "bootstrap": counts[:, pos]})
+            meta = self.counters["model_updates"] % cfg.meta_every == 0
+            # a minibatch with a non-finite loss or gradient is skipped (self.skips), nothing written
+            metrics = self.skips.run(self._model_update, forward, meta) or metrics
+            self.counters["model_updates"] += 1
+
+        epochs, final = fit_to_holdout(
+            model,
+            hold,
+            len(train),
+            minibatch,
+            batch=cfg.model_batch,
+            max_epochs=cfg.model_max_epochs,
+            patience=cfg.model_patience,
+            generator=self.generator,
+        )
         self.counters["model_fits"] += 1
         return {
             "model/holdout_mse": float(final[model.elite_idx].mean()),
