@@ -301,14 +301,21 @@ def cmd_inspect_weights(args: argparse.Namespace) -> int:
     """``reweigh inspect-weights DIR``: the inspect hook of the recipe that ``DIR/config.json`` names."""
     import json
 
-    from recipes.registry import get_recipe
+    from recipes.registry import RECIPES
 
     logdir = Path(args.logdir)
+    path = logdir / "config.json"
+    if not path.exists():
+        raise ValueError(f"logdir: no config.json in {logdir}")
     try:
-        name = json.loads((logdir / "config.json").read_text()).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        raise ValueError(f"logdir: {logdir} holds no run (no readable config.json naming its recipe)") from None
-    get_recipe(str(name)).inspect_run(logdir, sequences=args.sequences, show=args.show, seed=args.seed)
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not a JSON config ({err})") from None
+    name = config.get("recipe") if isinstance(config, dict) else None
+    if name not in RECIPES:
+        have = " or ".join(r.name for r in RECIPES.values() if r.inspect is not None)
+        raise ValueError(f"logdir: {logdir} is not a {have} run (its config.json names no recipe)")
+    RECIPES[name].inspect_run(logdir, sequences=args.sequences, show=args.show, seed=args.seed)
     return 0
 
 

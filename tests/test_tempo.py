@@ -578,7 +578,7 @@ def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
     assert main(["inspect-weights", str(tmp_path)]) == 2
     assert "is a dreamerv2 run, not a tempo run" in capsys.readouterr().err
     assert main(["inspect-weights", str(tmp_path / "none")]) == 2
-    assert "holds no run" in capsys.readouterr().err
+    assert "no config.json in" in capsys.readouterr().err
 
 
 def test_weights_history_rebuilds_each_snapshot_with_its_replay(tmp_path, capsys):
