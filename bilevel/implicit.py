@@ -118,22 +118,8 @@ def implicit_hypergradient(
             tensor requiring grad, a non-floating ``psi``, or a trainable θ tensor that L does not depend on
             (H would be singular there).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
-    if not isinstance(psi, Tensor) or not psi.is_floating_point():
-        raise ValueError(f"psi must be a floating-point Tensor, got {type(psi).__name__}")
-    if not theta:
-        raise ValueError("theta is empty: pass θ as a dict name -> tensor, e.g. dict(model.named_parameters())")
-    th = {k: v.detach().requires_grad_(v.requires_grad) for k, v in theta.items()}
-    train_names = [k for k, v in th.items() if v.requires_grad]
-    if not train_names:
-        raise ValueError("no tensor in theta requires grad: θ must contain the trainable parameters")
+    th, train_names, ps = _inputs(theta, psi, solver, iters, damping)
     train = [th[k] for k in train_names]
-    ps = psi.detach().requires_grad_(True)
 
     # ∇θL with its graph kept: every H·v below and the mixed product are one more backward through it.
     lower_value = lower(th, ps).sum()
@@ -148,12 +134,50 @@ def implicit_hypergradient(
     b = ad.flatten(upper_grads[:-1]).detach()
     direct = upper_grads[-1].detach()
 
-    hvps = 0
+    result, rhs, hvps = _solve(list(lower_grad), train, b, solver=solver, iters=iters, damping=damping, tol=tol)
+    x = result.x.detach()
+    # ∂/∂ψ ⟨∇θL(θ, ψ), x⟩ = (∂²L/∂ψ∂θ) x: the mixed term of eq. 6, one backward through ∇θL.
+    (mixed,) = ad.grads(lower_grad_flat.dot(x), [ps])
+    grad = (direct - mixed).detach()
+    if not return_info:
+        return grad
+    info = ImplicitInfo(result.residual.sqrt(), rhs.norm(), hvps, lower_grad_flat.detach().norm())
+    return grad, info
 
+
+def _inputs(
+    theta: Mapping[str, Tensor], psi: Tensor, solver: str, iters: int, damping: float
+) -> tuple[dict[str, Tensor], list[str], Tensor]:
+    """The arguments of ``implicit_hypergradient`` checked, and θ and ψ as fresh leaves: (θ by name, the names
+    of its trainable tensors, ψ)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if not isinstance(psi, Tensor) or not psi.is_floating_point():
+        raise ValueError(f"psi must be a floating-point Tensor, got {type(psi).__name__}")
+    if not theta:
+        raise ValueError("theta is empty: pass θ as a dict name -> tensor, e.g. dict(model.named_parameters())")
+    th = {k: v.detach().requires_grad_(v.requires_grad) for k, v in theta.items()}
+    train_names = [k for k, v in th.items() if v.requires_grad]
+    if not train_names:
+        raise ValueError("no tensor in theta requires grad: θ must contain the trainable parameters")
+    return th, train_names, psi.detach().requires_grad_(True)
+
+
+def _solve(
+    lower_grad: list[Tensor], train: list[Tensor], b: Tensor, *, solver: str, iters: int, damping: float, tol: float
+) -> tuple[ad.CGResult, Tensor, int]:
+    """x of ``(H + λI) x = b`` (``cg``) or ``(HᵀH + λI) x = H b`` (``normal_cg``, the least-residual iterate) by
+    conjugate gradients on Hessian-vector products through ``lower_grad`` = ∇θL (its graph kept): the solver's
+    result, the right-hand side and the number of H·v products."""
     # Entries of ∇θL that are constant in θ (L linear in that tensor) have no graph: they add nothing to H·v.
     live = [i for i, g in enumerate(lower_grad) if g.requires_grad]
     if not live:
         raise ValueError("the lower objective is linear in theta: H = 0, nothing to solve")
+    hvps = 0
 
     def hvp(v: Tensor) -> Tensor:
         nonlocal hvps
@@ -165,25 +189,8 @@ def implicit_hypergradient(
         return ad.flatten([torch.zeros_like(t) if g is None else g for t, g in zip(train, out, strict=True)])
 
     if solver == "cg":
-
-        def matvec(v: Tensor) -> Tensor:
-            return hvp(v) + damping * v
-
-        rhs = b
-        result = ad.cg_solve(matvec, rhs, iters=iters, tol=tol)
-    else:
-
-        def matvec(v: Tensor) -> Tensor:
-            return hvp(hvp(v)) + damping * v
-
-        rhs = hvp(b)
-        result = ad.cg_solve(matvec, rhs, iters=iters, tol=tol, least_residual=True)
-
-    x = result.x.detach()
-    # ∂/∂ψ ⟨∇θL(θ, ψ), x⟩ = (∂²L/∂ψ∂θ) x: the mixed term of eq. 6, one backward through ∇θL.
-    (mixed,) = ad.grads(lower_grad_flat.dot(x), [ps])
-    grad = (direct - mixed).detach()
-    if not return_info:
-        return grad
-    info = ImplicitInfo(result.residual.sqrt(), rhs.norm(), hvps, lower_grad_flat.detach().norm())
-    return grad, info
+        result = ad.cg_solve(lambda v: hvp(v) + damping * v, b, iters=iters, tol=tol)
+        return result, b, hvps
+    rhs = hvp(b)
+    result = ad.cg_solve(lambda v: hvp(hvp(v)) + damping * v, rhs, iters=iters, tol=tol, least_residual=True)
+    return result, rhs, hvps
