@@ -142,13 +142,7 @@ def check_hypergradient(
     weights = weights.detach()
     double = weights.dtype == torch.float64
     n = weights.numel()
-    if directions is None and n > max_coordinates:
-        directions = 8
-    dirs = None
-    if directions is not None:
-        gen = torch.Generator().manual_seed(seed)
-        dirs = torch.randn((directions, *weights.shape), generator=gen, dtype=weights.dtype)
-        dirs = (dirs / dirs.flatten(1).norm(dim=1).view(-1, *([1] * weights.dim()))).to(weights.device)
+    dirs = _directions(weights, directions if directions is not None or n <= max_coordinates else 8, seed)
     rows = []
     for strategy in strategies if strategies is not None else default_strategies(lr):
         if not strategy.trains_weighter:
@@ -156,31 +150,7 @@ def check_hypergradient(
         implicit = isinstance(strategy, Implicit)
         step = eps if eps is not None else ((1e-4 if implicit else 1e-5) if double else 1e-2)
         tol = tolerance if tolerance is not None else ((1e-4 if implicit else 1e-5) if double else 5e-2)
-        note = ""
-        if isinstance(strategy, Implicit):
-            # θ̂ solves the (proximal, if damped) lower problem anchored at params; the IFT holds there.
-            theta_hat = strategy.solve(base, weights)
-            at = BilevelProblem(
-                base.per_sample_loss,
-                base.upper_loss,
-                {
-                    k: t.requires_grad_(p.requires_grad)
-                    for k, t, p in zip(base.names, theta_hat, base.tensors, strict=True)
-                },
-            )
-            stationarity = _stationarity(strategy, base, at, weights)
-            note = f", at θ* (|∇|={stationarity:.1e})"
-            if stationarity > 1e-8:
-                note += " NOT SOLVED: singular Hessian? try damping > 0"
-
-            def objective(w: Tensor, strategy: Implicit = strategy, start: list[Tensor] = theta_hat) -> Tensor:
-                return strategy.objective(base, w, start)
-        else:
-            at = base
-
-            def objective(w: Tensor, strategy: Strategy = strategy) -> Tensor:
-                return strategy.objective(base, w)
-
+        at, objective, note = _check_point(strategy, base, weights)
         t0 = time.perf_counter()
         g = strategy.compute(make_problem(at.per_sample_loss, at.upper_loss, at.params), weights).hypergradient
         seconds = time.perf_counter() - t0
@@ -195,6 +165,44 @@ def check_hypergradient(
             CheckRow(repr(strategy), rel, cos, an_norm, fd_norm, seconds, rel <= tol, tol, f"{how}, eps={step:g}{note}")
         )
     return rows
+
+
+def _directions(weights: Tensor, directions: int | None, seed: int) -> Tensor | None:
+    """``directions`` random unit directions in the weights' space [D, *shape] (seeded), or None: every coordinate."""
+    if directions is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn((directions, *weights.shape), generator=gen, dtype=weights.dtype)
+    return (dirs / dirs.flatten(1).norm(dim=1).view(-1, *([1] * weights.dim()))).to(weights.device)
+
+
+def _check_point(
+    strategy: Strategy, base: BilevelProblem, weights: Tensor
+) -> tuple[BilevelProblem, Callable[[Tensor], Tensor], str]:
+    """Where ``strategy`` is checked (``base``; for ``Implicit`` θ* = argmin L_low(·, w), where the IFT holds), the
+    function of w its hypergradient differentiates, and a note for the report."""
+    if not isinstance(strategy, Implicit):
+
+        def objective(w: Tensor) -> Tensor:
+            return strategy.objective(base, w)
+
+        return base, objective, ""
+    # θ̂ solves the (proximal, if damped) lower problem anchored at params; the IFT holds there.
+    theta_hat = strategy.solve(base, weights)
+    at = BilevelProblem(
+        base.per_sample_loss,
+        base.upper_loss,
+        {k: t.requires_grad_(p.requires_grad) for k, t, p in zip(base.names, theta_hat, base.tensors, strict=True)},
+    )
+    stationarity = _stationarity(strategy, base, at, weights)
+    note = f", at θ* (|∇|={stationarity:.1e})"
+    if stationarity > 1e-8:
+        note += " NOT SOLVED: singular Hessian? try damping > 0"
+
+    def implicit_objective(w: Tensor) -> Tensor:
+        return strategy.objective(base, w, theta_hat)
+
+    return at, implicit_objective, note
 
 
 def format_report(rows: Sequence[CheckRow]) -> str:
