@@ -412,20 +412,10 @@ PRESETS: Presets = {
 }
 
 
-# Super Mario Bros ("Pre-training world models on related tasks" §5.2): "We reuse all hyperparameters from the
-# Atari experiments" — 64×64 grayscale, action repeat 4, sticky actions (the env's own, 0.2).
-for _preset in PRESETS.values():
-    _preset["mario"] = dict(_preset["atari"])
-
 #: Extra presets of the ``tempo`` recipe, applied after ``PRESETS`` (same keys).  ``paper``: TEMPO Table 1
 #: (the field defaults).  ``cpu``: a smaller weighter and the upper level every 16th update, sized by measurement
 #: so that a TEMPO train step costs about as much as a DreamerV2 one (benchmarks/tempo_overhead.py).
 TEMPO_PRESETS: Presets = {
     "paper": {},
-    "cpu": {
-        "dmc": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
-        "atari": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
-        "mario": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
-        "gym": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16},
-    },
+    "cpu": {"*": {"weighter_layers": 3, "weighter_units": 128, "meta_every": 16}},
 }

@@ -87,17 +87,45 @@ user set is left alone.  ``make setup`` installs Debian's Mesa packages for both
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from recipes.envs.atari import ATARI_TIME_LIMIT, AtariEnv
 from recipes.envs.base import Env
-from recipes.envs.dmc import DMCEnv
 from recipes.envs.gl import ensure_headless_gl
-from recipes.envs.gym import GymEnv
+from recipes.envs.registry import ENV_FAMILIES, EnvFamily, env_usage
 
-#: The one list of environment families (configs validate against it).
-FAMILIES = ("dmc", "atari", "gym", "meta", "admrl", "mario")
-DEFAULT_ACTION_REPEAT = {"dmc": 2, "atari": 4, "gym": 1, "meta": 1, "admrl": 1, "mario": 4}
-DEFAULT_PIXELS = {"dmc": False, "atari": True, "gym": False, "meta": False, "admrl": False, "mario": True}
+#: The one list of environment families (configs validate against it): ``recipes.envs.registry``'s.
+FAMILIES = tuple(ENV_FAMILIES)
+DEFAULT_ACTION_REPEAT = {f.prefix: f.action_repeat for f in ENV_FAMILIES.values()}
+DEFAULT_PIXELS = {f.prefix: f.pixels for f in ENV_FAMILIES.values()}
+
+
+def _check_options(
+    name: str,
+    family: EnvFamily,
+    size: int,
+    action_repeat: int | None,
+    time_limit: int | None,
+    options: dict[str, Any],
+) -> None:
+    """``make_env``'s checks of its options for one environment ``name`` of ``family``.
+
+    Raises:
+        ValueError: an option out of range, or a family's own option (``task_switch``, ``split``) given to another.
+    """
+    foreign = [k for k, v in options.items() if k not in family.options and v != _OPTION_DEFAULTS[k]]
+    if foreign:
+        owners = [f"{f.prefix}:" for f in ENV_FAMILIES.values() if set(foreign) <= set(f.options)]
+        raise ValueError(f"{' and '.join(foreign)} apply to {' '.join(owners)} environments only, not {name!r}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if action_repeat is not None and int(action_repeat) < 1:
+        raise ValueError(f"action_repeat must be at least 1, got {action_repeat}")
+    if time_limit is not None and time_limit < 1:
+        raise ValueError(f"time_limit must be at least 1 agent step, got {time_limit}")
+
+
+#: ``make_env``'s family-specific options and their defaults (an option left at its default is not "given").
+_OPTION_DEFAULTS: dict[str, Any] = {"task_switch": None, "split": "train"}
 
 
 def make_env(
@@ -112,10 +140,15 @@ def make_env(
     split: str = "train",
     task_weights: Sequence[float] | None = None,
 ) -> Env:
-    """Make ``dmc:DOMAIN_TASK``, ``atari:GAME``, ``gym:ID`` or ``meta:FAMILY`` (see the module docstring for every
-    convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see ``recipes.envs.metarl``), or,
-    for a comma list of names, a ``recipes.envs.multitask.MultiTaskEnv`` over them (``task_weights``: the
-    member draw's probabilities; None = uniform)."""
+    """Make ``FAMILY:NAME`` of any family of ``recipes.envs.registry.ENV_FAMILIES`` (see the module docstring for
+    every convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see ``recipes.envs.metarl``),
+    or, for a comma list of names, a ``recipes.envs.multitask.MultiTaskEnv`` over them (``task_weights``: the
+    member draw's probabilities; None = uniform).
+
+    Raises:
+        ValueError: an unknown family or name, or an option out of range (one line naming it).
+    """
+    options = {"task_switch": task_switch, "split": split}
     if "," in name:
         from recipes.envs.multitask import make_multitask
 
@@ -128,59 +161,28 @@ def make_env(
             size=size,
             action_repeat=action_repeat,
             time_limit=time_limit,
-            task_switch=task_switch,
-            split=split,
+            **options,
         )
     if task_weights is not None:
         raise ValueError(f"task_weights apply to a set of environments (a comma list), not {name!r}")
-    family, sep, task = name.partition(":")
-    if not sep or family not in FAMILIES or not task:
+    prefix, sep, task = name.partition(":")
+    if not sep or prefix not in ENV_FAMILIES or not task:
         from recipes.suggest import did_you_mean
 
-        hint = did_you_mean(family, FAMILIES) if sep else ""
-        raise ValueError(
-            f"unknown environment {name!r}{hint}: use dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY, admrl:FAMILY"
-            " or mario:WORLD-STAGE"
-        )
-    if family != "meta" and (task_switch is not None or split != "train"):
-        raise ValueError(f"task_switch and split apply to meta: environments only, not {name!r}")
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    repeat = DEFAULT_ACTION_REPEAT[family] if action_repeat is None else int(action_repeat)
-    if repeat < 1:
-        raise ValueError(f"action_repeat must be at least 1, got {action_repeat}")
-    if time_limit is not None and time_limit < 1:
-        raise ValueError(f"time_limit must be at least 1 agent step, got {time_limit}")
-    if family == "atari" and time_limit is None:
-        time_limit = ATARI_TIME_LIMIT
-    use_pixels = DEFAULT_PIXELS[family] if pixels is None else bool(pixels)
-    if family == "meta":
-        from recipes.envs.metarl import make_meta_env
-
-        return make_meta_env(
-            task,
-            seed=seed,
-            pixels=use_pixels,
-            size=size,
-            action_repeat=repeat,
-            time_limit=time_limit,
-            task_switch=task_switch,
-            split=split,
-        )
-    if family == "mario":  # imported here: nes-py and legacy gym load only when a mario: env is made
-        from recipes.envs.mario import make_mario_env
-
-        return make_mario_env(
-            task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit
-        )
-    if family == "admrl":
-        from recipes.envs.admrl import make_admrl_env
-
-        return make_admrl_env(
-            task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit
-        )
-    cls = {"dmc": DMCEnv, "atari": AtariEnv, "gym": GymEnv}[family]
-    return cls(task, seed=seed, pixels=use_pixels, size=size, action_repeat=repeat, time_limit=time_limit)
+        hint = did_you_mean(prefix, FAMILIES) if sep else ""
+        raise ValueError(f"unknown environment {name!r}{hint}: use {env_usage()}")
+    family = ENV_FAMILIES[prefix]
+    _check_options(name, family, size, action_repeat, time_limit, options)
+    kwargs = {k: v for k, v in options.items() if k in family.options}
+    return family.make(
+        task,
+        seed=seed,
+        pixels=family.pixels if pixels is None else bool(pixels),
+        size=size,
+        action_repeat=family.action_repeat if action_repeat is None else int(action_repeat),
+        time_limit=time_limit,
+        **kwargs,
+    )
 
 
-__all__ = ["FAMILIES", "AtariEnv", "DMCEnv", "Env", "GymEnv", "ensure_headless_gl", "make_env"]
+__all__ = ["ENV_FAMILIES", "FAMILIES", "Env", "EnvFamily", "ensure_headless_gl", "make_env"]

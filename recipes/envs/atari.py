@@ -95,3 +95,11 @@ class AtariEnv(Env):
 
     def close(self) -> None:
         self._env.close()
+
+
+def make_atari_env(
+    game: str, *, seed: int, pixels: bool, size: int, action_repeat: int, time_limit: int | None
+) -> AtariEnv:
+    """``atari:GAME`` for ``recipes.envs.make_env`` (``time_limit`` ``None`` → ``ATARI_TIME_LIMIT``)."""
+    limit = ATARI_TIME_LIMIT if time_limit is None else time_limit
+    return AtariEnv(game, seed=seed, pixels=pixels, size=size, action_repeat=action_repeat, time_limit=limit)

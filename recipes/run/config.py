@@ -1,8 +1,10 @@
 """The config every online recipe shares (``RunConfig``), presets as data, and ``resolve``.
 
 The config is the only place a number lives.  A recipe's presets are dicts of overrides keyed by preset name
-(``cpu``, ``paper``) and environment family (``dmc``, ``atari``, ``gym``, ``meta``; ``dmc_pixels`` applies on top of
-``dmc`` when ``pixels`` is true); a recipe may stack several layers (``tempo`` = DreamerV2's presets, then its own).
+(``cpu``, ``paper``) and environment family (``dmc``, ``atari``, ``gym``, ``meta``, ``*`` for every family;
+``dmc_pixels`` applies on top of ``dmc`` when ``pixels`` is true); a recipe may stack several layers (``tempo`` =
+DreamerV2's presets, then its own).  The families a recipe runs on are those of its first layer
+(``preset_families``).
 ``--set key=value`` overrides come last.
 """
 
@@ -74,18 +76,18 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_env(self) -> RunConfig:
-        from recipes.envs import FAMILIES
         from recipes.envs.multitask import split_names
+        from recipes.envs.registry import ENV_FAMILIES
 
         members = split_names(self.env) if "," in self.env else [self.env]
         for member in members:
             family = member.split(":", 1)[0]
-            if family not in FAMILIES:
+            if family not in ENV_FAMILIES:
                 from recipes.suggest import did_you_mean
 
                 raise ValueError(
-                    f"env: unknown family {family!r} in {member!r}{did_you_mean(family, FAMILIES)} (use "
-                    + ", ".join(f"{f}:" for f in FAMILIES)
+                    f"env: unknown family {family!r} in {member!r}{did_you_mean(family, ENV_FAMILIES)} (use "
+                    + ", ".join(f"{f}:" for f in ENV_FAMILIES)
                     + ")"
                 )
         if len({m.split(":", 1)[0] for m in members}) > 1:
@@ -162,6 +164,35 @@ def explain(err: ValidationError, cls: type[BaseModel]) -> str:
     return f"{field}: expected {expected}, got {first.get('input')!r}"
 
 
+def family_entries(entries: dict[str, dict[str, Any]], family: str) -> dict[str, Any]:
+    """One preset layer's overrides for ``family``: its ``"*"`` entry (every family), then the family's own or, where
+    it has none, those of the family it shares presets with (``recipes.envs.registry.EnvFamily.presets_like``)."""
+    from recipes.envs.registry import ENV_FAMILIES
+
+    own = entries.get(family)
+    if own is None:
+        prefix, _, pixels = family.partition("_")
+        like = ENV_FAMILIES[prefix].presets_like if prefix in ENV_FAMILIES else None
+        own = entries.get(f"{like}_{pixels}" if pixels else like, {}) if like else {}
+    return {**(entries.get("*", {}) if "_" not in family else {}), **own}
+
+
+def known_families() -> list[str]:
+    """Every environment family's prefix (``recipes.envs.registry.ENV_FAMILIES``)."""
+    from recipes.envs.registry import ENV_FAMILIES
+
+    return list(ENV_FAMILIES)
+
+
+def preset_families(presets: Sequence[Presets]) -> list[str]:
+    """The environment families a recipe runs on: those its first preset layer has an entry for under some preset,
+    and those that share presets with one of them (``presets_like``)."""
+    from recipes.envs.registry import ENV_FAMILIES
+
+    named = {f for entries in (presets[0].values() if presets else []) for f in entries if "_" not in f and f != "*"}
+    return [f for f, spec in ENV_FAMILIES.items() if f in named or spec.presets_like in named]
+
+
 def resolve(
     cls: type[RunConfig],
     presets: Sequence[Presets],
@@ -181,19 +212,23 @@ def resolve(
         run: further fields (``steps``, ``seed``, ...), applied before ``overrides``.
 
     Raises:
-        ValueError: naming the offending field, for unknown keys, bad values or an unknown preset.
+        ValueError: naming the offending field, for unknown keys, bad values, an unknown preset or an environment
+            family the presets have no entry for.
     """
     names = sorted(presets[0]) if presets else []
     if preset not in names:
         raise ValueError(f"preset: unknown {preset!r}; choose one of {names}")
     family = env.split(":", 1)[0]
+    accepted = preset_families(presets)
+    if presets and family not in accepted and family in known_families():  # an unknown one: the config's error
+        raise ValueError(f"env: {env!r} is not an environment this recipe runs on ({', '.join(accepted)})")
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
     for layer in presets:
         entries = layer.get(preset, {})
-        values.update(entries.get(family, {}))
-        if overrides.get("pixels", values.get("pixels", False)) and f"{family}_pixels" in entries:
-            values.update(entries[f"{family}_pixels"])
+        values.update(family_entries(entries, family))
+        if overrides.get("pixels", values.get("pixels", False)):
+            values.update(family_entries(entries, f"{family}_pixels"))
     values.update({"env": env, "preset": preset, **run})
     values.update(overrides)
     try:
