@@ -5,8 +5,8 @@ variants run one after the other, ``--warmup`` steps each (compilation) then ``-
 median of each phase over the timed steps is reported.  The phases are wall-clock spans around the calls the step
 makes — each compiled graph (``MaybeCompiled``, by its name), a = ∇θ L_up (``bilevel._autodiff.grads_used``),
 θ's backward (``FactoredJvpAt._backward`` under TEMPO's compiled JVP, ``_autodiff.grads`` otherwise), the
-filtering JVP (``TempoAgent._chunked_states_jvp``), the actor-critic update and the world-model step — so they nest
-(the world-model step contains the rest but the actor-critic) and do not sum to the step.
+filtering JVP (``fast.TempoCompiled._chunked_states_jvp``), the actor-critic update and the world-model step — so
+they nest (the world-model step contains the rest but the actor-critic) and do not sum to the step.
 
 The bound it prints: TEMPO's exact SameState hypergradient (TEMPO eq. 9) needs a = ∇θ L_up (a backward through the
 filtering: encoder, RSSM, slow critic) and J a (a forward-mode pass through the filtering) on top of DreamerV2's
@@ -50,10 +50,10 @@ def instrument(spans: dict[str, float]) -> Callable[[], None]:
     """Wrap the step's calls so each adds its wall time (s) to ``spans[label]`` (a call nested in one of the same
     label counts once); returns the function that puts the originals back."""
     import bilevel._autodiff as ad
-    import bilevel.strategies as strategies
+    import bilevel.factored as factored
     from recipes.agents import compile as compile_mod
     from recipes.agents import dreamer_ac
-    from recipes.dreamer import dreamerv2, tempo
+    from recipes.dreamer import dreamerv2, fast, tempo
 
     active: set[str] = set()
 
@@ -76,8 +76,8 @@ def instrument(spans: dict[str, float]) -> Callable[[], None]:
     targets: list[tuple[Any, str, Any]] = [
         (ad, "grads_used", UPPER),
         (ad, "grads", LOWER),
-        (strategies.FactoredJvpAt, "_backward", LOWER),
-        (tempo.TempoAgent, "_chunked_states_jvp", JVP),
+        (factored.FactoredJvpAt, "_backward", LOWER),
+        (fast.TempoCompiled, "_chunked_states_jvp", JVP),
         (dreamer_ac.ActorCritic, "update", AC),
         (dreamerv2.DreamerAgent, "world_model_step", WM),
         (tempo.TempoAgent, "world_model_step", WM),

@@ -4,7 +4,7 @@
 run's history: given copies of ``checkpoints/latest.pt`` taken while the run trained (files ``epNNN.pt`` in
 ``--history``, NNN = the number of replay episodes on disk when the copy was taken), it rebuilds for each copy the
 run as it was — the same ``config.json``, that checkpoint, and the first NNN episode files of ``replay/`` — and runs
-``recipes.dreamer.tempo.inspect_weights`` on it, so each row's weights and rewards are those of the replay the
+``recipes.dreamer.analysis.inspect_weights`` on it, so each row's weights and rewards are those of the replay the
 weighter was training on then.  The copier used for docs/recipe-tempo.md (every 30 s, a copy whenever the
 checkpoint's mtime changes):
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     import torch
 
-    from recipes.dreamer.tempo import inspect_weights
+    from recipes.dreamer.analysis import inspect_weights
 
     torch.set_num_threads(1)
     snaps = sorted(

@@ -7,6 +7,7 @@ L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
 
 from bilevel._autodiff import conjugate_gradient
 from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
+from bilevel.factored import FactoredJvp, FactoredJvpAt
 from bilevel.functional import hypergradient
 from bilevel.guard import NonFiniteError, check_finite
 from bilevel.implicit import ImplicitInfo, implicit_hypergradient
@@ -14,8 +15,6 @@ from bilevel.normalizers import BatchNormalizer, MovingNormalizer, make_normaliz
 from bilevel.strategies import (
     STRATEGY_NAMES,
     BilevelProblem,
-    FactoredJvp,
-    FactoredJvpAt,
     HypergradientResult,
     Implicit,
     Lookahead,

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from bilevel import _autodiff as ad
+from bilevel.factored import FactoredJvp
 from bilevel.guard import NonFiniteError, as_floats, check_finite
-from bilevel.strategies import BilevelProblem, FactoredJvp, PerSampleJvp, Strategy
+from bilevel.strategies import BilevelProblem, PerSampleJvp, Strategy
 
 ModelFn = Callable[..., Any]
 
@@ -168,21 +169,11 @@ class BilevelUpdate:
             upper_at_theta = upper_fn(self.view(params))
         if self.strategy.trains_weighter and out.features is None:
             raise ValueError(f"{self.strategy!r} trains a weighter: forward() must return features")
-        # the weighter's forward updates its buffers (BatchNorm statistics): restored if the update is skipped
-        saved = (
-            [b.detach().clone() for b in self.weighter.buffers()]
-            if self.skip_nonfinite and self.weighter is not None and self.strategy.trains_weighter
-            else []
-        )
+        saved = self._saved_buffers()
         if self.strategy.trains_weighter and meta:
             level = self._upper_level(forward, upper_fn, out, params, upper_at_theta, jvp)
-        elif self.strategy.trains_weighter:
-            assert self.weighter is not None and out.features is not None
-            with torch.no_grad():
-                level = _Weights(self.weighter(out.features), upper_at_theta)
         else:
-            upper_detached = None if upper_at_theta is None else upper_at_theta.detach()
-            level = _Weights(self.strategy.rule_weights(out.loss.detach(), upper_detached), upper_at_theta)
+            level = self._weights_only(out, upper_at_theta)
         stepping = [self.weighter_optimizer, self.model_optimizer] if level.meta else [self.model_optimizer]
         level.tensors["model_grad_norm"] = self._model_gradient(params, out.loss, level)
         metrics = self._checked_metrics(out.loss, level, stepping, saved)
@@ -194,6 +185,23 @@ class BilevelUpdate:
             assert self.weighter is not None and self.weighter_optimizer is not None
             metrics.update(_step_size(before, self.weighter, self.weighter_optimizer))
         return metrics
+
+    def _saved_buffers(self) -> list[Tensor]:
+        """Copies of the weighter's buffers where a skipped update must restore them: its forward updates them
+        (BatchNorm statistics)."""
+        if self.skip_nonfinite and self.weighter is not None and self.strategy.trains_weighter:
+            return [b.detach().clone() for b in self.weighter.buffers()]
+        return []
+
+    def _weights_only(self, out: LevelOutputs, upper_at_theta: Tensor | None) -> _Weights:
+        """The weights of a step without a weighter update: the weighter's without gradient, or the strategy's rule
+        (``Naive``, ``Uniform``)."""
+        if self.strategy.trains_weighter:
+            assert self.weighter is not None and out.features is not None
+            with torch.no_grad():
+                return _Weights(self.weighter(out.features), upper_at_theta)
+        upper_detached = None if upper_at_theta is None else upper_at_theta.detach()
+        return _Weights(self.strategy.rule_weights(out.loss.detach(), upper_detached), upper_at_theta)
 
     def _upper_level(
         self,

@@ -204,14 +204,15 @@ def cmd_noisy_labels(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recipes.envs import make_env
-    from recipes.registry import get_recipe
+    from recipes.registry import RECIPES, get_recipe
     from recipes.run.config import parse_sets
 
     recipe = get_recipe(args.recipe)
     sets = parse_sets(args.set)
     if getattr(args, "init", None) is not None or getattr(args, "init_parts", None) is not None:
         if "init" not in recipe.config.model_fields:
-            raise ValueError(f"--init: recipe {recipe.name!r} cannot start from a checkpoint (dreamerv2 and tempo can)")
+            can = " and ".join(r.name for r in RECIPES.values() if "init" in r.config.model_fields)
+            raise ValueError(f"--init: recipe {recipe.name!r} cannot start from a checkpoint ({can} can)")
         if args.init is None:
             raise ValueError("--init-parts: give --init RUN_DIR too (the run to start from)")
         init = Path(args.init)
@@ -315,11 +316,15 @@ def cmd_inspect_weights(args: argparse.Namespace) -> int:
     if name not in RECIPES:
         have = " or ".join(r.name for r in RECIPES.values() if r.inspect is not None)
         raise ValueError(f"logdir: {logdir} is not a {have} run (its config.json names no recipe)")
-    RECIPES[name].inspect_run(logdir, sequences=args.sequences, show=args.show, seed=args.seed)
+    recipe = RECIPES[name]
+    rows = recipe.inspect_run(logdir, sequences=args.sequences, seed=args.seed)
+    print("\n".join(recipe.inspection_lines(rows, show=args.show)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recipes.envs.registry import env_usage
+
     parser = argparse.ArgumentParser(prog="reweigh", description="Task-aware model learning by bi-level reweighting")
     parser.add_argument("--version", action="version", version=f"reweigh {_version()}")
     sub = parser.add_subparsers(dest="command")
@@ -374,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("recipe", help="; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()))
     run.add_argument(
-        "--env", default="dmc:cartpole_swingup", help="dmc:DOMAIN_TASK, atari:GAME, gym:ID, meta:FAMILY or admrl:FAMILY"
+        "--env", default="dmc:cartpole_swingup", help=f"{env_usage()}, or a comma list of them (one drawn per episode)"
     )
     run.add_argument("--steps", type=int, default=100_000, help="environment steps (agent steps × action repeat)")
     run.add_argument("--seed", type=int, default=0)

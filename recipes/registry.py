@@ -40,8 +40,10 @@ class Recipe:
             is this entry's name, so one function may serve several entries).
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
             figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
-        inspect: optional ``"module:function"`` of ``inspect(logdir, *, sequences, show, seed) -> dict`` behind
-            ``reweigh inspect-weights DIR`` for this recipe's runs (it prints; tempo: TEMPO Table 2).
+        inspect: optional ``"module:function"`` of ``inspect(logdir, *, sequences, seed) -> dict`` behind
+            ``reweigh inspect-weights DIR`` for this recipe's runs (tempo: TEMPO Table 2); it returns data.
+        inspect_text: ``"module:function"`` of ``text(rows, *, show) -> list[str]``, the lines the CLI prints of
+            ``inspect``'s result (required with ``inspect``).
         summary: one line for ``reweigh run --help``.
         metric: the ``metrics.jsonl`` key ``reweigh compare`` judges runs by (``eval_return``; AdMRL: ``worst_gap``).
         maximize: whether a higher ``metric`` is better.
@@ -53,6 +55,7 @@ class Recipe:
     train: str
     report: str | None = None
     inspect: str | None = None
+    inspect_text: str | None = None
     summary: str = ""
     metric: str = "eval_return"
     maximize: bool = True
@@ -76,6 +79,10 @@ class Recipe:
             raise ValueError(f"inspect-weights: {logdir} is a {self.name} run, not a {' or '.join(have)} run")
         return _load(self.inspect)(logdir, **options)
 
+    def inspection_lines(self, rows: dict[str, Any], *, show: int) -> list[str]:
+        """``inspect_run``'s result as the lines ``reweigh inspect-weights`` prints (``show`` weights a sequence)."""
+        return [] if self.inspect_text is None else _load(self.inspect_text)(rows, show=show)
+
     def make_report(self, logdirs: Sequence[Path], path: Path, title: str) -> Path | None:
         """The recipe's own figure over ``logdirs`` at ``path`` (``None`` without a report hook or data)."""
         return None if self.report is None else _load(self.report)(list(logdirs), path, title)
@@ -96,8 +103,9 @@ RECIPES: dict[str, Recipe] = {
             TempoConfig,
             (DREAMER_PRESETS, TEMPO_PRESETS),
             "recipes.dreamer.tempo:train",
-            report="recipes.dreamer.tempo:plot_diagnostics",
-            inspect="recipes.dreamer.tempo:inspect_weights",
+            report="recipes.dreamer.analysis:plot_diagnostics",
+            inspect="recipes.dreamer.analysis:inspect_weights",
+            inspect_text="recipes.dreamer.analysis:inspection_lines",
             summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)",
         ),
         Recipe(

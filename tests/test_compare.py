@@ -137,7 +137,7 @@ def test_compare_runs_two_recipes_end_to_end(tmp_path):
 
 def test_diagnostics_average_over_runs_at_shared_log_steps(tmp_path):
     """TEMPO Fig. 9's curves: mean ± std over seeds, on the log steps every run has; unlogged keys absent."""
-    from recipes.dreamer.tempo import diagnostics, plot_diagnostics
+    from recipes.dreamer.analysis import diagnostics, plot_diagnostics
 
     for seed, (steps, scale) in enumerate([((1000, 2000, 3000), 1.0), ((1000, 2000), 3.0)]):
         run = tmp_path / f"tempo-s{seed}"

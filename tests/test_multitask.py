@@ -211,7 +211,7 @@ def test_init_needs_a_run_directory_and_a_dreamer_recipe(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     argv = ["run", "sac", "--env", "gym:Pendulum-v1", "--logdir", str(tmp_path / "s"), "--init", str(tmp_path)]
     assert main(argv) == 2
-    assert "cannot start from a checkpoint" in capsys.readouterr().err
+    assert "cannot start from a checkpoint (dreamerv2 and tempo can)" in capsys.readouterr().err
     assert _pretrain(tmp_path / "one", 100, "dmc:cartpole_swingup") == 2
     assert "at least two" in capsys.readouterr().err
 
@@ -246,7 +246,7 @@ def test_tempo_weighter_sees_the_task(tmp_path, mode):
         first = next(k for k in agent if k.startswith("weighter.body.0.weight"))
         assert agent[first].shape[1] == 16 + 2 * 4 + 2 + 2  # D + S + V + one-hot of 2 tasks
     assert any("model/weight_mean" in r for r in records(logdir))
-    from recipes.dreamer.tempo import inspect_weights
+    from recipes.dreamer.analysis import inspect_weights
 
     per_task = inspect_weights(logdir, sequences=8)["per_task"]  # the meta weights' mean per task
     assert per_task and set(per_task) <= {"dmc:cartpole_balance", "dmc:cartpole_swingup"}

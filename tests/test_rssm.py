@@ -76,38 +76,6 @@ def test_is_first_resets_the_state():
     assert not torch.allclose(post["deter"][1, 2:], fresh["deter"][0])
 
 
-@pytest.mark.parametrize("classes", [0, 5])
-@pytest.mark.parametrize("chunk", [1, 2, 4, 6])
-def test_observe_in_chunks_equals_one_pass_values_and_gradients(classes, chunk):
-    """observe(chunk=K): the state carried across chunks (resets inside a chunk included, t = 3 of sequence 1)
-    gives the one-pass states and gradients exactly; the chunk function sees each chunk once, in order."""
-    model = RSSMWorldModel((5,), 2, classes=classes, **SMALL)
-    batch = _batch((5,))
-    shape = model.rssm.noise_shape(3, 6)
-    noise = (torch.rand(shape), torch.rand(shape)) if classes else (torch.randn(shape), torch.randn(shape))
-    seen = []
-
-    def chunk_fn(state, embed, action, is_first, noise):
-        seen.append(embed.shape[1])
-        return model.rssm.observe_chunk(state, embed, action, is_first, noise)
-
-    outs = []
-    for kw in ({}, {"chunk": chunk, "chunk_fn": chunk_fn}):
-        model.zero_grad()
-        post, prior = model.observe_states(batch, noise, **kw)
-        out = model.loss_from_states(batch, post, prior)
-        out.loss.sum().backward()
-        outs.append((post, out.loss, [p.grad.clone() for p in model.parameters()]))
-    assert seen == [min(chunk, 6 - i) for i in range(0, 6, chunk)]
-    for k in outs[0][0]:
-        torch.testing.assert_close(outs[1][0][k], outs[0][0][k], rtol=0, atol=0)
-    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=0, atol=0)
-    for a, b in zip(outs[1][2], outs[0][2], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # the same sums, in another order
-    with pytest.raises(ValueError, match="chunk must be >= 0"):
-        model.observe_states(batch, noise, chunk=-1)
-
-
 def test_kl_balancing_matches_formula():
     rssm = RSSM(embed=4, action_dim=1, deter=4, stoch=3, hidden=4)
     g = torch.Generator().manual_seed(1)

@@ -334,3 +334,22 @@ def test_make_strategy_builds_every_name_and_refuses_unknown_ones():
         B.make_strategy("warp")
     with pytest.raises(ValueError, match="learning rate"):
         B.make_strategy("same_state")
+
+
+def test_strategy_from_config_reads_each_recipes_fields():
+    """One builder for every recipe: η is meta_lr or else the model's learning rate; the options a config has
+    (tempo's lookahead_steps, implicit_iters, ...) reach the strategy, and a config without them (m3po's) gets
+    ``make_strategy``'s defaults."""
+    from recipes.registry import resolve
+    from recipes.run.strategy import strategy_from_config
+
+    tempo = resolve("dmc:cartpole_swingup", "cpu", {"strategy": "lookahead", "lookahead_steps": 3}, recipe="tempo")
+    la = strategy_from_config(tempo)
+    assert isinstance(la, B.Lookahead) and la.steps == 3 and la.lr == tempo.model_lr
+    tempo = resolve("dmc:cartpole_swingup", "cpu", {"strategy": "implicit", "implicit_iters": 7}, recipe="tempo")
+    assert strategy_from_config(tempo).iters == 7
+    m3po = resolve("gym:HalfCheetah-v4", "cpu", {"strategy": "same_state", "meta_lr": 0.5}, recipe="m3po")
+    same = strategy_from_config(m3po)
+    assert isinstance(same, B.SameState) and same.lr == 0.5 and same.method == "auto"
+    m3po = resolve("gym:HalfCheetah-v4", "cpu", {"strategy": "lookahead"}, recipe="m3po")
+    assert strategy_from_config(m3po).lr == m3po.model_lr and strategy_from_config(m3po).steps == 1

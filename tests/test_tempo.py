@@ -12,10 +12,12 @@ import torch
 from rundirs import TINY_AGENT
 
 import bilevel as B
-from recipes.agents.compile import MaybeCompiled
 from recipes.cli import main
-from recipes.dreamer.tempo import TempoAgent, inspect_weights, make_strategy, training_history, weights_by_reward
+from recipes.dreamer.analysis import inspect_weights, training_history, weights_by_reward
+from recipes.dreamer.fast import DreamerCompiled, Eager, TempoCompiled
+from recipes.dreamer.tempo import TempoAgent
 from recipes.registry import resolve
+from recipes.run.strategy import strategy_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +97,7 @@ def test_whole_tempo_step_hypergradient_matches_finite_differences(strategy, v3)
         lambda p: forward(upd.view(p)).upper.mean(),
         params,
         weights,
-        [make_strategy(agent.cfg)],
+        [strategy_from_config(agent.cfg)],
         directions=6,
     )
     assert len(rows) == 1 and rows[0].fd_norm > 0
@@ -168,31 +170,32 @@ def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
             compile=compile, compile_jvp=compile_jvp, compile_chunk=chunk, same_state_method="auto", **image
         )
         tangent_calls = []
-        if agent._compiled_encoder_tangent is not None:
-            inner = agent._compiled_encoder_tangent
-            agent._compiled_encoder_tangent = lambda *a, inner=inner, calls=tangent_calls: calls.append(1) or inner(*a)
+        fast = agent.backend
+        if compile and fast.encoder_tangent is not None:
+            inner = fast.encoder_tangent
+            fast.encoder_tangent = lambda *a, inner=inner, calls=tangent_calls: calls.append(1) or inner(*a)
         got[key] = _record_updates(agent)
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="torch.compile of")  # a fallback would make this vacuous
             for _ in range(2):
                 torch.manual_seed(1)
                 agent.world_model_step(batch)
-        assert (agent._compiled_jvp is not None) == compile
+        assert isinstance(fast, TempoCompiled) == compile
         if compile:
-            assert (agent._compiled_jvp.compiled is not None) == compile_jvp
+            assert (fast.states_jvp.compiled is not None) == compile_jvp
             parts = (
-                [agent._observe_chunk.compiled, agent._compiled_upper, agent._compiled_likelihood]
+                [fast.observe_chunk.compiled, fast.upper, fast.likelihood]
                 if chunk
-                else list(agent._compiled_halves)
+                else [fast.filter_and_upper, fast.likelihood]
             )
             assert all(part.compiled is not None for part in parts)
             # the filtering's JVP: whole (chunk 0) or the encoder's and one chunk graph (chunk > 0)
-            assert (agent._compiled_chunk_jvp is not None) == bool(chunk)
+            assert (fast.chunk_jvp is not None) == bool(chunk)
             if chunk:
-                assert (agent._compiled_chunk_jvp.compiled is not None) == compile_jvp
+                assert (fast.chunk_jvp.compiled is not None) == compile_jvp
             # pixels: the conv encoder's tangent from the forward's activations, once per weighter update
             assert tangent_calls == ([1, 1] if pixels else [])
-            assert agent._encoder_acts is None
+            assert fast.encoder_acts is None
     eager = got[False, None, 0]
     for key in compiled_keys:
         for step in range(2):
@@ -236,14 +239,15 @@ def test_compiled_tempo_weighter_update_after_a_plain_step(chunk):
 
 def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
     """dreamerv2 with compile=true: the ELBO by the filtering loop in compiled chunks (5 steps = 2 + 2 + 1) and the
-    compiled likelihood graph gives the eager loss and model gradient, the chunks' graphs actually compiled."""
+    compiled likelihood graph gives the eager loss and model gradient, the chunks' graphs actually compiled.
+    Categorical latents (TEMPO's tests cover Gaussian ones through the same graphs)."""
     from recipes.dreamer.dreamerv2 import DreamerAgent
 
     dreamer_tiny = {k: v for k, v in TINY.items() if not k.startswith("weighter")}
     got = []
     for compile in (False, True):
         torch.manual_seed(0)
-        over = {**dreamer_tiny, "compile": compile, "compile_chunk": 2}
+        over = {**dreamer_tiny, "compile": compile, "compile_chunk": 2, "classes": 4}
         agent = DreamerAgent(resolve("dmc:cartpole_swingup", "cpu", over, recipe="dreamerv2"), (5,), 1, False)
         _, batch = _agent()
         grads = []
@@ -255,10 +259,10 @@ def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
             torch.manual_seed(1)
             _, out = agent.world_model_step(batch)
         got.append((out.loss.detach(), grads[0]))
-        assert (agent._observe_chunk is not None) == compile
+        assert isinstance(agent.backend, DreamerCompiled) == compile
         if compile:
-            assert agent._observe_chunk.compiled.compiled is not None
-            assert agent._compiled_likelihood.compiled is not None
+            assert agent.backend.observe_chunk.compiled.compiled is not None
+            assert agent.backend.likelihood.compiled is not None
     torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(got[1][1], got[0][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -290,9 +294,9 @@ def test_compiled_acting_equals_eager():
             for i, step in enumerate(steps):
                 action, state = agent.act(step, state, explore=i % 2 == 0)
                 out.append((torch.as_tensor(action), state))
-        assert isinstance(agent._act_step, MaybeCompiled) == compile
+        assert isinstance(agent.backend, DreamerCompiled) == compile
         if compile:
-            assert agent._act_step.compiled is not None
+            assert agent.backend.act_step.compiled is not None
         got[compile] = out
     for (a_c, s_c), (a_e, s_e) in zip(got[True], got[False], strict=True):
         torch.testing.assert_close(a_c, a_e, rtol=1e-5, atol=1e-6)
@@ -307,10 +311,10 @@ def test_compiled_acting_equals_eager():
 )
 def test_compile_jvp_compiles_the_jvp_graph_only_where_weighter_updates_amortise_it(meta_every, compile_jvp, compiled):
     agent, _ = _agent(compile=True, meta_every=meta_every, compile_jvp=compile_jvp)
-    assert agent._compiled_jvp is not None  # the forward-mode route either way, never a double backward
-    assert (agent._compiled_jvp.compiled is not None) == compiled
+    assert agent.backend.states_jvp is not None  # the forward-mode route either way, never a double backward
+    assert (agent.backend.states_jvp.compiled is not None) == compiled
     agent, _ = _agent(compile=False, meta_every=meta_every, compile_jvp=compile_jvp)
-    assert agent._compiled_jvp is None  # eager: SameState's double backward through the eager forward
+    assert type(agent.backend) is Eager  # eager: SameState's double backward through the eager forward
 
 
 @pytest.mark.parametrize("strategy", ["same_state", "lookahead", "implicit"])
@@ -531,7 +535,7 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
     ckpt = torch.load(ckpt_path, weights_only=False)
     ckpt["agent"]["weighter.head.bias"].fill_(50.0)
     torch.save(ckpt, ckpt_path)
-    rows = inspect_weights(logdir, sequences=3, show=4)
+    rows = inspect_weights(logdir, sequences=3)
     assert rows["summary"]["share_near_high"] == 1.0 and rows["summary"]["share_near_low"] == 0.0
     assert rows["summary"]["q05_q50_q95"][0] > 1.24
 

@@ -47,7 +47,8 @@ def free_nats_on_mean(kl: Tensor, free: float) -> Tensor:
     return torch.where(kl.detach().mean() >= free, kl, torch.full_like(kl, free))
 
 
-#: ``(state, embed, action, is_first, noise) -> (last state, posts, priors)``: ``RSSM.observe_chunk``'s signature.
+#: ``(state, embed, action, is_first, noise) -> (last state, posts, priors)``: ``RSSM.observe_chunk``'s signature
+#: (a fast backend runs a compiled one along the sequence).
 ObserveChunk = Callable[[State, Tensor, Tensor, Tensor, "tuple[Tensor, Tensor] | None"], tuple[State, State, State]]
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -222,9 +223,6 @@ class RSSM(nn.Module):
         is_first: Tensor,
         state: State | None = None,
         noise: tuple[Tensor, Tensor] | None = None,
-        *,
-        chunk: int = 0,
-        chunk_fn: ObserveChunk | None = None,
     ) -> tuple[State, State]:
         """Posterior pass over sequences.
 
@@ -233,34 +231,12 @@ class RSSM(nn.Module):
             state: the state before step 0 (default zeros).
             noise: optional (prior noise, posterior noise), each of ``noise_shape`` (B, T), for reproducible
                 latent samples.
-            chunk: run the sequence as consecutive chunks of this many steps (0: one chunk), each by
-                ``chunk_fn`` (default ``observe_chunk``), the state carried across.  The same results as one
-                chunk; the point is a compiled ``chunk_fn``: one graph of ``chunk`` steps reused along the sequence
-                compiles ~T/chunk times faster than the unrolled sequence (``recipes.dreamer``'s
-                ``compile_chunk``).
 
         Returns:
             (post, prior), dicts of tensors [B, T, ...].
-
-        Raises:
-            ValueError: ``chunk`` < 0.
         """
-        if chunk < 0:
-            raise ValueError(f"chunk must be >= 0, got {chunk}")
-        b, t = embed.shape[:2]
-        state = self.initial(b, embed.device, embed.dtype) if state is None else state
-        fn = self.observe_chunk if chunk_fn is None else chunk_fn
-        if chunk == 0 or chunk >= t:
-            return fn(state, embed, action, is_first, noise)[1:]
-        posts, priors = [], []
-        for i in range(0, t, chunk):
-            part = slice(i, i + chunk)
-            step_noise = None if noise is None else (noise[0][:, part], noise[1][:, part])
-            state, post, prior = fn(state, embed[:, part], action[:, part], is_first[:, part], step_noise)
-            posts.append(post)
-            priors.append(prior)
-        cat = lambda xs: {k: torch.cat([x[k] for x in xs], 1) for k in xs[0]}  # noqa: E731
-        return cat(posts), cat(priors)
+        state = self.initial(embed.shape[0], embed.device, embed.dtype) if state is None else state
+        return self.observe_chunk(state, embed, action, is_first, noise)[1:]
 
     def observe_chunk(
         self,
@@ -718,20 +694,13 @@ class RSSMWorldModel(nn.Module):
         batch: dict[str, Tensor],
         noise: tuple[Tensor, Tensor] | None = None,
         state: State | None = None,
-        *,
-        chunk: int = 0,
-        chunk_fn: ObserveChunk | None = None,
-        embed: Tensor | None = None,
     ) -> tuple[State, State]:
-        """The filtering half of ``loss``: encoder and ``RSSM.observe`` (``chunk``, ``chunk_fn``: see
-        there) → posterior and prior states (dicts of [B, T, ...]).  Split out so that a caller can differentiate the
-        states alone (a task loss of the states, e.g. V-VAML, never reaches the heads) or compile the parts as
-        separate graphs.  ``embed``: the encoder's output [B, T, E] for ``batch["obs"]`` if the caller computed it
-        (e.g. by a compiled encoder)."""
-        if embed is None:
-            embed = self.encoder(self.preprocess(batch["obs"]))
+        """The filtering half of ``loss``: encoder and ``RSSM.observe`` → posterior and prior states (dicts of
+        [B, T, ...]).  Split out so that a caller can differentiate the states alone (a task loss of the states,
+        e.g. V-VAML, never reaches the heads) or compile the parts as separate graphs."""
+        embed = self.encoder(self.preprocess(batch["obs"]))
         action, is_first = batch["action"].to(embed.dtype), batch["is_first"].bool()
-        return self.rssm.observe(embed, action, is_first, state, noise, chunk=chunk, chunk_fn=chunk_fn)
+        return self.rssm.observe(embed, action, is_first, state, noise)
 
     def loss_from_states(self, batch: dict[str, Tensor], post: State, prior: State) -> ModelLoss:
         """The likelihood half of ``loss``: decoder, reward (and discount) NLLs and the balanced KL of given

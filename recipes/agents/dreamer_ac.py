@@ -314,11 +314,8 @@ class ActorCritic(nn.Module):
             raise ValueError(f"return_norm_decay must be in [0, 1), got {return_norm_decay}")
         if not return_norm_limit > 0.0:
             raise ValueError(f"return_norm_limit must be positive, got {return_norm_limit}")
-        self.return_norm, self.return_norm_decay, self.return_norm_limit = (
-            return_norm,
-            return_norm_decay,
-            return_norm_limit,
-        )
+        self.return_norm, self.return_norm_decay = return_norm, return_norm_decay
+        self.return_norm_limit = return_norm_limit
         if return_norm:  # (only then: checkpoints of runs without it keep their keys)
             # S: EMA of the 5th-95th percentile range of the λ-returns (DreamerV3 eq. 7); NaN until the first update
             self.register_buffer("return_scale", torch.full((), float("nan")))
@@ -350,13 +347,16 @@ class ActorCritic(nn.Module):
         if imag_chunk < 0:
             raise ValueError(f"imag_chunk must be >= 0, got {imag_chunk}")
         self.imag_chunk = imag_chunk
-        self._loss_fn: Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
-        if compile and 0 < imag_chunk < horizon:
+        self._loss_fn = self._losses_graphs(compile)
+
+    def _losses_graphs(self, compile: bool) -> Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """The losses' function: with ``compile`` and 0 < ``imag_chunk`` < horizon the imagination in compiled
+        chunks and the losses as another graph, else the losses as one graph (``compile``) or eager."""
+        if compile and 0 < self.imag_chunk < self.horizon:
             self._rollout_chunk_fn = MaybeCompiled(self._rollout_chunk, "the actor-critic's imagination chunk")
             self._rollout_losses_fn = MaybeCompiled(self._rollout_losses, "the actor-critic losses")
-            self._loss_fn = self._chunked_losses
-        else:
-            self._loss_fn = MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
+            return self._chunked_losses
+        return MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
 
     def value(self, feat: Tensor, slow: bool = True) -> Tensor:
         """V(features) [...]: the (slow) critic, as the upper-level losses use it."""

@@ -10,59 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bilevel import BilevelUpdate, LevelOutputs, NonFiniteError, Strategy, Uniform
-from recipes.agents.compile import MaybeCompiled
 from recipes.agents.dreamer_ac import ActorCritic
 from recipes.agents.optim import adamw
 from recipes.data.replay import Replay
+from recipes.dreamer import fast
 from recipes.dreamer.config import DreamerConfig
 from recipes.envs import Env, make_env
 from recipes.run import loop, rundir
 from recipes.run.precision import autocast_fn, resolve_precision
-from worldmodels import ConvEncoder, ModelLoss, RSSMWorldModel
-
-
-class CompiledObserveChunk:
-    """``worldmodels.RSSM.observe_chunk`` compiled (``recipes.agents.compile.MaybeCompiled``), the
-    ``worldmodels.rssm.ObserveChunk`` that ``worldmodels.RSSM.observe`` runs along the sequence.
-
-    A carried-in state that needs no gradient (the zero initial state of the first chunk) is passed as a leaf that
-    requires one, and a carried state is made contiguous (its statistics are views of wider tensors), so that every
-    chunk hits the same graph: dynamo specialises on ``requires_grad`` and on strides, and the first chunk would
-    otherwise compile a second graph of its own.  The zero state's gradient is computed and dropped (nothing reads
-    it).  ``retain_graph``: as ``recipes.agents.compile.MaybeCompiled``'s, for callers whose backward runs
-    through the chunks more than once (TEMPO's a = ∇θ L_up, then θ's gradient)."""
-
-    def __init__(self, rssm: Any, *, retain_graph: bool = False) -> None:
-        self.compiled = MaybeCompiled(rssm.observe_chunk, "the RSSM's filtering chunk", retain_graph=retain_graph)
-
-    def __call__(
-        self,
-        state: dict[str, Tensor],
-        embed: Tensor,
-        action: Tensor,
-        is_first: Tensor,
-        noise: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        if torch.is_grad_enabled() and not any(v.requires_grad for v in state.values()):
-            state = {k: v.detach().requires_grad_() for k, v in state.items()}
-        else:  # a carried state's statistics are views of wider tensors: one layout for every chunk
-            state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-        return self.compiled(state, embed, action, is_first, noise)
+from worldmodels import ModelLoss, RSSMWorldModel
 
 
 class DreamerAgent(nn.Module):
     """World model + actor-critic + their optimisers; ``train_step(batch)`` and ``act(step, state)``."""
-
-    #: the world-model forward's compiled graphs (encoder, filtering chunks, likelihood) may be backpropagated more
-    #: than once (``MaybeCompiled(retain_graph=True)``): subclasses whose update does so set it (TEMPO)
-    backward_twice: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -129,81 +96,34 @@ class DreamerAgent(nn.Module):
             repval_scale=cfg.repval_scale,
             actor_mean_bound=cfg.actor_mean_bound,
         )
-        # the real pass of the ELBO, compiled (first-order only; used by this class's forward closure, which
-        # subclasses that differentiate the pass twice replace): with compile_chunk > 0 the filtering loop as one
-        # compiled graph of compile_chunk steps reused along the sequence, and the likelihood terms as another
-        self._observe_chunk: CompiledObserveChunk | None = None
-        self._compiled_encode: MaybeCompiled[tuple[Tensor, list[Tensor]]] | None = None
-        self._compiled_likelihood: MaybeCompiled[ModelLoss] | None = None
-        self._compiled_loss: Callable[[dict[str, Tensor]], ModelLoss] | None = None
-        if cfg.compile and cfg.compile_chunk > 0:
-            twice = self.backward_twice
-            self._observe_chunk = CompiledObserveChunk(self.wm.rssm, retain_graph=twice)
-            self._compiled_encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=twice)
-            self._compiled_likelihood = MaybeCompiled(
-                self.wm.loss_from_states, "the world model's likelihood terms", retain_graph=twice
-            )
-            self._compiled_loss = self._chunked_loss
-        elif cfg.compile:
-            self._compiled_loss = MaybeCompiled(self.wm.loss, "the world-model loss")
-        # acting: one env step's filtering and action as one graph (at batch 1 the eager step is ~40 dispatched ops,
-        # each paying the dispatcher's overhead; docs/performance.md)
-        self._act_step: Callable[..., tuple[Tensor, dict[str, Tensor]]] = (
-            MaybeCompiled(self._act_tensors, "the acting step") if cfg.compile else self._act_tensors
-        )
         self.model_opt = adamw(self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd)
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)
+        self.backend: fast.Eager = self.make_backend()
 
-    def _encode(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The encoder's embedding [B, T, E] of ``obs`` and, for a conv encoder, its ELU outputs
-        (``worldmodels.ConvEncoder.forward_with_activations``; [] otherwise)."""
-        x = self.wm.preprocess(obs)
-        if isinstance(self.wm.encoder, ConvEncoder):
-            return self.wm.encoder.forward_with_activations(x)
-        return self.wm.encoder(x), []
-
-    def observe_compiled_with_activations(
-        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor], list[Tensor]]:
-        """``worldmodels.RSSMWorldModel.observe_states`` by compiled parts (needs ``compile=true`` and
-        ``compile_chunk > 0``): the encoder as one graph, then the filtering loop in chunks of ``compile_chunk`` steps
-        through one graph reused along the sequence.  Returns (post, prior, the conv encoder's ELU outputs or [])."""
-        assert self._observe_chunk is not None and self._compiled_encode is not None
-        embed, acts = self._compiled_encode(batch["obs"])
-        chunk = self.cfg.compile_chunk
-        post, prior = self.wm.observe_states(batch, noise, chunk=chunk, chunk_fn=self._observe_chunk, embed=embed)
-        return post, prior, acts
-
-    def observe_compiled(
-        self, batch: dict[str, Tensor], noise: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``observe_compiled_with_activations`` without the activations."""
-        return self.observe_compiled_with_activations(batch, noise)[:2]
-
-    def _chunked_loss(self, batch: dict[str, Tensor]) -> ModelLoss:
-        """The world-model loss by compiled parts: ``observe_compiled``, then the compiled likelihood terms."""
-        assert self._compiled_likelihood is not None
-        post, prior = self.observe_compiled(batch)
-        return self._compiled_likelihood(batch, post, prior)
+    def make_backend(self) -> fast.Eager:
+        """The backend that runs this reference fast (``recipes.dreamer.fast``; ``fast.Eager`` without
+        ``compile``).  Called at the end of ``DreamerAgent.__init__``: an override may read ``cfg``, ``wm`` and
+        ``ac`` and take bound methods, nothing a subclass builds later."""
+        return fast.DreamerCompiled(self) if self.cfg.compile else fast.Eager(self)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Every optimiser by checkpoint name (subclasses add theirs)."""
         return {"model_opt": self.model_opt, "actor_opt": self.ac.actor_opt, "critic_opt": self.ac.critic_opt}
 
     # -- learning --------------------------------------------------------------------------------------------
+    def level_outputs(self, out: ModelLoss) -> LevelOutputs:
+        """The lower level of one pass: the per-step ELBO terms ℓ[B, T], and the ``worldmodels.ModelLoss`` as
+        ``aux``."""
+        return LevelOutputs(loss=out.loss, aux=out)
+
     def world_model_forward(self, batch: dict[str, Tensor]) -> Callable[[Any], LevelOutputs]:
-        """The ``forward`` closure the bi-level update calls with the model at θ (or a virtual θ'): the per-step
-        ELBO terms ℓ[B, T], and the ``worldmodels.ModelLoss`` as ``aux``."""
-
-        def forward(fn: Any) -> LevelOutputs:
-            out = self._compiled_loss(batch) if fn is self.wm and self._compiled_loss is not None else fn(batch)
-            return LevelOutputs(loss=out.loss, aux=out)
-
-        return forward
+        """The ``forward`` closure the bi-level update calls with the model at θ (or a virtual θ')."""
+        return lambda fn: self.level_outputs(fn(batch))
 
     def world_model_step(self, batch: dict[str, Tensor]) -> tuple[dict[str, float], ModelLoss]:
         """The lower level (and, in subclasses, the upper level): metrics and the real pass's output."""
-        forward = autocast_fn(self.world_model_forward(batch), *self.autocast)
+        forward = self.backend.forward(self.world_model_forward(batch), batch)  # compiled at θ with compile=true
+        forward = autocast_fn(forward, *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
         metrics = {f"model/{k}": v for k, v in self.update.step(forward, outputs=levels, meta=self.meta_due()).items()}
         return metrics, levels.aux
@@ -252,19 +172,15 @@ class DreamerAgent(nn.Module):
             state = self.wm.rssm.initial(1, device)
         prev_action = torch.as_tensor(np.asarray(step["action"], np.float32), device=device)[None]
         is_first = torch.as_tensor([bool(step["is_first"])], device=device)
-        if self.cfg.compile:
-            # standard strides: the posterior's statistics are views of one output (their strides differ from the
-            # zero state's even at batch 1, where .contiguous() is a no-op); the compiled step would recompile
-            state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-        action, post = self._act_step(obs, prev_action, is_first, state, explore)
+        action, post = self.backend.act(obs, prev_action, is_first, state, explore)
         return action.cpu().numpy().astype(np.float32), post
 
-    def _act_tensors(
+    def act_tensors(
         self, obs: Tensor, prev_action: Tensor, is_first: Tensor, state: dict[str, Tensor], explore: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``act`` on tensors: ``obs`` [1, ...] raw, ``prev_action`` [1, A], ``is_first`` [1] bool, ``state`` the
         latent state [1, ·]; returns the action [A] and the posterior state.  Compiled with ``compile=true``
-        (one graph per value of ``explore``)."""
+        (by ``fast.DreamerCompiled``, one graph per value of ``explore``)."""
         embed = self.wm.encoder(self.wm.preprocess(obs))
         post, _ = self.wm.rssm.obs_step(state, prev_action, embed, is_first)
         action = self.ac.act(self.wm.rssm.features(post), deterministic=not explore)[0]

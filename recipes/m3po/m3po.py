@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, NonFiniteError, Uniform, make_strategy
+from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, NonFiniteError, Uniform
 from recipes.agents.sac import SAC
 from recipes.data.transitions import TransitionBuffer, next_history
 from recipes.envs import Env
@@ -34,6 +34,7 @@ from recipes.m3po.config import M3POConfig
 from recipes.m3po.rollouts import branched_rollouts, termination_fn
 from recipes.run import loop
 from recipes.run.precision import autocast_fn, resolve_precision
+from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
 from worldmodels import HistoryEnsemble, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim, roll_history
@@ -86,50 +87,57 @@ class M3POLearner(loop.Learner):
         self.prev: dict[str, Any] | None = None  # the last observed step of the current episode
         self.pos = 0
         if cfg.model_based:
-            self.model = HistoryEnsemble(
-                obs_dim,
-                action_dim,
-                history_len=length,
-                history_hidden=cfg.history_hidden,
-                members=cfg.members,
-                elites=cfg.elites,
-                layers=cfg.model_layers,
-                units=cfg.model_units,
-            ).to(self.device)
-            self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
-            # (device, dtype) of the meta-model's training forward: dtype None = plain fp32 (recipes.run.precision)
-            self.model_autocast = (self.device, resolve_precision(cfg.model_precision, self.device))
-            capacity = cfg.rollouts_per_step * cfg.rollout_length * cfg.model_retain
-            width = history_dim(obs_dim, action_dim)
-            self.d_model = TransitionBuffer(
-                capacity,
-                {
-                    **{k: v for k, v in env_fields.items() if k != "pos"},
-                    "history": ((length, width), f32),
-                    "history_mask": ((length,), f32),
-                },
-                self.device,
-            )
-            strategy = Uniform()
-            if cfg.weighting and self.model.encoder is not None:
-                self.model.encoder.cudnn = False  # hypergradients differentiate the GRU twice: cuDNN's cannot
-            if cfg.weighting:
-                strategy = make_strategy(cfg.strategy, lr=cfg.meta_lr or cfg.model_lr)
-                self.task_loss = make_task_loss(cfg.task_loss, **cfg.task_loss_kwargs)
-                if strategy.trains_weighter:
-                    features = 2 * obs_dim + action_dim + 2  # (o, a) and (Δo, r) normalised, and ℓ_i
-                    self.weighter = MetaWeighter(
-                        features, layers=cfg.weighter_layers, hidden=cfg.weighter_units, norm="none"
-                    ).to(self.device)
-                    self.weighter_opt = torch.optim.Adam(self.weighter.parameters(), cfg.weighter_lr)
-            self.update = BilevelUpdate(
-                self.model,
-                self.model_opt,
-                strategy,
-                self.weighter,
-                self.weighter_opt if self.weighter is not None else None,
-                hypergradient_scale=cfg.hypergradient_scale,
-            )
+            self._build_model(env_fields)
+
+    def _build_model(self, env_fields: dict[str, Any]) -> None:
+        """The meta-model (a history-conditioned ensemble), its optimiser, its rollout buffer D_model and the
+        bi-level update (with a weighter where ``weighting``)."""
+        cfg, obs_dim, action_dim, length = self.cfg, self.obs_dim, self.action_dim, self.cfg.history_len
+        f32 = torch.float32
+        self.model = HistoryEnsemble(
+            obs_dim,
+            action_dim,
+            history_len=length,
+            history_hidden=cfg.history_hidden,
+            members=cfg.members,
+            elites=cfg.elites,
+            layers=cfg.model_layers,
+            units=cfg.model_units,
+        ).to(self.device)
+        self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
+        # (device, dtype) of the meta-model's training forward: dtype None = plain fp32 (recipes.run.precision)
+        self.model_autocast = (self.device, resolve_precision(cfg.model_precision, self.device))
+        capacity = cfg.rollouts_per_step * cfg.rollout_length * cfg.model_retain
+        width = history_dim(obs_dim, action_dim)
+        self.d_model = TransitionBuffer(
+            capacity,
+            {
+                **{k: v for k, v in env_fields.items() if k != "pos"},
+                "history": ((length, width), f32),
+                "history_mask": ((length,), f32),
+            },
+            self.device,
+        )
+        strategy = Uniform()
+        if cfg.weighting and self.model.encoder is not None:
+            self.model.encoder.cudnn = False  # hypergradients differentiate the GRU twice: cuDNN's cannot
+        if cfg.weighting:
+            strategy = strategy_from_config(cfg)
+            self.task_loss = make_task_loss(cfg.task_loss, **cfg.task_loss_kwargs)
+            if strategy.trains_weighter:
+                features = 2 * obs_dim + action_dim + 2  # (o, a) and (Δo, r) normalised, and ℓ_i
+                self.weighter = MetaWeighter(
+                    features, layers=cfg.weighter_layers, hidden=cfg.weighter_units, norm="none"
+                ).to(self.device)
+                self.weighter_opt = torch.optim.Adam(self.weighter.parameters(), cfg.weighter_lr)
+        self.update = BilevelUpdate(
+            self.model,
+            self.model_opt,
+            strategy,
+            self.weighter,
+            self.weighter_opt if self.weighter is not None else None,
+            hypergradient_scale=cfg.hypergradient_scale,
+        )
 
     # -- acting and storing ------------------------------------------------------------------------------------
     def act(self, step: dict[str, Any], state: Any, *, explore: bool) -> tuple[np.ndarray, Any]:
