@@ -9,6 +9,7 @@
 * ``reweigh sweep SWEEP.yaml [--address ADDR]`` — recipes × envs × seeds × overrides, each trial a run directory,
   on Ray (a private local one, or a cluster), summarised per env as by ``compare``
 * ``reweigh inspect-weights DIR`` — TEMPO Table 2 (meta vs naive weights) for a tempo run's checkpoint
+* ``reweigh inspect-actor DIR`` — a dreamerv2/tempo run's actor: saturation, deterministic vs sampled returns
 """
 
 from __future__ import annotations
@@ -298,8 +299,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect_weights(args: argparse.Namespace) -> int:
-    """``reweigh inspect-weights DIR``: the inspect hook of the recipe that ``DIR/config.json`` names."""
+def cmd_tool(args: argparse.Namespace) -> int:
+    """``reweigh inspect-weights DIR``, ``reweigh inspect-actor DIR``: the after-run subcommand of the recipe that
+    ``DIR/config.json`` names (``recipes.registry.Recipe.tools``)."""
     import json
 
     from recipes.registry import RECIPES
@@ -314,11 +316,13 @@ def cmd_inspect_weights(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: not a JSON config ({err})") from None
     name = config.get("recipe") if isinstance(config, dict) else None
     if name not in RECIPES:
-        have = " or ".join(r.name for r in RECIPES.values() if r.inspect is not None)
+        have = " or ".join(r.name for r in RECIPES.values() if args.command in r.tools)
         raise ValueError(f"logdir: {logdir} is not a {have} run (its config.json names no recipe)")
-    recipe = RECIPES[name]
-    rows = recipe.inspect_run(logdir, sequences=args.sequences, seed=args.seed)
-    print("\n".join(recipe.inspection_lines(rows, show=args.show)))
+    tool = RECIPES[name].tool(args.command, logdir)
+    result, lines = tool.run(logdir, vars(args))
+    print("\n".join(lines))
+    if getattr(args, "out", None):
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
@@ -456,7 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--sequences", type=int, default=4)
     ins.add_argument("--show", type=int, default=8, help="weights printed per sequence")
     ins.add_argument("--seed", type=int, default=0)
-    ins.set_defaults(func=cmd_inspect_weights)
+    ins.set_defaults(func=cmd_tool)
+    act = sub.add_parser(
+        "inspect-actor", help="a dreamerv2/tempo checkpoint's actor: saturation, deterministic vs sampled returns"
+    )
+    act.add_argument("logdir")
+    act.add_argument("--episodes", type=int, default=5, help="episodes per evaluation mode")
+    act.add_argument("--sequences", type=int, default=16, help="replayed sequences for the saturation statistics")
+    act.add_argument("--seed", type=int, default=777, help="the evaluation episodes' seed")
+    act.add_argument("--out", default=None, help="also write the numbers as JSON here")
+    act.set_defaults(func=cmd_tool)
     return parser
 
 

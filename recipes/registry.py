@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,35 @@ def _load(target: str) -> Any:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """An after-run subcommand of a recipe: ``reweigh NAME DIR`` computes, then prints.
+
+    Attributes:
+        compute: ``"module:function"`` of ``compute(logdir, **options) -> dict`` (data, no printing).
+        text: ``"module:function"`` of ``text(result, **options) -> list[str]``, the lines the CLI prints.
+        compute_options, text_options: which of the subcommand's options each takes.
+    """
+
+    compute: str
+    text: str
+    compute_options: tuple[str, ...] = ()
+    text_options: tuple[str, ...] = ()
+
+    def run(self, logdir: Path, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The result for ``logdir`` and its lines, each function given its own ``options``."""
+        result = _load(self.compute)(logdir, **{k: options[k] for k in self.compute_options})
+        return result, _load(self.text)(result, **{k: options[k] for k in self.text_options})
+
+
+#: ``reweigh inspect-actor``: the actor's saturation and its deterministic vs sampled returns (Dreamer family).
+INSPECT_ACTOR = Tool(
+    "recipes.dreamer.actor_report:inspect_actor",
+    "recipes.dreamer.actor_report:actor_lines",
+    compute_options=("episodes", "sequences", "seed"),
+)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """One runnable recipe.
 
@@ -40,10 +69,8 @@ class Recipe:
             is this entry's name, so one function may serve several entries).
         report: optional ``"module:function"`` of ``report(logdirs, path, title) -> Path | None``, a recipe's own
             figure over several seeds' run directories; ``reweigh compare`` calls it for every variant.
-        inspect: optional ``"module:function"`` of ``inspect(logdir, *, sequences, seed) -> dict`` behind
-            ``reweigh inspect-weights DIR`` for this recipe's runs (tempo: TEMPO Table 2); it returns data.
-        inspect_text: ``"module:function"`` of ``text(rows, *, show) -> list[str]``, the lines the CLI prints of
-            ``inspect``'s result (required with ``inspect``).
+        tools: the recipe's after-run subcommands, ``reweigh NAME DIR`` for one of its runs, by NAME (tempo:
+            ``inspect-weights``, TEMPO Table 2; the Dreamer family: ``inspect-actor``).
         summary: one line for ``reweigh run --help``.
         metric: the ``metrics.jsonl`` key ``reweigh compare`` judges runs by (``eval_return``; AdMRL: ``worst_gap``).
         maximize: whether a higher ``metric`` is better.
@@ -54,8 +81,7 @@ class Recipe:
     presets: tuple[Presets, ...]
     train: str
     report: str | None = None
-    inspect: str | None = None
-    inspect_text: str | None = None
+    tools: dict[str, Tool] = field(default_factory=dict)
     summary: str = ""
     metric: str = "eval_return"
     maximize: bool = True
@@ -68,20 +94,16 @@ class Recipe:
         """Train (or resume) one run; returns ``{"env_steps", "updates", "eval_return"}``."""
         return _load(self.train)(cfg, logdir, force=force, progress=progress, recipe=self.name)
 
-    def inspect_run(self, logdir: Path, **options: Any) -> dict[str, Any]:
-        """``reweigh inspect-weights`` for one of this recipe's runs.
+    def tool(self, name: str, logdir: Path) -> Tool:
+        """The after-run subcommand ``name`` for one of this recipe's runs in ``logdir``.
 
         Raises:
-            ValueError: the recipe declares no inspect hook (names the recipes that do).
+            ValueError: the recipe has no such subcommand (names the recipes that do).
         """
-        if self.inspect is None:
-            have = [r.name for r in RECIPES.values() if r.inspect is not None]
-            raise ValueError(f"inspect-weights: {logdir} is a {self.name} run, not a {' or '.join(have)} run")
-        return _load(self.inspect)(logdir, **options)
-
-    def inspection_lines(self, rows: dict[str, Any], *, show: int) -> list[str]:
-        """``inspect_run``'s result as the lines ``reweigh inspect-weights`` prints (``show`` weights a sequence)."""
-        return [] if self.inspect_text is None else _load(self.inspect_text)(rows, show=show)
+        if name not in self.tools:
+            have = [r.name for r in RECIPES.values() if name in r.tools]
+            raise ValueError(f"{name}: {logdir} is a {self.name} run, not a {' or '.join(have)} run")
+        return self.tools[name]
 
     def make_report(self, logdirs: Sequence[Path], path: Path, title: str) -> Path | None:
         """The recipe's own figure over ``logdirs`` at ``path`` (``None`` without a report hook or data)."""
@@ -96,6 +118,7 @@ RECIPES: dict[str, Recipe] = {
             DreamerConfig,
             (DREAMER_PRESETS,),
             "recipes.dreamer.dreamerv2:train",
+            tools={"inspect-actor": INSPECT_ACTOR},
             summary="DreamerV2: RSSM world model (uniform weights) + actor-critic in imagination",
         ),
         Recipe(
@@ -104,8 +127,15 @@ RECIPES: dict[str, Recipe] = {
             (DREAMER_PRESETS, TEMPO_PRESETS),
             "recipes.dreamer.tempo:train",
             report="recipes.dreamer.analysis:plot_diagnostics",
-            inspect="recipes.dreamer.analysis:inspect_weights",
-            inspect_text="recipes.dreamer.analysis:inspection_lines",
+            tools={
+                "inspect-weights": Tool(
+                    "recipes.dreamer.analysis:inspect_weights",
+                    "recipes.dreamer.analysis:inspection_lines",
+                    compute_options=("sequences", "seed"),
+                    text_options=("show",),
+                ),
+                "inspect-actor": INSPECT_ACTOR,
+            },
             summary="TEMPO: DreamerV2 with a meta-weighted world model (V-VAML upper loss)",
         ),
         Recipe(
@@ -190,13 +220,13 @@ def settings_help(name: str, env: str | None, preset: str, width: int = 100) -> 
     except ValueError:
         cfg, where = None, "(field defaults: --env or --preset did not resolve)"
     lines = [f"settings of {name} {where} (--set KEY=VALUE):"]
-    for key, field in recipe.config.model_fields.items():
-        default = None if field.is_required() else field.get_default(call_default_factory=True)
+    for key, spec in recipe.config.model_fields.items():
+        default = None if spec.is_required() else spec.get_default(call_default_factory=True)
         value = getattr(cfg, key) if cfg is not None else default
         note = f"  (default {default!r})" if value != default else ""
         lines.append(f"  {key} = {value!r}{note}")
-        if field.description:
-            lines += textwrap.wrap(field.description, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        if spec.description:
+            lines += textwrap.wrap(spec.description, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 

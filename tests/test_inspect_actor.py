@@ -1,36 +1,30 @@
-"""benchmarks/inspect_actor.py on a tiny run: saturation statistics and both evaluation modes, numbers in range."""
+"""``reweigh inspect-actor`` on a tiny run: saturation statistics and both evaluation modes, numbers in range."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 from rundirs import TINY_AGENT
 
 from recipes.cli import main as reweigh
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("inspect_actor", ROOT / "benchmarks" / "inspect_actor.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from recipes.dreamer.actor_report import inspect_actor
 
 
-def test_inspect_actor_reports_saturation_and_both_evaluations(tmp_path):
+def test_inspect_actor_reports_saturation_and_both_evaluations(tmp_path, capsys):
     logdir = tmp_path / "run"
     sets = [*TINY_AGENT, "prefill=100", "train_every=20", "eval_every=200", "time_limit=60", "actor_dist=normal"]
     argv = ["run", "dreamerv2", "--env", "dmc:cartpole_swingup", "--steps", "200", "--logdir", str(logdir)]
     for item in sets:
         argv += ["--set", item]
     assert reweigh([*argv, "--no-progress"]) == 0
-    run = _module()
-    out = run.main([str(logdir), "--episodes", "2", "--sequences", "2", "--out", str(tmp_path / "a.json")])
-    assert json.loads((tmp_path / "a.json").read_text()) == out
+    capsys.readouterr()
+    argv = ["inspect-actor", str(logdir), "--episodes", "2", "--sequences", "2", "--out", str(tmp_path / "a.json")]
+    assert reweigh(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pre-squash means over replayed states") and len(lines) == 5
+    out = json.loads((tmp_path / "a.json").read_text())
+    assert out == inspect_actor(logdir, episodes=2, sequences=2)  # the same draws: the same numbers
     lo, mid, hi = out["pre_squash_mean_q05_q50_q95"]
     assert lo <= mid <= hi and 0.0 <= out["share_abs_mean_over_5"] <= 1.0
     for mode in ("mode", "sample"):
@@ -53,7 +47,7 @@ def test_inspect_actor_reports_saturation_and_both_evaluations(tmp_path):
     head_last = max(head, key=lambda name: int(name.rsplit(".", 1)[-1]))
     ckpt["agent"][f"{head_last}.weight"].zero_()
     torch.save(ckpt, ckpt_path)
-    out = run.main([str(logdir), "--episodes", "1", "--sequences", "2"])
+    out = inspect_actor(logdir, episodes=1, sequences=2)
     assert out["reward_r2"] <= 0.0
     assert out["share_abs_mean_over_5"] == 1.0 and out["pre_squash_mean_q05_q50_q95"] == [20.0, 20.0, 20.0]
     assert out["mode"]["share_at_bounds"] == 1.0 and out["mode"]["action_mean"] == [1.0]

@@ -583,32 +583,3 @@ def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
     assert "is a dreamerv2 run, not a tempo run" in capsys.readouterr().err
     assert main(["inspect-weights", str(tmp_path / "none")]) == 2
     assert "no config.json in" in capsys.readouterr().err
-
-
-def test_weights_history_rebuilds_each_snapshot_with_its_replay(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("weights_history", ROOT / "benchmarks" / "weights_history.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    logdir = tmp_path / "tempo"
-    assert main(_cli(logdir, 200)) == 0
-    episodes = sorted(p.name for p in (logdir / "replay").iterdir())
-    history = tmp_path / "history"
-    history.mkdir()
-    (history / f"ep{len(episodes):03d}.pt").write_bytes((logdir / "checkpoints" / "latest.pt").read_bytes())
-    # a view of the first episode only: that file (the replay's order), the run's config, the given checkpoint
-    view = mod.snapshot_view(logdir, history / f"ep{len(episodes):03d}.pt", 1, tmp_path / "view")
-    assert [p.name for p in (view / "replay").iterdir()] == episodes[:1]
-    assert (view / "config.json").read_text() == (logdir / "config.json").read_text()
-    assert (view / "checkpoints" / "latest.pt").resolve() == (history / f"ep{len(episodes):03d}.pt").resolve()
-    rows = mod.main(["--run", str(logdir), "--history", str(history), "--sequences", "4"])
-    assert [r["episodes"] for r in rows] == [len(episodes)]
-    # a snapshot holding every episode is the run itself: its row is inspect-weights' on the run, same draws
-    direct = inspect_weights(logdir, sequences=4, seed=0)
-    expect = {"episodes": len(episodes), **direct["by_reward"], "weight_std": direct["summary"]["std"]}
-    assert rows[0].keys() == expect.keys()
-    for key, value in expect.items():
-        assert rows[0][key] == pytest.approx(value, nan_ok=True), key
-    written = json.loads((history / "weights_history.json").read_text())["rows"]  # strict JSON: NaN as null
-    assert written == [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]

@@ -58,7 +58,7 @@ def categorical_one_hot(probs: Tensor, u: Tensor) -> Tensor:
 
     One uniform per variable rather than one per class (Gumbel-max): no logarithms, no argmax and a C× smaller
     draw, so it is faster than Gumbel-max at DreamerV2's latent sizes (``benchmarks/categorical_sampler.py``;
-    docs/performance.md).  The last class absorbs the CDF's rounding
+    docs/results.md).  The last class absorbs the CDF's rounding
     (it is taken whenever no earlier one is).
 
     Args:

@@ -48,7 +48,7 @@ class MaybeCompiled(Generic[R]):
     def __init__(self, fn: Callable[..., R], name: str, enabled: bool = True, *, retain_graph: bool = False) -> None:
         self.fn, self.name, self.retain_graph = fn, name, retain_graph
         # fallback_random: torch's own random kernels (inductor's per-element Philox randn is far slower on CPU,
-        # docs/performance.md) and the same random stream as eager
+        # docs/results.md) and the same random stream as eager
         self.compiled: Callable[..., R] | None = (
             torch.compile(fn, dynamic=False, options={"fallback_random": True}) if enabled else None
         )

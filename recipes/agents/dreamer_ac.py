@@ -245,7 +245,7 @@ class ActorCritic(nn.Module):
         imag_chunk: with ``compile``: 0 (default) compiles the rollout and the losses as that one graph; K > 0 the
             rollout as one graph of K imagination steps run ⌈horizon/K⌉ times (the state carried across) and the
             losses as another.  The same update (same random draws, rounding aside); the graphs to compile are
-            ~horizon/K times smaller, which shortens the cold compile (docs/performance.md).
+            ~horizon/K times smaller, which shortens the cold compile (docs/results.md).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; ``recipes.run.precision``); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).

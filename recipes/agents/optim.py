@@ -16,7 +16,7 @@ def adamw(params: Iterable[nn.Parameter], lr: float, *, eps: float, weight_decay
     tensor, instead of ~10 ``foreach`` ops) where every parameter is a floating tensor on a device with the fused
     kernel (``cpu``, ``cuda``), ``foreach`` otherwise.  The same update rule (Loshchilov & Hutter 2019, Alg. 2); it
     differs from the unfused one by rounding only.  Small MLPs gain most: their optimiser step is dominated by
-    per-op overhead (measured in docs/performance.md).
+    per-op overhead (measured in docs/results.md).
 
     Raises:
         ValueError: ``params`` is empty (as ``torch.optim.AdamW``).

@@ -36,7 +36,7 @@ smoothing τ = 0.005, target update interval 1, target entropy −dim(A); the in
 softlearning's and SB3's ``ent_coef="auto"`` default.
 
 Twin Qs: two MLPs rather than one batched network ([2, in, out] weights via ``baddbmm``): on CPU at SAC's sizes
-the batched forms measured no faster (a tie or a few per cent in favour of the two MLPs, docs/performance.md), and
+the batched forms measured no faster (a tie or a few per cent in favour of the two MLPs, docs/results.md), and
 the two MLPs reuse ``worldmodels.nets.mlp`` and its standard initialisation.
 """
 

@@ -119,7 +119,7 @@ class DreamerConfig(RunConfig):
         "run seq_len/compile_chunk times along the sequence (0: the whole sequence unrolled in one graph). The "
         "unrolled graph bakes every step's offsets into its own C++ kernels (~370 kernels at the cpu preset, "
         "minutes of cold compile); chunks of 10 compile several times faster at the same step time "
-        "(docs/performance.md)",
+        "(docs/results.md)",
     )
 
     imag_chunk: int = Field(
@@ -141,7 +141,7 @@ class DreamerConfig(RunConfig):
         "fp32",
         description="the actor-critic update (imagination and losses; λ-returns in fp32): fp32, bf16 or auto, as "
         "model_precision: a separate switch because bf16 can speed up the actor-critic while it slows the world "
-        "model (docs/performance.md)",
+        "model (docs/results.md)",
     )
 
     # replay and collection
@@ -247,7 +247,7 @@ class TempoConfig(DreamerConfig):
         description="with compile=true and same_state_method auto/jvp: compile the forward-mode JVP of the weighter "
         "updates (the filtering's, in compile_chunk chunks) too (True), run it eagerly (False), or None: compile it "
         "when meta_every <= 32: its graphs cost a cold compile that enough weighter updates pay back "
-        "(docs/performance.md)",
+        "(docs/results.md)",
     )
     meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
     lookahead_steps: int = Field(1, ge=1)

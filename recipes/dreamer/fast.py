@@ -33,7 +33,7 @@ States = dict[str, Tensor]
 
 #: ``compile_jvp=None`` compiles the weighter update's JVP graphs when ``meta_every`` is at most this: the compiled
 #: JVP's cold compile pays back within a 100k-step ``cpu`` run only where weighter updates are that frequent
-#: (measured in docs/performance.md).
+#: (measured in docs/results.md).
 COMPILE_JVP_MAX_EVERY = 32
 
 
@@ -128,7 +128,7 @@ class DreamerCompiled(Eager):
     With ``compile_chunk`` > 0 the encoder is one graph, the filtering loop one graph of ``compile_chunk`` steps
     reused along the sequence and the likelihood terms another; with 0 the whole loss is one graph.  Acting: one
     environment step's filtering and action as one graph (at batch 1 the eager step is ~40 dispatched ops, each
-    paying the dispatcher's overhead; docs/performance.md)."""
+    paying the dispatcher's overhead; docs/results.md)."""
 
     #: the forward's graphs may be backpropagated more than once (``MaybeCompiled(retain_graph=True)``): set by
     #: backends whose update does so (TEMPO's)

@@ -34,7 +34,7 @@ class DMCEnv(Env):
     created with ``model.vis.quality.shadowsize = 0`` and ``offsamples = 0`` plus the ``shadow`` render flag off:
     no shadow pass and no multisampling.  The frames lose the soft shadows and edge smoothing (thin geoms such as
     cartpole's rail can drop out at 64×64); otherwise they are the same scene, rendered about ten times faster on a
-    CPU renderer (llvmpipe; docs/performance.md).  Floor reflections are kept: they show in walker and quadruped."""
+    CPU renderer (llvmpipe; docs/results.md).  Floor reflections are kept: they show in walker and quadruped."""
 
     family = "dmc"
 

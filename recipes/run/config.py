@@ -42,7 +42,7 @@ class RunConfig(BaseModel):
         "retain",
         description="glibc malloc: 'retain' serves large tensors from the heap and keeps freed memory for the next "
         "step (no kernel page faults on every step's large tensors: faster paper-preset steps for a higher peak RSS, "
-        "docs/performance.md), 'system' leaves the C library as it is (recipes.run.heap)",
+        "docs/results.md), 'system' leaves the C library as it is (recipes.run.heap)",
     )
 
     # environment

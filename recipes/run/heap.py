@@ -7,7 +7,7 @@ of 64 × 64) is page-faulted and zeroed by the kernel again on every step.  ``"r
 and the trim threshold so that such blocks come from the heap and stay there for the next step's tensors of the
 same sizes: faster steps at the paper preset for a higher peak RSS (the freed memory is kept), most with several
 threads, whose page faults contend for the process's memory map (``benchmarks/tempo_overhead.py``,
-``benchmarks/step_phases.py``; numbers in docs/performance.md).
+``benchmarks/step_phases.py``; numbers in docs/results.md).
 
 The vector ``cpu`` preset's tensors are below the threshold: a few hundred page faults per update either way.
 """

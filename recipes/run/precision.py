@@ -3,7 +3,7 @@
 ``bf16`` runs the matrix products (``linear``, ``bmm``/``baddbmm``, convolutions: torch's autocast lists) of the
 wrapped forward passes in bfloat16 with float32 weights, optimiser states and gradients (``torch.autocast``; no loss
 scaling is needed for bfloat16).  It pays only where the hardware has bfloat16 matrix units; elsewhere bf16
-GEMMs run slower than fp32, on some CPUs many times slower (docs/performance.md).  So ``auto`` does not guess from
+GEMMs run slower than fp32, on some CPUs many times slower (docs/results.md).  So ``auto`` does not guess from
 CPU flags: it times one bf16 and one fp32 GEMM on the run's device (``bf16_speedup``, once per process) and picks
 bf16 only when it is at least ``AUTO_MIN_SPEEDUP`` × faster.
 """
