@@ -583,3 +583,23 @@ def test_inspect_weights_refuses_a_dreamerv2_run(tmp_path, capsys):
     assert "is a dreamerv2 run, not a tempo run" in capsys.readouterr().err
     assert main(["inspect-weights", str(tmp_path / "none")]) == 2
     assert "no config.json in" in capsys.readouterr().err
+
+
+def test_sub_modules_take_every_number_from_the_config():
+    """The world model and the actor-critic are built by ``config_kwargs``: a config value reaches the module, a
+    constructor argument without a config field is an error rather than its own default, and so is a given
+    argument the constructor does not take."""
+    from recipes.agents.dreamer_ac import ActorCritic
+    from recipes.run.config import config_kwargs
+    from worldmodels import RSSMWorldModel
+
+    agent, _ = _agent(min_std=0.25, ac_layers=1, ac_units=12, model_clip=7.0, horizon=2)
+    assert agent.wm.rssm.min_std == 0.25 and agent.ac.clip == 7.0 and agent.ac.horizon == 2
+    cfg = agent.cfg
+    given = {"units": 5, "eps": 1e-3, "clip": 1.0, "weight_decay": 0.0, "autocast_dtype": None}
+    kwargs = config_kwargs(cfg, ActorCritic, {"layers": "ac_layers"}, **given)
+    assert kwargs["layers"] == 1 and kwargs["units"] == 5 and kwargs["horizon"] == 2
+    with pytest.raises(TypeError, match=r"no field for ActorCritic's \['layers', 'units', 'eps'"):
+        config_kwargs(cfg, ActorCritic)
+    with pytest.raises(TypeError, match="takes no argument"):
+        config_kwargs(cfg, RSSMWorldModel, wings=2)

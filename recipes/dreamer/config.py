@@ -44,6 +44,9 @@ class DreamerConfig(RunConfig):
     )
     kl_scale: float = Field(1.0, ge=0.0)
     discount_scale: float = Field(1.0, ge=0.0)
+    obs_scale: float = Field(1.0, ge=0.0, description="weight of the observation term of the ELBO")
+    reward_scale: float = Field(1.0, ge=0.0, description="weight of the reward term of the ELBO")
+    min_std: float = Field(0.1, gt=0.0, description="the Gaussian latents' smallest std (DreamerV2 rssm.min_std)")
     symlog_obs: bool = Field(
         False,
         description="vector observations: encode and reconstruct symlog(o) (DreamerV3 §3, Hafner et al. 2023)",
@@ -233,6 +236,8 @@ class TempoConfig(DreamerConfig):
         "'unit_norm' g / |g| (the same direction at unit norm: SameState's g scales with the model's learning "
         "rate and falls below the weighter's Adam epsilon, which then shrinks every weighter step)",
     )
+    weighter_scale: float = Field(0.5, gt=0.0, description="weights are scale·σ(z) + shift (TEMPO eq. 5: 0.5σ + 0.75)")
+    weighter_shift: float = Field(0.75, ge=0.0, description="the weights' lower bound (TEMPO eq. 5)")
     weighter_lr: float = Field(1e-4, gt=0.0)
     weighter_eps: float = Field(1e-5, gt=0.0)
     weighter_clip: float = Field(100.0, gt=0.0)

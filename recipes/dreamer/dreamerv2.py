@@ -24,8 +24,18 @@ from recipes.dreamer import fast
 from recipes.dreamer.config import DreamerConfig
 from recipes.envs import Env, make_env
 from recipes.run import loop, rundir
+from recipes.run.config import config_kwargs
 from recipes.run.precision import autocast_fn, resolve_precision
 from worldmodels import ModelLoss, RSSMWorldModel
+
+#: ``ActorCritic``'s arguments whose config fields have other names (its optimisers share the model's settings).
+AC_FIELDS = {
+    "layers": "ac_layers",
+    "units": "ac_units",
+    "eps": "model_eps",
+    "clip": "model_clip",
+    "weight_decay": "model_wd",
+}
 
 
 class DreamerAgent(nn.Module):
@@ -43,58 +53,20 @@ class DreamerAgent(nn.Module):
         self.cfg, self.discrete, self.action_dim = cfg, discrete, action_dim
         # (device, dtype) of the world-model forward (cfg.model_precision); dtype None = plain fp32
         self.autocast = (cfg.device, resolve_precision(cfg.model_precision, cfg.device))
-        self.wm = RSSMWorldModel(
-            obs_shape,
-            action_dim,
-            deter=cfg.deter,
-            stoch=cfg.stoch,
-            classes=cfg.classes,
-            hidden=cfg.hidden,
-            depth=cfg.depth,
-            mlp_layers=cfg.mlp_layers,
-            mlp_units=cfg.mlp_units,
-            discount_head=cfg.discount_head,
-            kl_balance=cfg.kl_balance,
-            kl_free=cfg.kl_free,
-            kl_free_avg=cfg.kl_free_avg,
-            kl_scale=cfg.kl_scale,
-            discount_scale=cfg.discount_scale,
-            unimix=cfg.unimix,
-            twohot_bins=cfg.twohot_bins,
-            symlog_obs=cfg.symlog_obs,
-        )
+        self.wm = RSSMWorldModel(obs_shape, action_dim, **config_kwargs(cfg, RSSMWorldModel))
         self.ac = ActorCritic(
             self.wm.rssm,
             self.wm.reward,
             self.wm.discount,
             action_dim,
             discrete,
-            horizon=cfg.horizon,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            entropy=cfg.entropy,
-            actor_grad=None if cfg.actor_grad == "auto" else cfg.actor_grad,
-            slow_every=cfg.slow_every,
-            imag_starts=cfg.imag_starts,
-            layers=cfg.ac_layers,
-            units=cfg.ac_units,
-            actor_lr=cfg.actor_lr,
-            critic_lr=cfg.critic_lr,
-            eps=cfg.model_eps,
-            clip=cfg.model_clip,
-            weight_decay=cfg.model_wd,
-            compile=cfg.compile,
-            imag_chunk=cfg.imag_chunk,
-            autocast_dtype=resolve_precision(cfg.ac_precision, cfg.device),
-            return_norm=cfg.return_norm,
-            unimix=cfg.unimix,
-            twohot_bins=cfg.twohot_bins,
-            return_norm_decay=cfg.return_norm_decay,
-            return_norm_limit=cfg.return_norm_limit,
-            actor_dist=cfg.actor_dist,
-            actor_max_std=cfg.actor_max_std,
-            repval_scale=cfg.repval_scale,
-            actor_mean_bound=cfg.actor_mean_bound,
+            **config_kwargs(
+                cfg,
+                ActorCritic,
+                AC_FIELDS,
+                actor_grad=None if cfg.actor_grad == "auto" else cfg.actor_grad,
+                autocast_dtype=resolve_precision(cfg.ac_precision, cfg.device),
+            ),
         )
         self.model_opt = adamw(self.wm.parameters(), cfg.model_lr, eps=cfg.model_eps, weight_decay=cfg.model_wd)
         self.update = BilevelUpdate(self.wm, self.model_opt, strategy or Uniform(), grad_clip=cfg.model_clip)

@@ -73,6 +73,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
             activation=cfg.weighter_activation,
             norm=cfg.weighter_norm,
             output_norm=cfg.weighter_output_norm,
+            scale=cfg.weighter_scale,
+            shift=cfg.weighter_shift,
             groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0,
             group_dim=cfg.task_embed_dim,
         )

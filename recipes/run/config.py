@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -162,6 +163,29 @@ def explain(err: ValidationError, cls: type[BaseModel]) -> str:
     if expected.startswith(("greater", "less")):
         expected = "a number " + expected
     return f"{field}: expected {expected}, got {first.get('input')!r}"
+
+
+def config_kwargs(
+    cfg: BaseModel, fn: Callable[..., Any], rename: dict[str, str] | None = None, **given: Any
+) -> dict[str, Any]:
+    """The keyword-only arguments of ``fn`` (a function or a class) from ``cfg``: each from the config field of its
+    name, or of ``rename[name]``; those in ``given`` as given.  A sub-module built so takes every number from the
+    config: none silently keeps ``fn``'s own default.
+
+    Raises:
+        TypeError: a keyword-only argument of ``fn`` that neither the config nor ``given`` sets, or a ``given``
+            one that ``fn`` does not take.
+    """
+    rename = rename or {}
+    params = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise TypeError(f"{getattr(fn, '__name__', fn)} takes no argument {unknown}")
+    fields = type(cfg).model_fields
+    missing = [p for p in params if p not in given and rename.get(p, p) not in fields]
+    if missing:
+        raise TypeError(f"{type(cfg).__name__} has no field for {getattr(fn, '__name__', fn)}'s {missing}")
+    return {p: given[p] if p in given else getattr(cfg, rename.get(p, p)) for p in params}
 
 
 def family_entries(entries: dict[str, dict[str, Any]], family: str) -> dict[str, Any]:
