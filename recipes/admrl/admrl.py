@@ -40,6 +40,7 @@ from recipes.admrl.virtual import (
 from recipes.agents.ppo import PPO
 from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
+from recipes.run import loop
 from worldmodels import GaussianEnsemble
 
 
@@ -236,17 +237,12 @@ class AdmrlTrainer:
     def evaluate_policy(self, ppo: Agent, episodes: int) -> float:
         """Mean real return of the deterministic policy (its mean action) over ``episodes`` episodes of
         ``episode_len`` steps, under the env's current task."""
-        returns = []
-        for _ in range(episodes):
-            step, total = self.env.reset(), 0.0
-            for _ in range(self.cfg.episode_len):
-                obs = torch.as_tensor(step["obs"], device=self.device)
-                action = ppo.act(obs, deterministic=True).cpu().numpy()
-                step = self.env.step(np.clip(action, -1.0, 1.0))
-                total += float(step["reward"])
-                if step["is_last"]:
-                    break
-            returns.append(total)
+
+        def act(step: dict[str, Any], state: Any) -> tuple[np.ndarray, Any]:
+            obs = torch.as_tensor(step["obs"], device=self.device)
+            return np.clip(ppo.act(obs, deterministic=True).cpu().numpy(), -1.0, 1.0), None
+
+        returns, _ = loop.run_episodes(self.env, act, episodes, max_steps=self.cfg.episode_len)
         return float(np.mean(returns))
 
     # -- Algorithm 1 --------------------------------------------------------------------------------------------

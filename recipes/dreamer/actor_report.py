@@ -22,7 +22,7 @@ import torch
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import DreamerConfig, TempoConfig
 from recipes.envs import make_env
-from recipes.run import rundir
+from recipes.run import loop, rundir
 
 
 def load_agent(logdir: Path) -> tuple[DreamerConfig, dreamerv2.DreamerAgent]:
@@ -82,15 +82,14 @@ def evaluate_modes(agent: dreamerv2.DreamerAgent, cfg: DreamerConfig, episodes: 
     torch.manual_seed(seed)
     try:
         for mode, explore in (("mode", False), ("sample", True)):
-            returns, actions = [], []
-            for _ in range(episodes):
-                step, state, total = env.reset(), None, 0.0
-                while not step["is_last"]:
-                    action, state = agent.act(step, state, explore=explore)
-                    actions.append(np.clip(action, -1, 1))
-                    step = env.step(action)
-                    total += float(step["reward"])
-                returns.append(total)
+            actions: list[np.ndarray] = []
+
+            def act(step: dict[str, Any], state: Any, explore: bool = explore, actions: list = actions) -> Any:
+                action, state = agent.act(step, state, explore=explore)
+                actions.append(np.clip(action, -1, 1))
+                return action, state
+
+            returns, _ = loop.run_episodes(env, act, episodes)
             acts = np.stack(actions)  # [steps, A]
             out[mode] = {
                 "returns": [round(r, 1) for r in returns],

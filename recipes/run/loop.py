@@ -149,20 +149,35 @@ def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, di
     return mean, {"eval_return": mean, **per_task}
 
 
-def evaluate(learner: Learner, env: Env, episodes: int, *, record: bool = False) -> tuple[float, list]:
-    """Mean return of ``episodes`` greedy episodes; frames of the first one when ``record``."""
+#: ``act(step, state) -> (action, state)``: a policy as ``run_episodes`` calls it (``state``: None at each reset).
+Policy = Callable[[dict[str, Any], Any], tuple[np.ndarray, Any]]
+
+
+def run_episodes(
+    env: Env, act: Policy, episodes: int, *, max_steps: int | None = None, record: bool = False
+) -> tuple[list[float], list[np.ndarray]]:
+    """The one evaluation routine: the return of each of ``episodes`` episodes of ``act`` on ``env`` (each ended by
+    the env, or after ``max_steps`` agent steps), and the frames of the first one when ``record``."""
     returns, frames = [], []
     for i in range(episodes):
-        step, state, total = env.reset(), None, 0.0
-        while True:
+        step, state, total, steps = env.reset(), None, 0.0, 0
+        while max_steps is None or steps < max_steps:
             if record and i == 0:
                 frames.append(env.render())
-            action, state = learner.act(step, state, explore=False)
+            action, state = act(step, state)
             step = env.step(action)
-            total += float(step["reward"])
+            total, steps = total + float(step["reward"]), steps + 1
             if step["is_last"]:
                 break
         returns.append(total)
+    return returns, frames
+
+
+def evaluate(learner: Learner, env: Env, episodes: int, *, record: bool = False) -> tuple[float, list]:
+    """Mean return of ``episodes`` greedy episodes of ``learner``; frames of the first one when ``record``."""
+    returns, frames = run_episodes(
+        env, lambda step, state: learner.act(step, state, explore=False), episodes, record=record
+    )
     return float(np.mean(returns)), frames
 
 
