@@ -141,6 +141,7 @@ def trials(spec: SweepSpec, source: str = "sweep") -> list[Trial]:
     Raises:
         ValueError: naming ``source`` (the file), the trial and the field.
     """
+    from recipes.envs import make_env
     from recipes.registry import get_recipe
     from recipes.run.config import parse_sets
 
@@ -155,13 +156,17 @@ def trials(spec: SweepSpec, source: str = "sweep") -> list[Trial]:
         raise ValueError(f"{source}: {err}") from None
     out = []
     for env in spec.envs:
+        checked = False
         for variant in found:
             sets = (*common, *variant.sets)
             for seed in spec.seeds:
                 try:
-                    get_recipe(variant.recipe).resolve(
+                    cfg = get_recipe(variant.recipe).resolve(
                         env, spec.preset, parse_sets([*sets, f"threads={threads}"]), steps=spec.steps, seed=seed
                     )
+                    if not checked:  # the env name as reweigh run checks it, before any trial starts
+                        make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs()).close()
+                        checked = True
                 except ValueError as err:
                     raise ValueError(f"{source}: {variant.label} on {env}: {err}") from None
                 run_dir = Path(spec.logdir).resolve() / slug(env) / f"{variant.slug}-s{seed}"

@@ -65,6 +65,8 @@ def _sweep_file(tmp_path: Path, **spec) -> Path:
         ({"set": {**TINY, "threads": 2}}, "resources.threads"),
         ({"set": {**TINY, "warp_drive": 1}}, "warp_drive"),
         ({"recipes": ["alphazero"]}, "alphazero"),
+        ({"envs": ["dmc:cartpole_swingupp"]}, "unknown environment 'dmc:cartpole_swingupp'; did you mean"),
+        ({"envs": ["meta:halfcheetah-fwd-bwd"]}, "not an environment this recipe runs on"),
     ],
 )
 def test_bad_sweep_files_are_one_line_exit_2_naming_file_and_key(tmp_path, capsys, spec, expected):
