@@ -1,9 +1,12 @@
 """One Dreamer-family variant from two source trees (before and after a change), timed alternately.
 
-Each round starts one process per tree, A then B: it builds the variant from that tree (``tempo_overhead.build``:
-same seed, the preset's synthetic batch), runs ``--warmup`` train steps (compiling; both trees share the inductor
-cache, so identical graphs compile once) and times ``--steps`` train steps.  Reported: the median step time per
-tree over all timed steps of all rounds and the ratio B / A.  Make the "before" tree with ``git worktree add``:
+One process per tree builds the variant from that tree (``tempo_overhead.build``: same seed, the preset's
+synthetic batch) and runs ``--warmup`` train steps (compiling; the trees share the inductor cache, so identical
+graphs compile once).  Then the two processes take turns, ``--rounds`` times: A times ``--steps`` train steps, then
+B does (B first in every other round, so that going first or second favours neither), so that a change in the
+machine's load between rounds hits both alike.  Reported: the median step time per
+tree over all timed steps and the ratio B / A, and each round's medians.  Make the "before" tree with
+``git worktree add``:
 
     git worktree add ../before HEAD~1
     python benchmarks/tree_ab.py --a ../before --b . --variant tempo+compile=true+meta_every=1 [--preset cpu]
@@ -22,31 +25,47 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 import torch
-variant, preset, env, warmup, steps, threads = sys.argv[1:7]
+variant, preset, env, warmup, threads = sys.argv[1:6]
 torch.set_num_threads(int(threads))
 from tempo_overhead import build
 agent, batch, _ = build(variant, preset, env)
 for _ in range(int(warmup)):
     agent.train_step(batch)
-times = []
-for _ in range(int(steps)):
-    t0 = time.perf_counter()
-    agent.train_step(batch)
-    times.append(time.perf_counter() - t0)
-print(json.dumps(times))
+print("ready", flush=True)
+for line in sys.stdin:
+    times = []
+    for _ in range(int(line)):
+        t0 = time.perf_counter()
+        agent.train_step(batch)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(times), flush=True)
 """
 
 
-def run_tree(tree: Path, args: argparse.Namespace) -> list[float]:
-    """Per-step seconds of ``args.steps`` train steps of ``args.variant`` built from ``tree``."""
+def start(tree: Path, args: argparse.Namespace) -> subprocess.Popen[str]:
+    """A child process that builds ``args.variant`` from ``tree``, warms it up and waits for step counts."""
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'benchmarks'}"}
-    argv = [args.variant, args.preset, args.env, args.warmup, args.steps, args.threads]
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, *map(str, argv)], cwd=tree, env=env, capture_output=True, text=True
+    argv = [args.variant, args.preset, args.env, args.warmup, args.threads]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, argv)],
+        cwd=tree,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    if out.returncode != 0:
-        raise SystemExit(f"{tree}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    assert child.stdout is not None
+    if child.stdout.readline().strip() != "ready":
+        raise SystemExit(f"{tree}: the child failed to build or warm up {args.variant}")
+    return child
+
+
+def timed(child: subprocess.Popen[str], steps: int) -> list[float]:
+    """Per-step seconds of ``steps`` train steps in ``child``."""
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(f"{steps}\n")
+    child.stdin.flush()
+    return json.loads(child.stdout.readline())
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -57,16 +76,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     ap.add_argument("--env", default="dmc:cartpole_swingup")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10, help="timed train steps per turn")
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    children = {key: start(getattr(args, key).resolve(), args) for key in "ab"}
     times: dict[str, list[float]] = {"a": [], "b": []}
-    for r in range(args.rounds):
-        for key in "ab":
-            times[key] += run_tree(getattr(args, key).resolve(), args)
-        print(f"round {r + 1}: A {statistics.median(times['a']):.4f} s, B {statistics.median(times['b']):.4f} s")
+    try:
+        for r in range(args.rounds):
+            turn = {key: timed(children[key], args.steps) for key in ("ab" if r % 2 == 0 else "ba")}
+            for key in "ab":
+                times[key] += turn[key]
+            a, b = statistics.median(turn["a"]), statistics.median(turn["b"])
+            print(f"round {r + 1}: A {a:.4f} s, B {b:.4f} s, B / A {b / a:.3f}")
+    finally:
+        for child in children.values():
+            child.kill()
     a, b = statistics.median(times["a"]), statistics.median(times["b"])
     result = {"variant": args.variant, "preset": args.preset, "a_s": a, "b_s": b, "ratio_b_over_a": b / a}
     print(f"{args.variant} ({args.preset}): A {a:.4f} s, B {b:.4f} s per train step, B / A = {b / a:.3f}")

@@ -143,26 +143,29 @@ def _record_updates(agent: TempoAgent) -> dict[str, list]:
     return rec
 
 
-@pytest.mark.parametrize("pixels", [False, True, "free_avg"])
+@pytest.mark.parametrize("pixels", [False, True, "free_avg", "categorical"])
 def test_compiled_tempo_step_equals_the_eager_double_backward(pixels):
     """compile=true: the forward at θ is the compiled world-model loss and (1/N) J a a forward-mode pass of the
     filtering alone, dotted per step with the lower backward's state cotangents (``bilevel.FactoredJvp``; no double
     backward, no decoder JVP); hypergradient and model gradient equal the eager double backward's, over two steps
     (the second from the compiled cache), with no silent eager fallback.  With pixels the conv encoder's tangent
     comes from the forward's activations (``ConvEncoder.tangent``).  ``free_avg``: free nats on the batch mean, set
-    where the mean is above them and some steps below (the switch is a tensor condition inside the graphs)."""
-    free_avg = pixels == "free_avg"
+    where the mean is above them and some steps below (the switch is a tensor condition inside the graphs).
+    ``categorical``: categorical latents (the weighter reads their logits)."""
+    free_avg, categorical = pixels == "free_avg", pixels == "categorical"
     pixels = pixels is True
     image = {"pixels": True, "image_size": 32, "depth": 2} if pixels else {}
     if free_avg:
         image = {"kl_free_avg": True, "kl_free": 1.5}
+    if categorical:
+        image = {"classes": 4}
     got = {}
     # (compile, compile_jvp, compile_chunk): eager; compiled forward + compiled JVP with the filtering loop unrolled
     # (0) or in compiled chunks of 2 steps (5 = 2 + 2 + 1); compiled forward in chunks + eager JVP
     compiled_keys = (
         ((True, True, 2), (True, False, 2)) if pixels else ((True, True, 0), (True, True, 2), (True, False, 2))
     )
-    if free_avg:
+    if free_avg or categorical:
         compiled_keys = ((True, True, 2),)
     for key in ((False, None, 0), *compiled_keys):
         compile, compile_jvp, chunk = key
