@@ -305,16 +305,10 @@ def cmd_tool(args: argparse.Namespace) -> int:
     import json
 
     from recipes.registry import RECIPES
+    from recipes.run.rundir import read_config
 
     logdir = Path(args.logdir)
-    path = logdir / "config.json"
-    if not path.exists():
-        raise ValueError(f"logdir: no config.json in {logdir}")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path}: not a JSON config ({err})") from None
-    name = config.get("recipe") if isinstance(config, dict) else None
+    name = read_config(logdir).get("recipe")
     if name not in RECIPES:
         have = " or ".join(r.name for r in RECIPES.values() if args.command in r.tools)
         raise ValueError(f"logdir: {logdir} is not a {have} run (its config.json names no recipe)")

@@ -12,7 +12,6 @@ For the latest checkpoint of a ``dreamerv2`` or ``tempo`` run with continuous ac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,7 @@ def load_agent(logdir: Path) -> tuple[DreamerConfig, dreamerv2.DreamerAgent]:
     """
     from recipes.dreamer.tempo import TempoAgent
 
-    if not (logdir / "config.json").exists():
-        raise ValueError(f"logdir: no config.json in {logdir}")
-    config = json.loads((logdir / "config.json").read_text())
+    config = rundir.read_config(logdir)
     recipe = config.pop("recipe", "dreamerv2")
     cls, agent_cls = (TempoConfig, TempoAgent) if recipe == "tempo" else (DreamerConfig, dreamerv2.DreamerAgent)
     cfg = cls(**config)

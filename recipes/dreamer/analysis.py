@@ -4,7 +4,6 @@ the weighter's history over training.  Every function returns data; ``inspection
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +182,8 @@ def load_run(logdir: Path) -> tuple[TempoConfig, TempoAgent]:
     from recipes.envs import make_env
 
     config_path = logdir / "config.json"
-    if not config_path.exists():
-        raise ValueError(f"logdir: no config.json in {logdir}")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{config_path}: not a JSON config ({err})") from None
-    if not isinstance(config, dict) or config.pop("recipe", None) != "tempo":
+    config = rundir.read_config(logdir)
+    if config.pop("recipe", None) != "tempo":
         raise ValueError(f"logdir: {logdir} is not a tempo run (its config.json names no recipe 'tempo')")
     try:
         cfg = TempoConfig(**config)

@@ -214,6 +214,24 @@ def start_wandb(logdir: Path, project: str, config: dict[str, Any] | None = None
     )
 
 
+def read_config(logdir: Path) -> dict[str, Any]:
+    """A run directory's ``config.json`` as written (``recipe`` and every field).
+
+    Raises:
+        ValueError: no ``config.json`` in ``logdir``, or one that is not a JSON object.
+    """
+    path = logdir / "config.json"
+    if not path.exists():
+        raise ValueError(f"logdir: no config.json in {logdir}")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not a JSON config ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a JSON object of config values")
+    return config
+
+
 def read_metrics(logdir: Path) -> list[dict[str, Any]]:
     """All records of ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
     path = logdir / "metrics.jsonl"
