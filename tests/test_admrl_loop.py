@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from recipes.admrl.admrl import AdmrlTrainer
 from recipes.admrl.config import AdmrlConfig
-from recipes.admrl.virtual import TERMINATIONS, real_rollouts
+from recipes.admrl.virtual import real_rollouts
 from recipes.agents.ppo import PPO
 from recipes.envs import make_env
-from recipes.envs.admrl import ADMRL_FAMILIES
+from recipes.envs.admrl import ADMRL_FAMILIES, TERMINATIONS
 
 TINY = {
     "n_slbo": 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from recipes.cli import build_parser, main
 from recipes.envs import make_env
@@ -79,3 +80,26 @@ def test_every_family_a_recipe_runs_on_has_its_presets_in_every_layer(name):
                 own = family in entries or "*" in entries or ENV_FAMILIES[family].presets_like in entries
                 assert own, f"{name}: preset {preset!r} has no entry for {family}"
                 assert isinstance(family_entries(entries, family), dict)
+
+
+#: Recipes whose model rollouts need each environment's termination function.
+MODEL_BASED = ("m3po", "mbpo", "admrl", "mb-unif", "mb-gauss")
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_every_family_a_model_based_recipe_runs_on_declares_its_terminations(name):
+    for family in preset_families(RECIPES[name].presets):
+        assert ENV_FAMILIES[family].termination is not None, f"{name} runs on {family}: no termination functions"
+
+
+def test_termination_functions_come_from_the_family_modules(toy_family):
+    from recipes.envs.registry import termination_fn
+
+    assert termination_fn("meta:halfcheetah-fwd-bwd") is None  # episodes end by time limit only
+    walker = termination_fn("gym:Walker2d-v5")
+    assert walker(torch.tensor([[1.2, 0.0], [0.5, 0.0], [1.2, 1.5]])).tolist() == [False, True, True]
+    assert termination_fn("admrl:hopper2d") is not None
+    with pytest.raises(ValueError, match=r"'gym:Hopper-v5'.*known: gym:HalfCheetah-v5"):
+        termination_fn("gym:Hopper-v5")
+    with pytest.raises(ValueError, match="the toy family declares none"):
+        termination_fn("toy:walk")

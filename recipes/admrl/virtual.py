@@ -4,12 +4,12 @@ task ψ inside it; plus the batched rollouts the task gradient differentiates (`
 The model is a ``worldmodels.GaussianEnsemble`` over Δs only (``learn_reward=False``): rewards come from the
 family's known r_ψ(s′, a) (``recipes.envs.admrl.AdmrlEnv.reward``, AdMRL's assumption that the reward
 parameterisation is known), and terminations from the v5 env's health checks applied to predicted states
-(``TERMINATIONS``).  Model rollouts start from real states drawn from the data (SLBO and MBPO do the same).
+(``recipes.envs.admrl.TERMINATIONS``).  Model rollouts start from real states drawn from the data (SLBO and MBPO do
+the same).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,38 +20,15 @@ from bilevel.guard import NonFiniteError, check_finite
 from recipes.agents.ppo import PPO
 from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
+from recipes.envs.admrl import termination as admrl_termination
 from worldmodels import GaussianEnsemble, bootstrap_counts, fit_to_holdout
 
 #: A policy optimiser the VirtualTraining loop drives (``act``, ``values``, ``update``, ``policy``).
 Agent = PPO | TRPO
 
 
-def _hopper_done(s: Tensor) -> Tensor:  # Hopper-v5: healthy iff |s[1:]| < 100, z > 0.7, |angle| < 0.2
-    return ~((s[..., 1:].abs() < 100).all(-1) & (s[..., 0] > 0.7) & (s[..., 1].abs() < 0.2))
-
-
-def _walker_done(s: Tensor) -> Tensor:  # Walker2d-v5: healthy iff 0.8 < z < 2.0 and −1 < angle < 1
-    return ~((s[..., 0] > 0.8) & (s[..., 0] < 2.0) & (s[..., 1].abs() < 1.0))
-
-
-def _ant_done(s: Tensor) -> Tensor:  # Ant-v5: healthy iff the state is finite and 0.2 <= z <= 1.0
-    return ~(torch.isfinite(s).all(-1) & (s[..., 0] >= 0.2) & (s[..., 0] <= 1.0))
-
-
 def _never(s: Tensor) -> Tensor:
     return torch.zeros(s.shape[:-1], dtype=torch.bool, device=s.device)
-
-
-#: Termination of predicted next states [..., O] per family (the v5 envs' default health checks on their
-#: observation layout: Hopper/Walker2d obs[0] = z, obs[1] = torso angle; Ant obs[0] = z).
-TERMINATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "ant2d": _ant_done,
-    "ant3d": _ant_done,
-    "hopper2d": _hopper_done,
-    "walker2d": _walker_done,
-    "halfcheetah-vel": _never,
-    "cheetah-highdim": _never,
-}
 
 
 @dataclass
@@ -151,7 +128,7 @@ class ModelEnv:
 
     def __init__(self, model: GaussianEnsemble, env: AdmrlEnv, generator: torch.Generator) -> None:
         self.model, self.env, self.generator = model, env, generator
-        self.terminal = TERMINATIONS[env.admrl_family]
+        self.terminal = admrl_termination(env.admrl_family) or _never
 
     @torch.no_grad()
     def step(self, obs: Tensor, action: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

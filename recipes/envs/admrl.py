@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from recipes.envs.gym import GymEnv
+from recipes.envs.terminations import TerminationFn, healthy_z, hopper, lookup, walker
 from recipes.suggest import did_you_mean
 
 
@@ -299,4 +300,34 @@ def make_admrl_env(
     return AdmrlEnv(family, seed=seed, pixels=pixels, size=size, action_repeat=action_repeat, time_limit=time_limit)
 
 
-__all__ = ["ADMRL_FAMILIES", "FAMILIES", "OOD_BOUND", "AdmrlEnv", "RewardFamily", "check_psi", "make_admrl_env"]
+__all__ = [
+    "ADMRL_FAMILIES",
+    "FAMILIES",
+    "OOD_BOUND",
+    "TERMINATIONS",
+    "AdmrlEnv",
+    "RewardFamily",
+    "check_psi",
+    "make_admrl_env",
+    "termination",
+]
+
+
+#: Each family's termination function for model rollouts (``recipes.envs.terminations``; None: time limit only).
+TERMINATIONS: dict[str, TerminationFn | None] = {
+    "ant2d": healthy_z(0.2, 1.0),
+    "ant3d": healthy_z(0.2, 1.0),
+    "hopper2d": hopper,
+    "walker2d": walker,
+    "halfcheetah-vel": None,
+    "cheetah-highdim": None,
+}
+
+
+def termination(family: str) -> TerminationFn | None:
+    """``admrl:FAMILY``'s termination function (``TERMINATIONS``).
+
+    Raises:
+        ValueError: an unknown family.
+    """
+    return lookup(TERMINATIONS, "admrl", family)

@@ -9,6 +9,7 @@ import numpy as np
 
 from recipes.envs.base import Env
 from recipes.envs.gl import ensure_headless_gl
+from recipes.envs.terminations import TerminationFn, healthy_z, lookup, walker
 
 
 class GymEnv(Env):
@@ -118,3 +119,20 @@ class GymEnv(Env):
 
     def close(self) -> None:
         self._env.close()
+
+
+#: The gymnasium ids with a known termination function for model rollouts (``recipes.envs.terminations``).
+TERMINATIONS: dict[str, TerminationFn | None] = {
+    "HalfCheetah-v5": None,
+    "Ant-v5": healthy_z(0.2, 1.0),
+    "Walker2d-v5": walker,
+}
+
+
+def termination(env_id: str) -> TerminationFn | None:
+    """``gym:ID``'s termination function (``TERMINATIONS``).
+
+    Raises:
+        ValueError: an id without one.
+    """
+    return lookup(TERMINATIONS, "gym", env_id)

@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from recipes.envs.gym import GymEnv
+from recipes.envs.terminations import TerminationFn, healthy_z, lookup, walker
 
 #: The families ``make_meta_env`` (and ``make_env`` as ``meta:FAMILY``) knows.
 META_FAMILIES = ("halfcheetah-fwd-bwd", "halfcheetah-pier", "ant-crippled-leg", "walker-randomparams")
@@ -416,6 +417,7 @@ def make_meta_env(
 __all__ = [
     "META_FAMILIES",
     "SPLITS",
+    "TERMINATIONS",
     "AntCrippledLeg",
     "HalfCheetahFwdBwd",
     "HalfCheetahPier",
@@ -424,4 +426,23 @@ __all__ = [
     "WalkerRandomParams",
     "leg_actuators",
     "make_meta_env",
+    "termination",
 ]
+
+
+#: Each family's termination function for model rollouts (``recipes.envs.terminations``; None: time limit only).
+TERMINATIONS: dict[str, TerminationFn | None] = {
+    "halfcheetah-fwd-bwd": None,
+    "halfcheetah-pier": None,
+    "ant-crippled-leg": healthy_z(0.2, 1.0),
+    "walker-randomparams": walker,
+}
+
+
+def termination(family: str) -> TerminationFn | None:
+    """``meta:FAMILY``'s termination function (``TERMINATIONS``).
+
+    Raises:
+        ValueError: an unknown family.
+    """
+    return lookup(TERMINATIONS, "meta", family)

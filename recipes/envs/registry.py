@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def _load(target: str) -> Callable[..., Any]:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 @dataclass(frozen=True)
 class EnvFamily:
     """One environment family (the prefix of ``FAMILY:NAME``).
@@ -29,6 +34,8 @@ class EnvFamily:
         options: keywords of ``make_env`` that only this family takes (``meta``: ``task_switch``, ``split``).
         presets_like: the family whose recipe presets apply where a recipe's preset table has no entry for this
             one (None: it needs its own).
+        termination: ``"module:function"`` of ``termination(name) -> fn | None``, the termination function of
+            ``prefix:name`` for model rollouts (``recipes.envs.terminations``); None: the family has none.
     """
 
     prefix: str
@@ -38,12 +45,24 @@ class EnvFamily:
     pixels: bool
     options: tuple[str, ...] = ()
     presets_like: str | None = None
+    termination: str | None = None
 
     def make(self, name: str, **kwargs: Any) -> Any:
         """``maker(name, **kwargs)``."""
-        module, function = self.maker.split(":")
-        maker: Callable[..., Any] = getattr(importlib.import_module(module), function)
-        return maker(name, **kwargs)
+        return _load(self.maker)(name, **kwargs)
+
+    def termination_fn(self, name: str) -> Any:
+        """The termination function of ``prefix:name`` for model rollouts (None: episodes end by time limit only).
+
+        Raises:
+            ValueError: the family or the name has none.
+        """
+        if self.termination is None:
+            raise ValueError(
+                f"env: no termination function is known for '{self.prefix}:{name}' (needed by model "
+                f"rollouts): the {self.prefix} family declares none"
+            )
+        return _load(self.termination)(name)
 
     @property
     def usage(self) -> str:
@@ -57,9 +76,24 @@ ENV_FAMILIES: dict[str, EnvFamily] = {
     for f in (
         EnvFamily("dmc", "recipes.envs.dmc:DMCEnv", "DOMAIN_TASK", action_repeat=2, pixels=False),
         EnvFamily("atari", "recipes.envs.atari:make_atari_env", "GAME", action_repeat=4, pixels=True),
-        EnvFamily("gym", "recipes.envs.gym:GymEnv", "ID", action_repeat=1, pixels=False),
-        EnvFamily("meta", "recipes.envs.metarl:make_meta_env", "FAMILY", 1, False, options=("task_switch", "split")),
-        EnvFamily("admrl", "recipes.envs.admrl:make_admrl_env", "FAMILY", action_repeat=1, pixels=False),
+        EnvFamily("gym", "recipes.envs.gym:GymEnv", "ID", 1, False, termination="recipes.envs.gym:termination"),
+        EnvFamily(
+            "meta",
+            "recipes.envs.metarl:make_meta_env",
+            "FAMILY",
+            1,
+            False,
+            options=("task_switch", "split"),
+            termination="recipes.envs.metarl:termination",
+        ),
+        EnvFamily(
+            "admrl",
+            "recipes.envs.admrl:make_admrl_env",
+            "FAMILY",
+            1,
+            False,
+            termination="recipes.envs.admrl:termination",
+        ),
         # Super Mario Bros: "We reuse all hyperparameters from the Atari experiments" (pre-training thesis §5.2)
         EnvFamily("mario", "recipes.envs.mario:make_mario_env", "WORLD-STAGE", 4, True, presets_like="atari"),
     )
@@ -69,3 +103,16 @@ ENV_FAMILIES: dict[str, EnvFamily] = {
 def env_usage() -> str:
     """Every family's ``prefix:NAMES``, for help texts: ``dmc:DOMAIN_TASK, atari:GAME, ...``."""
     return ", ".join(f.usage for f in ENV_FAMILIES.values())
+
+
+def termination_fn(env: str) -> Any:
+    """The termination function of the environment ``env`` (``FAMILY:NAME``) for model rollouts: a function of
+    next observations [..., O] to done [...] (bool), or None where episodes end by time limit only.
+
+    Raises:
+        ValueError: an unknown family, or an environment without a known termination function.
+    """
+    prefix, _, name = env.partition(":")
+    if prefix not in ENV_FAMILIES:
+        raise ValueError(f"env: unknown family {prefix!r} in {env!r}")
+    return ENV_FAMILIES[prefix].termination_fn(name)

@@ -1,5 +1,5 @@
-"""Branched rollouts in history space (M3PO §5.2 and Algorithm 2, lines 6–9; MBPO, Janner et al. 2019) and the
-termination functions the rollouts need.
+"""Branched rollouts in history space (M3PO §5.2 and Algorithm 2, lines 6–9; MBPO, Janner et al. 2019); the
+termination functions they need are the environment families' (``recipes.envs.terminations``).
 
 A branched rollout starts from a real window h_{L:t} sampled from D_env, acts with the meta-policy, steps the
 meta-model (a random elite member per sample and step, as MBPO) and rolls the window forward with the model's own
@@ -8,61 +8,25 @@ samples; it runs k steps or until the termination function ends it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from recipes.envs.terminations import TerminationFn
 from worldmodels.history import roll_history
-
-#: ``next_obs [N, O] -> done [N]`` (bool), from the observation alone.
-TerminationFn = Callable[[Tensor], Tensor]
-
-
-def _healthy_z(low: float, high: float) -> TerminationFn:
-    """Ant-v5: done unless every entry is finite and low ≤ z ≤ high (z = obs[0], the torso height)."""
-
-    def done(obs: Tensor) -> Tensor:
-        healthy = torch.isfinite(obs).all(-1) & (obs[..., 0] >= low) & (obs[..., 0] <= high)
-        return ~healthy
-
-    return done
-
-
-def _walker(obs: Tensor) -> Tensor:
-    """Walker2d-v5: done unless 0.8 < z < 2.0 and −1 < angle < 1 (obs[0] height, obs[1] torso angle), finite."""
-    z, angle = obs[..., 0], obs[..., 1]
-    healthy = torch.isfinite(obs).all(-1) & (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
-    return ~healthy
-
-
-#: The termination function of each env the M3PO family knows (None: episodes end by time limit only).  The
-#: ranges are gymnasium v5's defaults (``healthy_z_range``, ``healthy_angle_range``) on the default observations.
-TERMINATIONS: dict[str, TerminationFn | None] = {
-    "meta:halfcheetah-fwd-bwd": None,
-    "meta:halfcheetah-pier": None,
-    "meta:ant-crippled-leg": _healthy_z(0.2, 1.0),
-    "meta:walker-randomparams": _walker,
-    "gym:HalfCheetah-v5": None,
-    "gym:Ant-v5": _healthy_z(0.2, 1.0),
-    "gym:Walker2d-v5": _walker,
-}
 
 
 def termination_fn(env: str) -> TerminationFn | None:
-    """The termination function of ``env`` for model rollouts.
+    """The termination function of ``env`` for model rollouts (``recipes.envs.registry.termination_fn``).
 
     Raises:
         ValueError: naming ``env`` if no termination function is known for it (a model-based recipe would
             otherwise roll through terminal states).
     """
-    if env not in TERMINATIONS:
-        raise ValueError(
-            f"env: no termination function is known for {env!r} (needed by model rollouts); "
-            f"known: {', '.join(TERMINATIONS)}"
-        )
-    return TERMINATIONS[env]
+    from recipes.envs.registry import termination_fn as registered
+
+    return registered(env)
 
 
 @torch.no_grad()
