@@ -112,7 +112,8 @@ def test_sigkill_then_resume(tmp_path):
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, field):
     logdir = tmp_path / "run"
-    rc = main(["run", "m3po", "--steps", "100", "--logdir", str(logdir), *argv])
+    env = [] if "--env" in argv else ["--env", "meta:halfcheetah-fwd-bwd"]
+    rc = main(["run", "m3po", "--steps", "100", "--logdir", str(logdir), *env, *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert field in err and len(err.splitlines()) == 1

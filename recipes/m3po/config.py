@@ -122,6 +122,9 @@ class M3POConfig(RunConfig):
     tau: float = Field(0.005, gt=0.0, le=1.0)
     sac_lr: float = Field(3e-4, gt=0.0)
     target_entropy: float | None = Field(None, description="None: −|A| (SAC paper)")
+    sac_init_alpha: float = Field(1.0, gt=0.0, description="SAC's initial entropy temperature α")
+    sac_target_update_every: int = Field(1, ge=1, description="SAC updates between the target critics' updates")
+    sac_grad_clip: float | None = Field(None, gt=0.0, description="SAC's gradient-norm clip (None: none)")
 
     # weighting: the framework's own contribution (no paper)
     weighting: bool = Field(

@@ -33,11 +33,23 @@ from recipes.envs import Env
 from recipes.m3po.config import M3POConfig
 from recipes.m3po.rollouts import branched_rollouts, termination_fn
 from recipes.run import loop
+from recipes.run.config import config_kwargs
 from recipes.run.precision import autocast_fn, resolve_precision
 from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
 from worldmodels import HistoryEnsemble, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim, roll_history
+
+#: ``SAC``'s arguments whose config fields have other names (α's learning rate is SAC's).
+SAC_FIELDS = {
+    "layers": "sac_layers",
+    "units": "sac_units",
+    "lr": "sac_lr",
+    "alpha_lr": "sac_lr",
+    "init_alpha": "sac_init_alpha",
+    "target_update_every": "sac_target_update_every",
+    "grad_clip": "sac_grad_clip",
+}
 
 
 class M3POLearner(loop.Learner):
@@ -55,20 +67,7 @@ class M3POLearner(loop.Learner):
     ) -> None:
         self.cfg, self.device = cfg, torch.device(cfg.device)
         self.obs_dim, self.action_dim, self.terminal = obs_dim, action_dim, terminal
-        length = cfg.history_len
-        self.sac = SAC(
-            obs_dim,
-            action_dim,
-            history_len=length,
-            history_hidden=cfg.history_hidden,
-            layers=cfg.sac_layers,
-            units=cfg.sac_units,
-            gamma=cfg.gamma,
-            tau=cfg.tau,
-            lr=cfg.sac_lr,
-            alpha_lr=cfg.sac_lr,
-            target_entropy=cfg.target_entropy,
-        ).to(self.device)
+        self.sac = SAC(obs_dim, action_dim, **config_kwargs(cfg, SAC, SAC_FIELDS)).to(self.device)
         f32 = torch.float32
         env_fields = {
             "obs": ((obs_dim,), f32),
