@@ -10,7 +10,15 @@ from pydantic import ValidationError
 
 from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, replay_lambda_return, truncated_normal
 from recipes.dreamer.config import DreamerConfig
+from recipes.dreamer.dreamerv2 import AC_FIELDS
+from recipes.run.config import config_kwargs
 from worldmodels import RSSMWorldModel
+
+
+def make_ac(rssm, reward, discount, action_dim: int, discrete: bool, **over) -> ActorCritic:
+    """The actor-critic a dreamerv2 run builds at DreamerConfig's defaults, with ``over`` (its argument names)."""
+    kwargs = config_kwargs(DreamerConfig(), ActorCritic, AC_FIELDS, actor_grad=None, autocast_dtype=None)
+    return ActorCritic(rssm, reward, discount, action_dim, discrete, **{**kwargs, **over})
 
 
 def test_lambda_return_hand_computed():
@@ -41,7 +49,7 @@ def test_actor_outputs(discrete):
 def test_update_touches_only_actor_and_critic(discrete):
     torch.manual_seed(0)
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=discrete)
-    ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, horizon=4, layers=1, units=8, slow_every=2)
+    ac = make_ac(wm.rssm, wm.reward, wm.discount, 3, discrete, horizon=4, layers=1, units=8, slow_every=2)
     batch = {
         "obs": torch.randn(2, 5, 4),
         "action": torch.randn(2, 5, 3),
@@ -99,7 +107,7 @@ def test_update_gradients_equal_the_naive_losses(discrete, actor_grad):
     torch.manual_seed(0)
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=True)
     wm.double()
-    ac = ActorCritic(
+    ac = make_ac(
         wm.rssm, wm.reward, wm.discount, 3, discrete, horizon=4, layers=1, units=8, actor_grad=actor_grad
     ).double()
     with torch.no_grad():  # a slow critic unlike the critic, so the baseline and the critic target both matter
@@ -131,7 +139,7 @@ def test_actor_learns_to_maximise_a_known_reward():
         head.weight.zero_()
         head.weight[0, wm.rssm.stoch_size] = 1.0  # reward = h_0
         head.bias.zero_()
-    ac = ActorCritic(
+    ac = make_ac(
         wm.rssm, head, None, 2, False, horizon=5, layers=1, units=32, actor_lr=3e-3, critic_lr=3e-3, entropy=0.0
     )
     start = wm.rssm.initial(64)
@@ -214,7 +222,7 @@ def _update_grads(discrete, compile, imag_chunk=0):
     torch.manual_seed(0)
     wm = RSSMWorldModel((4,), 2, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8, discount_head=True)
     horizon = 5 if imag_chunk else 3
-    ac = ActorCritic(
+    ac = make_ac(
         wm.rssm,
         wm.reward,
         wm.discount,
@@ -248,8 +256,8 @@ def _pair_with_return_norm(discrete: bool, actor_grad: str, reward_bias: float):
         wm.reward[-1].bias.fill_(reward_bias)
         wm.reward[-1].weight.mul_(20.0)  # returns that differ between states
     kw = {"horizon": 5, "layers": 1, "units": 8, "actor_grad": actor_grad, "entropy": 0.0}
-    plain = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, **kw).double()
-    normed = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, discrete, return_norm=True, **kw).double()
+    plain = make_ac(wm.rssm, wm.reward, wm.discount, 3, discrete, **kw).double()
+    normed = make_ac(wm.rssm, wm.reward, wm.discount, 3, discrete, return_norm=True, **kw).double()
     normed.load_state_dict(plain.state_dict(), strict=False)
     start = {k: v.detach() for k, v in wm.rssm.initial(16, dtype=torch.float64).items()}
     start["deter"] = torch.randn(16, 8, dtype=torch.float64)
@@ -318,11 +326,11 @@ def test_return_norm_ema_and_limit():
 def test_bad_settings_raise():
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
     with pytest.raises(ValueError, match="return_norm_decay"):
-        ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_decay=1.0)
+        make_ac(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_decay=1.0)
     with pytest.raises(ValueError, match="return_norm_limit"):
-        ActorCritic(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)
+        make_ac(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)
     with pytest.raises(ValueError, match="imag_chunk"):
-        ActorCritic(wm.rssm, wm.reward, None, 3, True, compile=True, imag_chunk=-1)
+        make_ac(wm.rssm, wm.reward, None, 3, True, compile=True, imag_chunk=-1)
 
 
 def test_unimix_actor_keeps_every_action_possible():
@@ -396,7 +404,7 @@ def test_replay_value_loss_adds_the_critic_regression_on_real_rewards(twohot_bin
         torch.manual_seed(0)
         wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8).double()
         kw = {"horizon": 3, "layers": 1, "units": 8, "twohot_bins": twohot_bins, "repval_scale": repval_scale}
-        ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, **kw).double()
+        ac = make_ac(wm.rssm, wm.reward, wm.discount, 3, False, **kw).double()
         with torch.no_grad():  # a slow critic that differs from the critic, so bootstrap values matter
             for p in ac.slow_critic.parameters():
                 p.add_(0.3 * torch.randn_like(p))
@@ -457,8 +465,8 @@ def test_replay_value_loss_adds_the_critic_regression_on_real_rewards(twohot_bin
 def test_replay_value_loss_needs_the_replay():
     wm = RSSMWorldModel((4,), 3, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
     with pytest.raises(ValueError, match="repval_scale must be"):
-        ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, repval_scale=-1.0)
-    ac = ActorCritic(wm.rssm, wm.reward, wm.discount, 3, False, horizon=2, layers=1, units=8, repval_scale=0.3)
+        make_ac(wm.rssm, wm.reward, wm.discount, 3, False, repval_scale=-1.0)
+    ac = make_ac(wm.rssm, wm.reward, wm.discount, 3, False, horizon=2, layers=1, units=8, repval_scale=0.3)
     with pytest.raises(ValueError, match="needs the replayed sequences"):
         ac.update(wm.rssm.initial(4))
 
@@ -534,8 +542,8 @@ def test_actor_mean_bound_penalty_and_a_saturated_actor_turns_round():
     # the actor-critic's loss carries the penalty: equal to the same loss without it plus the penalty's mean
     wm = RSSMWorldModel((4,), 2, deter=8, stoch=3, hidden=8, mlp_layers=1, mlp_units=8)
     start = wm.rssm.initial(16)
-    ac_off = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8)
-    ac_on = ActorCritic(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8, actor_mean_bound=0.01)
+    ac_off = make_ac(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8)
+    ac_on = make_ac(wm.rssm, wm.reward, wm.discount, 2, False, horizon=3, layers=1, units=8, actor_mean_bound=0.01)
     ac_on.load_state_dict(ac_off.state_dict())
     losses = {}
     for bound, ac in ((None, ac_off), (0.01, ac_on)):

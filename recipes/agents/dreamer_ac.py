@@ -229,6 +229,9 @@ class Actor(nn.Module):
 class ActorCritic(nn.Module):
     """Behaviour learning in imagination (DreamerV2).
 
+    Every keyword argument is required: a recipe builds it from its config (``recipes.run.config.config_kwargs``),
+    the one place its numbers live; the values in parentheses below are DreamerV2's.
+
     Args:
         rssm: the world model's latent dynamics (only used, never updated here).
         reward_head, discount_head: the world model's heads on features (``discount_head=None``: constant γ).
@@ -278,32 +281,32 @@ class ActorCritic(nn.Module):
         action_dim: int,
         discrete: bool,
         *,
-        horizon: int = 15,
-        gamma: float = 0.99,
-        lam: float = 0.95,
-        entropy: float = 1e-4,
-        actor_grad: str | None = None,
-        slow_every: int = 100,
-        imag_starts: int | None = None,
-        layers: int = 4,
-        units: int = 400,
-        actor_lr: float = 8e-5,
-        critic_lr: float = 8e-5,
-        eps: float = 1e-5,
-        clip: float = 100.0,
-        weight_decay: float = 1e-6,
-        compile: bool = False,
-        imag_chunk: int = 0,
-        autocast_dtype: torch.dtype | None = None,
-        return_norm: bool = False,
-        unimix: float = 0.0,
-        twohot_bins: int = 0,
-        return_norm_decay: float = 0.99,
-        return_norm_limit: float = 1.0,
-        actor_dist: str = "trunc_normal",
-        actor_max_std: float = 1.0,
-        repval_scale: float = 0.0,
-        actor_mean_bound: float | None = None,
+        horizon: int,
+        gamma: float,
+        lam: float,
+        entropy: float,
+        actor_grad: str | None,
+        slow_every: int,
+        imag_starts: int | None,
+        layers: int,
+        units: int,
+        actor_lr: float,
+        critic_lr: float,
+        eps: float,
+        clip: float,
+        weight_decay: float,
+        compile: bool,
+        imag_chunk: int,
+        autocast_dtype: torch.dtype | None,
+        return_norm: bool,
+        unimix: float,
+        twohot_bins: int,
+        return_norm_decay: float,
+        return_norm_limit: float,
+        actor_dist: str,
+        actor_max_std: float,
+        repval_scale: float,
+        actor_mean_bound: float | None,
     ) -> None:
         super().__init__()
         if not repval_scale >= 0.0:
