@@ -115,7 +115,7 @@ def test_a_damaged_config_json_is_named(tmp_path, capsys):
     assert "config.json: not a JSON config" in _error(capsys, ["inspect-weights", str(logdir)])
     (logdir / "config.json").write_text("[1, 2]")
     assert "is not a JSON object" in _error(capsys, ["run", "dreamerv2", "--steps", "100", "--logdir", str(logdir)])
-    assert "is not a tempo run" in _error(capsys, ["inspect-weights", str(logdir)])
+    assert "config.json: not a JSON object of config values" in _error(capsys, ["inspect-weights", str(logdir)])
     (logdir / "config.json").write_text('{"recipe": "tempo", "stepz": 3}')
     assert "config.json: stepz: unknown setting; did you mean steps?" in _error(
         capsys, ["inspect-weights", str(logdir)]

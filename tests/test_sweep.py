@@ -114,10 +114,14 @@ def test_trials_cross_recipes_grid_envs_seeds(tmp_path, capsys):
 
 
 def test_sweep_on_local_ray_resumes_killed_trial_and_reports_failed_one(tmp_path, capsys):
-    good_env, bad_env = "dmc:cartpole_swingup", "dmc:cartpole_nosuchtask"
-    spec = {"envs": [good_env, bad_env], "seeds": [0, 1], "resources": {"num_cpus": 1}}
+    good_env = "dmc:cartpole_swingup"
+    # the second variant fails at run time (its init run does not exist), after the sweep's checks passed
+    bad = "dreamerv2+init=/nonexistent-run"
+    spec = {"envs": [good_env], "recipes": ["dreamerv2", bad], "seeds": [0, 1], "resources": {"num_cpus": 1}}
     path = _sweep_file(tmp_path, **spec)
-    killed = next(t for t in sweep.trials(sweep.load(path)) if t.env == good_env and t.seed == 1)
+    trials = sweep.trials(sweep.load(path))
+    killed = next(t for t in trials if t.recipe == "dreamerv2" and "init" not in " ".join(t.sets) and t.seed == 1)
+    bad_dirs = [t.run_dir for t in trials if "init=/nonexistent-run" in t.sets]
 
     # seed 1 was started by hand with the sweep's own command line and SIGKILLed after a checkpoint
     killed_at, saved = kill_mid_run(killed.run_dir, dataclasses.replace(killed, steps=100_000).argv(), after=100)
@@ -136,19 +140,18 @@ def test_sweep_on_local_ray_resumes_killed_trial_and_reports_failed_one(tmp_path
     resumed = records(killed.run_dir)[logged_before:]
     assert resumed and min(r["step"] for r in resumed) > saved >= 100
     # the failed trials: reported with their log paths (the sweep's exit code 1), the reason in the log
-    bad_logs = [root / "dmc_cartpole_nosuchtask" / f"dreamerv2-s{seed}.log" for seed in (0, 1)]
-    assert "2 trial(s) failed (the others finished)" in captured.err
+    bad_logs = [d.with_name(d.name + ".log") for d in bad_dirs]
+    assert len(bad_logs) == 2 and "2 trial(s) failed (the others finished)" in captured.err
     for log in bad_logs:
-        assert str(log) in captured.err and "cartpole_nosuchtask" in log.read_text()
+        assert str(log) in captured.err and "nonexistent-run" in log.read_text()
     assert "sweep: FAILED" in captured.out and "sweep: 2 of 4 trial(s) finished" in captured.out
     # summarised per env by reweigh compare: the good env only
     table = json.loads((root / "dmc_cartpole_swingup" / "sweep.json").read_text())
     assert set(table["variants"]) == {"dreamerv2"} and len(table["variants"]["dreamerv2"]["per_seed_final"]) == 2
     assert table["steps"][-1] == steps
-    assert not (root / "dmc_cartpole_nosuchtask" / "sweep.json").exists()
 
-    # the same sweep without the bad env: every trial is finished, nothing is run and Ray is not even started
-    path = _sweep_file(tmp_path, steps=steps, **{**spec, "envs": [good_env]})
+    # the same sweep without the bad variant: every trial is finished, nothing is run and Ray is not even started
+    path = _sweep_file(tmp_path, steps=steps, **{**spec, "recipes": ["dreamerv2"]})
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
     assert "Ray" not in out and "sweep: 2 of 2 trial(s) finished" in out
