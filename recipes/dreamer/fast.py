@@ -138,6 +138,8 @@ class DreamerCompiled(Eager):
         super().__init__(agent)
         cfg, self.wm, twice = agent.cfg, agent.wm, self.retain_graph
         self.chunk: int = cfg.compile_chunk
+        # every graph compiles on its first call: those the chunking does not use (the whole loss with
+        # compile_chunk > 0, the chunk graphs with 0) cost nothing
         self.observe_chunk = CompiledObserveChunk(self.wm.rssm, retain_graph=twice)
         self.encode = MaybeCompiled(self._encode, "the world model's encoder", retain_graph=twice)
         self.likelihood = MaybeCompiled(
@@ -307,15 +309,12 @@ class TempoCompiled(DreamerCompiled):
         return forward
 
     @contextlib.contextmanager
-    def _backward(self, meta: bool) -> Iterator[None]:
+    def backward(self, meta: bool) -> Iterator[None]:  # type: ignore[override]
         try:  # a weighter update backpropagates through the forward's compiled graphs twice (a, then θ's gradient)
             with retained_backward() if meta else contextlib.nullcontext():
                 yield
         finally:
             self.encoder_acts = None  # not held past the step
-
-    def backward(self, meta: bool) -> contextlib.AbstractContextManager[Any]:
-        return self._backward(meta)
 
     # -- the mixed product by forward mode -------------------------------------------------------------------
     def jvp(self, batch: States, noise: Any, levels: LevelOutputs, meta: bool) -> FactoredJvp | None:

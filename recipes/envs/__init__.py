@@ -99,6 +99,10 @@ DEFAULT_ACTION_REPEAT = {f.prefix: f.action_repeat for f in ENV_FAMILIES.values(
 DEFAULT_PIXELS = {f.prefix: f.pixels for f in ENV_FAMILIES.values()}
 
 
+#: ``make_env``'s family-specific options and their defaults (an option left at its default is not "given").
+_OPTION_DEFAULTS: dict[str, Any] = {"task_switch": None, "split": "train"}
+
+
 def _check_options(
     name: str,
     family: EnvFamily,
@@ -122,10 +126,6 @@ def _check_options(
         raise ValueError(f"action_repeat must be at least 1, got {action_repeat}")
     if time_limit is not None and time_limit < 1:
         raise ValueError(f"time_limit must be at least 1 agent step, got {time_limit}")
-
-
-#: ``make_env``'s family-specific options and their defaults (an option left at its default is not "given").
-_OPTION_DEFAULTS: dict[str, Any] = {"task_switch": None, "split": "train"}
 
 
 def make_env(

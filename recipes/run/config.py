@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recipes.envs.registry import ENV_FAMILIES
 from recipes.run.heap import HeapMode
 
 #: preset name → env family (or ``dmc_pixels``) → field overrides.
@@ -78,7 +79,6 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _check_env(self) -> RunConfig:
         from recipes.envs.multitask import split_names
-        from recipes.envs.registry import ENV_FAMILIES
 
         members = split_names(self.env) if "," in self.env else [self.env]
         for member in members:
@@ -191,8 +191,6 @@ def config_kwargs(
 def family_entries(entries: dict[str, dict[str, Any]], family: str) -> dict[str, Any]:
     """One preset layer's overrides for ``family``: its ``"*"`` entry (every family), then the family's own or, where
     it has none, those of the family it shares presets with (``recipes.envs.registry.EnvFamily.presets_like``)."""
-    from recipes.envs.registry import ENV_FAMILIES
-
     own = entries.get(family)
     if own is None:
         prefix, _, pixels = family.partition("_")
@@ -201,18 +199,9 @@ def family_entries(entries: dict[str, dict[str, Any]], family: str) -> dict[str,
     return {**(entries.get("*", {}) if "_" not in family else {}), **own}
 
 
-def known_families() -> list[str]:
-    """Every environment family's prefix (``recipes.envs.registry.ENV_FAMILIES``)."""
-    from recipes.envs.registry import ENV_FAMILIES
-
-    return list(ENV_FAMILIES)
-
-
 def preset_families(presets: Sequence[Presets]) -> list[str]:
     """The environment families a recipe runs on: those its first preset layer has an entry for under some preset,
     and those that share presets with one of them (``presets_like``)."""
-    from recipes.envs.registry import ENV_FAMILIES
-
     named = {f for entries in (presets[0].values() if presets else []) for f in entries if "_" not in f and f != "*"}
     return [f for f, spec in ENV_FAMILIES.items() if f in named or spec.presets_like in named]
 
@@ -244,7 +233,7 @@ def resolve(
         raise ValueError(f"preset: unknown {preset!r}; choose one of {names}")
     family = env.split(":", 1)[0]
     accepted = preset_families(presets)
-    if presets and family not in accepted and family in known_families():  # an unknown one: the config's error
+    if presets and family not in accepted and family in ENV_FAMILIES:  # an unknown one: the config's error
         raise ValueError(f"env: {env!r} is not an environment this recipe runs on ({', '.join(accepted)})")
     overrides = dict(overrides or {})
     values: dict[str, Any] = {}
