@@ -69,6 +69,7 @@ class MetaWeighter(nn.Module):
     def __init__(
         self,
         in_features: int,
+        *,
         layers: int = 4,
         hidden: int = 400,
         activation: str = "elu",

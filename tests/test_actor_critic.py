@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from recipes.agents.dreamer_ac import Actor, ActorCritic, lambda_return, replay_lambda_return, truncated_normal
 from recipes.dreamer.config import DreamerConfig
 from recipes.dreamer.dreamerv2 import AC_FIELDS
+from recipes.dreamer.fast import CompiledImagination
 from recipes.run.config import config_kwargs
 from worldmodels import RSSMWorldModel
 
@@ -231,10 +232,10 @@ def _update_grads(discrete, compile, imag_chunk=0):
         horizon=horizon,
         layers=1,
         units=8,
-        compile=compile,
-        imag_chunk=imag_chunk,
     )
-    assert (ac._loss_fn == ac._chunked_losses) == (compile and imag_chunk > 0)
+    if compile:
+        ac.loss_fn = CompiledImagination(ac, imag_chunk)
+        assert ac.loss_fn.chunked == (imag_chunk > 0)
     got = {}
     ac.actor_opt.step = lambda ac=ac, got=got: got.update(actor=[p.grad.clone() for p in ac.actor.parameters()])
     ac.critic_opt.step = lambda ac=ac, got=got: got.update(critic=[p.grad.clone() for p in ac.critic.parameters()])
@@ -330,7 +331,7 @@ def test_bad_settings_raise():
     with pytest.raises(ValueError, match="return_norm_limit"):
         make_ac(wm.rssm, wm.reward, None, 3, True, return_norm=True, return_norm_limit=0.0)
     with pytest.raises(ValueError, match="imag_chunk"):
-        make_ac(wm.rssm, wm.reward, None, 3, True, compile=True, imag_chunk=-1)
+        CompiledImagination(make_ac(wm.rssm, wm.reward, None, 3, True), -1)
 
 
 def test_unimix_actor_keeps_every_action_possible():
@@ -548,7 +549,7 @@ def test_actor_mean_bound_penalty_and_a_saturated_actor_turns_round():
     losses = {}
     for bound, ac in ((None, ac_off), (0.01, ac_on)):
         torch.manual_seed(1)
-        losses[bound] = ac._losses(start, None)
+        losses[bound] = ac.losses(start, None)
     penalty = losses[0.01][2]["actor_mean_penalty"]
     assert penalty > 0
     torch.testing.assert_close(losses[0.01][0], losses[None][0] + penalty)

@@ -210,7 +210,7 @@ def test_admrl_model_fit_skips_non_finite_minibatches_and_stops_after_a_run_of_t
     n = 64
     data = Transitions(torch.randn(n, 3), torch.rand(n, 2), torch.randn(n, 3), torch.zeros(n))
     model.update_normalizer({"obs": data.obs, "action": data.action, "next_obs": data.next_obs})
-    fit = {"epochs": 2, "batch": 16, "holdout_ratio": 0.25, "patience": 5, "max_nonfinite": 3}
+    fit = {"epochs": 2, "batch": 16, "holdout_ratio": 0.25, "patience": 5, "improvement": 0.01, "max_nonfinite": 3}
     metrics = fit_model(model, opt, data, generator=torch.Generator().manual_seed(0), **fit)
     assert metrics["model/nonfinite_skips"] == 0
     before = _snapshot(model)

@@ -41,7 +41,23 @@ from recipes.agents.ppo import PPO
 from recipes.agents.trpo import TRPO
 from recipes.envs.admrl import AdmrlEnv
 from recipes.run import loop
+from recipes.run.config import MODEL_FIELDS, config_kwargs
 from worldmodels import GaussianEnsemble
+
+#: ``PPO``'s and ``TRPO``'s arguments as ``AdmrlConfig`` names them.
+PPO_FIELDS = {
+    "layers": "policy_layers",
+    "units": "policy_units",
+    "init_log_std": "policy_init_log_std",
+    **{k: f"ppo_{k}" for k in ("lr", "epochs", "minibatch", "clip", "value_coef", "entropy_coef", "max_grad_norm")},
+}
+TRPO_FIELDS = {
+    "layers": "policy_layers",
+    "units": "policy_units",
+    "init_log_std": "policy_init_log_std",
+    **{k: f"trpo_{k}" for k in ("max_kl", "cg_iters", "cg_damping", "backtracks", "backtrack_ratio")},
+    **{k: f"trpo_{k}" for k in ("value_lr", "value_epochs", "value_minibatch")},
+}
 
 
 class AdmrlTrainer:
@@ -62,13 +78,7 @@ class AdmrlTrainer:
         self.rng = np.random.default_rng(cfg.seed)
         obs_dim, act_dim = env.obs_shape[0], env.action_dim
         self.model = GaussianEnsemble(
-            obs_dim,
-            act_dim,
-            members=cfg.members,
-            elites=cfg.elites,
-            layers=cfg.model_layers,
-            units=cfg.model_units,
-            learn_reward=False,
+            obs_dim, act_dim, **config_kwargs(cfg, GaussianEnsemble, MODEL_FIELDS, context_dim=0, learn_reward=False)
         ).to(self.device)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr, weight_decay=cfg.model_wd)
         self.model_env = ModelEnv(self.model, env, self.generator)
@@ -91,26 +101,9 @@ class AdmrlTrainer:
     def new_ppo(self) -> Agent:
         """A fresh policy optimiser (``policy_opt``: PPO or TRPO)."""
         cfg = self.cfg
-        if cfg.policy_opt == "trpo":
-            return TRPO(
-                self.env.obs_shape[0],
-                self.env.action_dim,
-                units=cfg.policy_units,
-                max_kl=cfg.trpo_max_kl,
-                gamma=cfg.gamma,
-                lam=cfg.lam,
-                device=self.device,
-            )
-        return PPO(
-            self.env.obs_shape[0],
-            self.env.action_dim,
-            units=cfg.policy_units,
-            lr=cfg.ppo_lr,
-            epochs=cfg.ppo_epochs,
-            minibatch=cfg.ppo_minibatch,
-            gamma=cfg.gamma,
-            lam=cfg.lam,
-            device=self.device,
+        agent, fields = (TRPO, TRPO_FIELDS) if cfg.policy_opt == "trpo" else (PPO, PPO_FIELDS)
+        return agent(
+            self.env.obs_shape[0], self.env.action_dim, **config_kwargs(cfg, agent, fields, device=self.device)
         )
 
     def psi_tensor(self, psi: np.ndarray | None = None) -> Tensor:
@@ -134,6 +127,7 @@ class AdmrlTrainer:
             batch=cfg.model_batch,
             holdout_ratio=cfg.holdout_ratio,
             patience=cfg.model_patience,
+            improvement=cfg.model_improvement,
             generator=self.generator,
             max_nonfinite=cfg.max_nonfinite,
         )

@@ -39,11 +39,15 @@ class AdmrlConfig(RunConfig):
     elites: int = Field(3, ge=1)
     model_layers: int = Field(3, ge=1)
     model_units: int = Field(128, ge=1)
+    model_activation: str = Field("silu", description="the members' activation (mbrl-lib: SiLU)")
     model_lr: float = Field(1e-3, gt=0.0)
     model_wd: float = Field(1e-5, ge=0.0)
     model_batch: int = Field(256, ge=1)
     model_epochs: int = Field(20, ge=1, description="most epochs per fit (early stopping on the hold-out MSE)")
-    model_patience: int = Field(3, ge=1)
+    model_patience: int = Field(3, ge=1, description="epochs without a model_improvement hold-out gain before stopping")
+    model_improvement: float = Field(
+        0.01, gt=0.0, description="the relative hold-out MSE gain that counts as an improvement (mbrl-lib 1%)"
+    )
     holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
 
     # VirtualTraining: PPO or TRPO inside the model
@@ -51,6 +55,13 @@ class AdmrlConfig(RunConfig):
         "ppo", description="policy optimiser inside the model: PPO-clip, or TRPO with max-KL 0.01 as SLBO/AdMRL"
     )
     trpo_max_kl: float = Field(0.01, gt=0.0, description="TRPO's trust region δ (SLBO: 0.01)")
+    trpo_cg_iters: int = Field(10, ge=1, description="CG steps of TRPO's Fisher solve (OpenAI baselines: 10)")
+    trpo_cg_damping: float = Field(0.1, ge=0.0, description="damping of TRPO's Fisher solve (OpenAI baselines: 0.1)")
+    trpo_backtracks: int = Field(10, ge=1, description="most steps of TRPO's backtracking line search")
+    trpo_backtrack_ratio: float = Field(0.8, gt=0.0, lt=1.0, description="the line search's step shrink factor")
+    trpo_value_lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of TRPO's value regression")
+    trpo_value_epochs: int = Field(5, ge=1, description="passes of TRPO's value regression per batch")
+    trpo_value_minibatch: int = Field(256, ge=1, description="samples per step of TRPO's value regression")
     virtual_iters: int = Field(20, ge=1, description="policy updates per SLBO iteration (n_inner)")
     zeroshot_iters: int = Field(40, ge=1, description="policy updates of the zero-shot adaptation (n_zeroshot)")
     virtual_envs: int = Field(64, ge=1, description="parallel model episodes per policy update")
@@ -58,7 +69,13 @@ class AdmrlConfig(RunConfig):
     ppo_lr: float = Field(3e-4, gt=0.0)
     ppo_epochs: int = Field(10, ge=1)
     ppo_minibatch: int = Field(256, ge=1)
+    ppo_clip: float = Field(0.2, gt=0.0, lt=1.0, description="PPO's clip ε")
+    ppo_value_coef: float = Field(0.5, ge=0.0, description="c_v, the value loss's weight in PPO's loss")
+    ppo_entropy_coef: float = Field(0.0, ge=0.0, description="c_H, the entropy bonus's weight in PPO's loss")
+    ppo_max_grad_norm: float = Field(0.5, gt=0.0, description="PPO's global gradient-norm clip")
+    policy_layers: int = Field(2, ge=1, description="tanh hidden layers of the policy mean and the value network")
     policy_units: int = Field(64, ge=1)
+    policy_init_log_std: float = Field(-0.5, description="the policy's initial log σ")
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     lam: float = Field(0.95, ge=0.0, le=1.0)
 

@@ -65,12 +65,14 @@ def fit_model(
     batch: int,
     holdout_ratio: float,
     patience: int,
+    improvement: float,
     generator: torch.Generator,
     max_nonfinite: int | None = None,
 ) -> dict[str, float]:
     """Fit the ensemble on all of ``data``: a fresh hold-out split, per-member bootstrap counts, at most ``epochs``
-    epochs of minibatches, stopping when no member's hold-out MSE improves by 1% for ``patience`` epochs; the best
-    epoch's parameters are kept and the elites chosen by hold-out MSE (mbrl-lib's ModelTrainer, as the M3PO recipe).
+    epochs of minibatches, stopping when no member's hold-out MSE improves by ``improvement`` (relative) for
+    ``patience`` epochs; the best epoch's parameters are kept and the elites chosen by hold-out MSE (mbrl-lib's
+    ModelTrainer, as the M3PO recipe).
     The caller feeds every new row to ``model.update_normalizer`` once, before the fit.
 
     A minibatch whose loss is NaN or infinite is skipped before the optimiser step (``bilevel.guard``) and
@@ -107,7 +109,15 @@ def fit_model(
         state["last"] = values["model/nll"]
 
     done_epochs, final = fit_to_holdout(
-        model, hold, len(train), minibatch, batch=batch, max_epochs=epochs, patience=patience, generator=generator
+        model,
+        hold,
+        len(train),
+        minibatch,
+        batch=batch,
+        max_epochs=epochs,
+        patience=patience,
+        generator=generator,
+        improvement=improvement,
     )
     return {
         "model/holdout_mse": float(final[model.elite_idx].mean()),

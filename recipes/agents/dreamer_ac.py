@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bilevel.guard import check_finite
-from recipes.agents.compile import MaybeCompiled
 from recipes.agents.optim import adamw
 from recipes.run.precision import autocast
 from worldmodels.nets import TwoHotHead, at_least_fp32, mlp
 from worldmodels.rssm import RSSM
+
+States = dict[str, Tensor]
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
@@ -243,12 +244,6 @@ class ActorCritic(nn.Module):
         imag_starts: imagine from a random subset of this many start states (None: all B·T, as DreamerV2).
         layers, units: actor/critic MLPs (4 × 400).
         actor_lr, critic_lr, eps, clip, weight_decay: optimiser settings (DMC 8e-5/8e-5, eps 1e-5, clip 100, 1e-6).
-        compile: ``torch.compile`` the rollout and losses (one graph, unrolled over the horizon; eager fallback;
-            ``recipes.agents.compile``).
-        imag_chunk: with ``compile``: 0 (default) compiles the rollout and the losses as that one graph; K > 0 the
-            rollout as one graph of K imagination steps run ⌈horizon/K⌉ times (the state carried across) and the
-            losses as another.  The same update (same random draws, rounding aside); the graphs to compile are
-            ~horizon/K times smaller, which shortens the cold compile (docs/results.md).
         autocast_dtype: run the imagination and the losses under ``torch.autocast`` to this dtype (bf16: matrix
             products in bf16, distributions and returns in fp32; ``recipes.run.precision``); None: plain fp32.
         unimix: discrete actions: the actor's categorical mixed with this share of the uniform (DreamerV3, 0.01).
@@ -295,8 +290,6 @@ class ActorCritic(nn.Module):
         eps: float,
         clip: float,
         weight_decay: float,
-        compile: bool,
-        imag_chunk: int,
         autocast_dtype: torch.dtype | None,
         return_norm: bool,
         unimix: float,
@@ -347,19 +340,14 @@ class ActorCritic(nn.Module):
         self.actor_opt = adamw(self.actor.parameters(), actor_lr, eps=eps, weight_decay=weight_decay)
         self.critic_opt = adamw(self.critic.parameters(), critic_lr, eps=eps, weight_decay=weight_decay)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        if imag_chunk < 0:
-            raise ValueError(f"imag_chunk must be >= 0, got {imag_chunk}")
-        self.imag_chunk = imag_chunk
-        self._loss_fn = self._losses_graphs(compile)
+        #: the imagination and losses ``update`` runs: ``losses`` itself, or a fast backend's equal replacement
+        #: (``recipes.dreamer.fast.CompiledImagination``)
+        self.loss_fn: Callable[[States, Tensor | None], tuple[Tensor, Tensor, dict[str, Tensor]]] = self.losses
 
-    def _losses_graphs(self, compile: bool) -> Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]:
-        """The losses' function: with ``compile`` and 0 < ``imag_chunk`` < horizon the imagination in compiled
-        chunks and the losses as another graph, else the losses as one graph (``compile``) or eager."""
-        if compile and 0 < self.imag_chunk < self.horizon:
-            self._rollout_chunk_fn = MaybeCompiled(self._rollout_chunk, "the actor-critic's imagination chunk")
-            self._rollout_losses_fn = MaybeCompiled(self._rollout_losses, "the actor-critic losses")
-            return self._chunked_losses
-        return MaybeCompiled(self._losses, "the actor-critic losses", enabled=compile)
+    @property
+    def rssm(self) -> RSSM:
+        """The world model's latent dynamics the rollouts imagine with (not a submodule)."""
+        return self._wm["rssm"]
 
     def value(self, feat: Tensor, slow: bool = True) -> Tensor:
         """V(features) [...]: the (slow) critic, as the upper-level losses use it."""
@@ -402,7 +390,7 @@ class ActorCritic(nn.Module):
             p.requires_grad_(False)  # the model is used, not trained: only gradients w.r.t. its features may flow
         try:
             with autocast(start["deter"].device, self.autocast_dtype):
-                actor_loss, critic_loss, stats = self._loss_fn(start, is_terminal)
+                actor_loss, critic_loss, stats = self.loss_fn(start, is_terminal)
                 if self.repval_scale > 0.0:
                     if replay is None:
                         raise ValueError("repval_scale > 0 needs the replayed sequences (update(..., replay=...))")
@@ -440,7 +428,9 @@ class ActorCritic(nn.Module):
             self.slow_critic.load_state_dict(self.critic.state_dict())
         return metrics
 
-    def _policy(self, logps: list[Tensor], ents: list[Tensor], penalties: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    def imagination_policy(
+        self, logps: list[Tensor], ents: list[Tensor], penalties: list[Tensor]
+    ) -> Callable[[Tensor], Tensor]:
         """The policy ``worldmodels.RSSM.imagine`` rolls out: samples the actor at the (detached) features and
         appends each step's log-probability, entropy and mean penalty to the given lists."""
         reinforce = self.actor_grad == "reinforce"
@@ -457,56 +447,18 @@ class ActorCritic(nn.Module):
 
         return policy
 
-    def _losses(self, start: dict[str, Tensor], is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The imagined rollout from ``start`` ([N, ·] states) and DreamerV2's actor and critic losses (§2.3,
-        eq. 5-7), with the world model frozen by the caller; compiled as one graph with ``compile=True``."""
+    def losses(self, start: States, is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The imagined rollout from ``start`` ([N, ·] states; ``is_terminal`` [N] bool or None) and DreamerV2's
+        actor and critic losses (§2.3, eq. 5-7), with the world model frozen by the caller."""
         logps: list[Tensor] = []
         ents: list[Tensor] = []
         penalties: list[Tensor] = []
-        policy = self._policy(logps, ents, penalties)
+        policy = self.imagination_policy(logps, ents, penalties)
         states, _ = self._wm["rssm"].imagine(policy, start, self.horizon, keys=("feat",))
         penalty = torch.stack(penalties, 0) if penalties else None
-        return self._rollout_losses(states["feat"], torch.stack(logps, 0), torch.stack(ents, 0), penalty, is_terminal)
+        return self.rollout_losses(states["feat"], torch.stack(logps, 0), torch.stack(ents, 0), penalty, is_terminal)
 
-    def _rollout_chunk(
-        self, state: dict[str, Tensor], steps: int
-    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor | None]:
-        """``worldmodels.RSSM.imagine`` for ``steps`` steps from ``state`` ([N, ·]): the state reached, and the
-        features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
-        penalties [K, N] (None without ``mean_bound``).  One compiled graph with ``imag_chunk``."""
-        logps: list[Tensor] = []
-        ents: list[Tensor] = []
-        penalties: list[Tensor] = []
-        rssm = self._wm["rssm"]
-        states, _ = rssm.imagine(self._policy(logps, ents, penalties), state, steps)  # [K+1, N, ·] each
-        penalty = torch.stack(penalties, 0) if penalties else None
-        last = {k: v[-1] for k, v in states.items()}
-        return last, rssm.features(states)[:-1], torch.stack(logps, 0), torch.stack(ents, 0), penalty
-
-    def _chunked_losses(
-        self, start: dict[str, Tensor], is_terminal: Tensor | None
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``_losses`` by compiled parts (``imag_chunk``): the rollout in chunks of ``imag_chunk`` steps through
-        one graph, then the losses as another."""
-        if self.actor_grad == "dynamics":
-            # the chunks after the first get states that require grad (dynamics backprop through the actions);
-            # the (detached) start states do too, so that every chunk runs the same compiled graph, not two
-            start = {k: v.detach().requires_grad_() for k, v in start.items()}
-        state, feats, logps, ents, penalties = start, [], [], [], []
-        for i in range(0, self.horizon, self.imag_chunk):
-            state, feat, logp, ent, penalty = self._rollout_chunk_fn(state, min(self.imag_chunk, self.horizon - i))
-            feats.append(feat)
-            logps.append(logp)
-            ents.append(ent)
-            if penalty is not None:
-                penalties.append(penalty)
-        feats.append(self._wm["rssm"].features(state)[None])
-        penalty = torch.cat(penalties, 0) if penalties else None
-        return self._rollout_losses_fn(
-            torch.cat(feats, 0), torch.cat(logps, 0), torch.cat(ents, 0), penalty, is_terminal
-        )
-
-    def _rollout_losses(
+    def rollout_losses(
         self, feat: Tensor, logp: Tensor, ent: Tensor, penalty: Tensor | None, is_terminal: Tensor | None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """DreamerV2's actor and critic losses (§2.3, eq. 5-7) of an imagined rollout: ``feat`` [H+1, N, F] (the

@@ -25,6 +25,7 @@ from worldmodels import ConvEncoder, ModelLoss
 from worldmodels.rssm import ObserveChunk
 
 if TYPE_CHECKING:
+    from recipes.agents.dreamer_ac import ActorCritic
     from recipes.dreamer.dreamerv2 import DreamerAgent
     from recipes.dreamer.tempo import TempoAgent
 
@@ -97,6 +98,65 @@ class CompiledObserveChunk:
         return self.compiled(state, embed, action, is_first, noise)
 
 
+class CompiledImagination:
+    """``compile=true`` for the actor-critic: ``ActorCritic.losses`` (the imagined rollout and DreamerV2's actor
+    and critic losses) by compiled graphs, installed as the actor-critic's ``loss_fn``.
+
+    With 0 < ``imag_chunk`` < horizon the rollout is one graph of ``imag_chunk`` imagination steps run
+    ⌈horizon/imag_chunk⌉ times (the state carried across) and the losses another: the graphs to compile are
+    ~horizon/imag_chunk times smaller, which shortens the cold compile.  Otherwise the rollout and the losses are
+    one graph unrolled over the horizon.  The same update either way (the same random draws, rounding aside).
+
+    Raises:
+        ValueError: ``imag_chunk`` < 0.
+    """
+
+    def __init__(self, ac: ActorCritic, imag_chunk: int) -> None:
+        if imag_chunk < 0:
+            raise ValueError(f"imag_chunk must be >= 0, got {imag_chunk}")
+        self.ac, self.chunk = ac, imag_chunk
+        self.chunked = 0 < imag_chunk < ac.horizon
+        if self.chunked:
+            self.rollout_chunk = MaybeCompiled(self._rollout_chunk, "the actor-critic's imagination chunk")
+            self.losses = MaybeCompiled(ac.rollout_losses, "the actor-critic losses")
+        else:
+            self.losses = MaybeCompiled(ac.losses, "the actor-critic losses")
+
+    def _rollout_chunk(self, state: States, steps: int) -> tuple[States, Tensor, Tensor, Tensor, Tensor | None]:
+        """``worldmodels.RSSM.imagine`` for ``steps`` steps from ``state`` ([N, ·]): the state reached, and the
+        features [K, N, F] of the K states the actor read, its log-probabilities, entropies [K, N] and mean
+        penalties [K, N] (None without a mean bound)."""
+        logps: list[Tensor] = []
+        ents: list[Tensor] = []
+        penalties: list[Tensor] = []
+        rssm = self.ac.rssm
+        states, _ = rssm.imagine(self.ac.imagination_policy(logps, ents, penalties), state, steps)  # [K+1, N, ·]
+        penalty = torch.stack(penalties, 0) if penalties else None
+        last = {k: v[-1] for k, v in states.items()}
+        return last, rssm.features(states)[:-1], torch.stack(logps, 0), torch.stack(ents, 0), penalty
+
+    def __call__(self, start: States, is_terminal: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``ActorCritic.losses(start, is_terminal)`` by the compiled graphs."""
+        if not self.chunked:
+            return self.losses(start, is_terminal)
+        if self.ac.actor_grad == "dynamics":
+            # the chunks after the first get states that require grad (dynamics backprop through the actions);
+            # the (detached) start states do too, so that every chunk runs the same compiled graph, not two
+            start = {k: v.detach().requires_grad_() for k, v in start.items()}
+        state, feats, logps, ents, penalties = start, [], [], [], []
+        horizon = self.ac.horizon
+        for i in range(0, horizon, self.chunk):
+            state, feat, logp, ent, penalty = self.rollout_chunk(state, min(self.chunk, horizon - i))
+            feats.append(feat)
+            logps.append(logp)
+            ents.append(ent)
+            if penalty is not None:
+                penalties.append(penalty)
+        feats.append(self.ac.rssm.features(state)[None])
+        penalty = torch.cat(penalties, 0) if penalties else None
+        return self.losses(torch.cat(feats, 0), torch.cat(logps, 0), torch.cat(ents, 0), penalty, is_terminal)
+
+
 class Eager:
     """The reference itself (``compile=false``): every pass eager, SameState's mixed product by double backward."""
 
@@ -128,7 +188,8 @@ class DreamerCompiled(Eager):
     With ``compile_chunk`` > 0 the encoder is one graph, the filtering loop one graph of ``compile_chunk`` steps
     reused along the sequence and the likelihood terms another; with 0 the whole loss is one graph.  Acting: one
     environment step's filtering and action as one graph (at batch 1 the eager step is ~40 dispatched ops, each
-    paying the dispatcher's overhead; docs/results.md)."""
+    paying the dispatcher's overhead; docs/results.md).  The actor-critic's imagination and losses by
+    ``CompiledImagination``."""
 
     #: the forward's graphs may be backpropagated more than once (``MaybeCompiled(retain_graph=True)``): set by
     #: backends whose update does so (TEMPO's)
@@ -147,6 +208,7 @@ class DreamerCompiled(Eager):
         )
         self.whole_loss = MaybeCompiled(self.wm.loss, "the world-model loss")
         self.act_step = MaybeCompiled(agent.act_tensors, "the acting step")
+        agent.ac.loss_fn = CompiledImagination(agent.ac, cfg.imag_chunk)
 
     def _encode(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The encoder's embedding [B, T, E] of ``obs`` and, for a conv encoder, its ELU outputs

@@ -35,6 +35,7 @@ from recipes.agents.optim import adamw
 from recipes.dreamer import dreamerv2, fast
 from recipes.dreamer.config import TempoConfig
 from recipes.run import loop
+from recipes.run.config import WEIGHTER_FIELDS, config_kwargs
 from recipes.run.precision import autocast_fn
 from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
@@ -68,15 +69,9 @@ class TempoAgent(dreamerv2.DreamerAgent):
         task_features = {"none": 0, "id": cfg.num_tasks, "embedding": 1}[cfg.weighter_task]
         self.weighter = MetaWeighter(
             sum(sizes[k] for k in cfg.weighter_inputs) + task_features,
-            layers=cfg.weighter_layers,
-            hidden=cfg.weighter_units,
-            activation=cfg.weighter_activation,
-            norm=cfg.weighter_norm,
-            output_norm=cfg.weighter_output_norm,
-            scale=cfg.weighter_scale,
-            shift=cfg.weighter_shift,
-            groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0,
-            group_dim=cfg.task_embed_dim,
+            **config_kwargs(
+                cfg, MetaWeighter, WEIGHTER_FIELDS, groups=cfg.num_tasks if cfg.weighter_task == "embedding" else 0
+            ),
         )
         self.weighter_opt = adamw(
             self.weighter.parameters(), cfg.weighter_lr, eps=cfg.weighter_eps, weight_decay=cfg.weighter_wd

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from bilevel import BilevelUpdate, LevelOutputs, MetaWeighter, make_strategy
+from recipes.run.config import WEIGHTER_FIELDS, config_kwargs
 
 StrategyName = Literal["lookahead", "same_state", "implicit", "uniform"]
 
@@ -42,9 +43,17 @@ class NoisyLabelsConfig(BaseModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     strategy: StrategyName = "lookahead"
-    weighter_hidden: int = Field(100, ge=1)
+    implicit_iters: int = Field(10, ge=1, description="strategy=implicit: conjugate-gradient steps")
+    implicit_damping: float = Field(1.0, ge=0.0, description="strategy=implicit: the damping λ of the solve")
+    weighter_units: int = Field(100, ge=1)
     weighter_layers: int = Field(1, ge=0)
+    weighter_activation: str = "relu"
+    weighter_norm: Literal["batch", "layer", "none"] = "none"
+    weighter_output_norm: bool = False
+    weighter_scale: float = Field(1.0, gt=0.0, description="weights are scale·σ(z) + shift (MW-Net: σ(z))")
+    weighter_shift: float = Field(0.0, ge=0.0)
     weighter_lr: float = Field(1e-3, gt=0.0)
+    weighter_wd: float = Field(1e-4, ge=0.0, description="the weighter's Adam weight decay")
     hypergradient_scale: Literal["exact", "unit_norm"] = Field(
         "exact", description="what the weighter's optimiser receives (bilevel.BilevelUpdate): g or g / |g|"
     )
@@ -110,19 +119,11 @@ def run(cfg: NoisyLabelsConfig, *, progress: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     data = load_noisy_digits(cfg)
     model = nn.Sequential(nn.Linear(64, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 10))
-    strategy = make_strategy(cfg.strategy, lr=cfg.lr, iters=10, damping=1.0)  # implicit: 10 CG steps, λ = 1
+    strategy = make_strategy(cfg.strategy, lr=cfg.lr, iters=cfg.implicit_iters, damping=cfg.implicit_damping)
     weighter = opt_w = None
     if strategy.trains_weighter:
-        weighter = MetaWeighter(
-            1,
-            layers=cfg.weighter_layers,
-            hidden=cfg.weighter_hidden,
-            activation="relu",
-            norm="none",
-            scale=1.0,
-            shift=0.0,
-        )
-        opt_w = torch.optim.Adam(weighter.parameters(), lr=cfg.weighter_lr, weight_decay=1e-4)
+        weighter = MetaWeighter(1, **config_kwargs(cfg, MetaWeighter, WEIGHTER_FIELDS, exclude=("groups", "group_dim")))
+        opt_w = torch.optim.Adam(weighter.parameters(), lr=cfg.weighter_lr, weight_decay=cfg.weighter_wd)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     update = BilevelUpdate(model, opt, strategy, weighter, opt_w, hypergradient_scale=cfg.hypergradient_scale)
     ce = nn.functional.cross_entropy

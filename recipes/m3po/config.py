@@ -55,7 +55,8 @@ class M3POConfig(RunConfig):
     members: int = Field(7, ge=1, description="ensemble size B (mbrl-lib ensemble_size 7)")
     elites: int = Field(5, ge=1, description="members used for rollouts (mbrl-lib num_elites 5)")
     model_layers: int = Field(4, ge=1, description="hidden layers per member (mbrl-lib num_layers 4)")
-    model_units: int = Field(200, ge=1, description="units per hidden layer, SiLU (mbrl-lib hid_size 200)")
+    model_units: int = Field(200, ge=1, description="units per hidden layer (mbrl-lib hid_size 200)")
+    model_activation: str = Field("silu", description="the members' activation (mbrl-lib: SiLU)")
     model_lr: float = Field(1e-3, gt=0.0, description="Adam (mbrl-lib model_lr)")
     model_wd: float = Field(1e-5, ge=0.0, description="Adam L2 weight decay (mbrl-lib model_wd)")
     model_batch: int = Field(256, ge=1, description="mbrl-lib model_batch_size")
@@ -72,7 +73,10 @@ class M3POConfig(RunConfig):
         description="hold-out share of D_env for early stopping and elite selection (mbrl-lib validation_ratio)",
     )
     model_patience: int = Field(
-        5, ge=1, description="epochs without a 1% hold-out improvement before stopping (mbrl-lib patience 5)"
+        5, ge=1, description="epochs without a model_improvement hold-out gain before stopping (mbrl-lib patience 5)"
+    )
+    model_improvement: float = Field(
+        0.01, gt=0.0, description="the relative hold-out MSE gain that counts as an improvement (mbrl-lib 1%)"
     )
     model_max_epochs: int | None = Field(
         None, ge=1, description="cap on epochs per retraining (None: until the patience runs out, as mbrl-lib)"
@@ -139,6 +143,15 @@ class M3POConfig(RunConfig):
     meta_lr: float | None = Field(None, gt=0.0, description="η of SameState/Lookahead (None: model_lr)")
     weighter_layers: int = Field(2, ge=0)
     weighter_units: int = Field(64, ge=1)
+    weighter_activation: str = "elu"
+    weighter_norm: Literal["batch", "layer", "none"] = Field(
+        "none", description="the weighter's hidden-layer normalisation (ours: none; TEMPO's recipe: batch)"
+    )
+    weighter_output_norm: bool = Field(
+        False, description="normalise the weighter's logit by a BatchNorm before the sigmoid (MetaWeighter output_norm)"
+    )
+    weighter_scale: float = Field(0.5, gt=0.0, description="weights are scale·σ(z) + shift (as TEMPO eq. 5)")
+    weighter_shift: float = Field(0.75, ge=0.0, description="the weights' lower bound (as TEMPO eq. 5)")
     weighter_lr: float = Field(1e-4, gt=0.0)
     hypergradient_scale: Literal["exact", "unit_norm"] = Field(
         "exact",

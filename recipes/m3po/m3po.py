@@ -33,11 +33,11 @@ from recipes.envs import Env
 from recipes.m3po.config import M3POConfig
 from recipes.m3po.rollouts import branched_rollouts, termination_fn
 from recipes.run import loop
-from recipes.run.config import config_kwargs
+from recipes.run.config import MODEL_FIELDS, WEIGHTER_FIELDS, config_kwargs
 from recipes.run.precision import autocast_fn, resolve_precision
 from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
-from worldmodels import HistoryEnsemble, bootstrap_counts, fit_to_holdout
+from worldmodels import GaussianEnsemble, HistoryEnsemble, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim, roll_history
 
 #: ``SAC``'s arguments whose config fields have other names (α's learning rate is SAC's).
@@ -96,12 +96,8 @@ class M3POLearner(loop.Learner):
         self.model = HistoryEnsemble(
             obs_dim,
             action_dim,
-            history_len=length,
-            history_hidden=cfg.history_hidden,
-            members=cfg.members,
-            elites=cfg.elites,
-            layers=cfg.model_layers,
-            units=cfg.model_units,
+            **config_kwargs(cfg, HistoryEnsemble),
+            **config_kwargs(cfg, GaussianEnsemble, MODEL_FIELDS, exclude=("context_dim",), learn_reward=True),
         ).to(self.device)
         self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
         # (device, dtype) of the meta-model's training forward: dtype None = plain fp32 (recipes.run.precision)
@@ -126,7 +122,7 @@ class M3POLearner(loop.Learner):
             if strategy.trains_weighter:
                 features = 2 * obs_dim + action_dim + 2  # (o, a) and (Δo, r) normalised, and ℓ_i
                 self.weighter = MetaWeighter(
-                    features, layers=cfg.weighter_layers, hidden=cfg.weighter_units, norm="none"
+                    features, **config_kwargs(cfg, MetaWeighter, WEIGHTER_FIELDS, exclude=("groups", "group_dim"))
                 ).to(self.device)
                 self.weighter_opt = torch.optim.Adam(self.weighter.parameters(), cfg.weighter_lr)
         self.update = BilevelUpdate(
@@ -290,6 +286,7 @@ class M3POLearner(loop.Learner):
             max_epochs=cfg.model_max_epochs,
             patience=cfg.model_patience,
             generator=self.generator,
+            improvement=cfg.model_improvement,
         )
         self.counters["model_fits"] += 1
         return {

@@ -14,7 +14,7 @@ import difflib
 import importlib.util
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -165,19 +165,44 @@ def explain(err: ValidationError, cls: type[BaseModel]) -> str:
     return f"{field}: expected {expected}, got {first.get('input')!r}"
 
 
+#: ``bilevel.MetaWeighter``'s arguments as the recipes' config fields name them.
+WEIGHTER_FIELDS = {
+    "layers": "weighter_layers",
+    "hidden": "weighter_units",
+    "activation": "weighter_activation",
+    "norm": "weighter_norm",
+    "output_norm": "weighter_output_norm",
+    "scale": "weighter_scale",
+    "shift": "weighter_shift",
+    "group_dim": "task_embed_dim",
+}
+
+#: ``worldmodels.GaussianEnsemble``'s arguments as the recipes' config fields name them.
+MODEL_FIELDS = {"layers": "model_layers", "units": "model_units", "activation": "model_activation"}
+
+
 def config_kwargs(
-    cfg: BaseModel, fn: Callable[..., Any], rename: dict[str, str] | None = None, **given: Any
+    cfg: BaseModel,
+    fn: Callable[..., Any],
+    rename: dict[str, str] | None = None,
+    *,
+    exclude: Collection[str] = (),
+    **given: Any,
 ) -> dict[str, Any]:
     """The keyword-only arguments of ``fn`` (a function or a class) from ``cfg``: each from the config field of its
-    name, or of ``rename[name]``; those in ``given`` as given.  A sub-module built so takes every number from the
-    config: none silently keeps ``fn``'s own default.
+    name, or of ``rename[name]``; those in ``given`` as given; those in ``exclude`` left out (a subclass sets them
+    itself).  A sub-module built so takes every number from the config: none silently keeps ``fn``'s own default.
 
     Raises:
         TypeError: a keyword-only argument of ``fn`` that neither the config nor ``given`` sets, or a ``given``
             one that ``fn`` does not take.
     """
     rename = rename or {}
-    params = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    params = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in exclude
+    ]
     unknown = sorted(set(given) - set(params))
     if unknown:
         raise TypeError(f"{getattr(fn, '__name__', fn)} takes no argument {unknown}")
