@@ -55,10 +55,19 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
     assert list((logdir / "replay").glob("*.npz"))
     assert list(logdir.glob("events.out.tfevents.*"))
 
-    # same command with more steps: resumes from the checkpoint and continues to the new total
+    # every evaluation has the run's wall time and its episodes' standard error; the machine is recorded
+    walls = [r["wall_s"] for r in evals]
+    assert 0 < walls[0] < walls[1] and all(r["eval_return_se"] >= 0 for r in evals)
+    first = json.loads((logdir / "machine.jsonl").read_text())
+    assert first["cpu"] and first["torch_threads"] >= 1
+
+    # same command with more steps: resumes from the checkpoint and continues to the new total; the wall time
+    # continues from the checkpoint's, not from 0
     assert main(_args(logdir, 600)) == 0
-    evals = [r["step"] for r in records(logdir) if "eval_return" in r]
-    assert evals == [200, 400, 600]
+    evals = [r for r in records(logdir) if "eval_return" in r]
+    assert [r["step"] for r in evals] == [200, 400, 600]
+    assert evals[2]["wall_s"] > walls[1]
+    assert len((logdir / "machine.jsonl").read_text().splitlines()) == 2
 
 
 def test_config_change_on_resume_is_refused_unless_forced(tmp_path, capsys):

@@ -80,6 +80,7 @@ def _train(cfg: AdmrlConfig, logdir: Path, *, force: bool, progress: bool, recip
     resuming = rundir.prepare(
         logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
     )
+    rundir.record_machine(logdir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())

@@ -132,12 +132,16 @@ class Learner(abc.ABC):
 def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, dict[str, float]]:
     """Greedy evaluation; for a multi-task env (``recipes.envs.multitask.MultiTaskEnv``) ``episodes`` per
     member.  Returns the mean return (over members: each member counts once) and the metrics to log:
-    ``eval_return`` and, for a multi-task env, ``eval_return/<member name>`` per member."""
+    ``eval_return`` and, for a multi-task env, ``eval_return/<member name>`` per member; for a single env with
+    ``episodes`` > 1 also ``eval_return_se``, the standard error of the mean over its episodes (how much of a change
+    between two evaluations the evaluation's own noise explains)."""
     from recipes.envs.multitask import MultiTaskEnv
 
     if not isinstance(env, MultiTaskEnv):
-        mean, _ = evaluate(learner, env, episodes)
-        return mean, {"eval_return": mean}
+        returns, _ = run_episodes(env, lambda step, state: learner.act(step, state, explore=False), episodes)
+        mean = float(np.mean(returns))
+        spread = {"eval_return_se": float(np.std(returns, ddof=1) / np.sqrt(episodes))} if episodes > 1 else {}
+        return mean, {"eval_return": mean, **spread}
     per_task: dict[str, float] = {}
     try:
         for i, name in enumerate(env.task_names):
@@ -293,6 +297,7 @@ def _train(
     resuming = rundir.prepare(
         logdir, {"recipe": recipe, **cfg.model_dump()}, force=force, defaults=rundir.field_defaults(cfg)
     )
+    rundir.record_machine(logdir)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     try:
@@ -325,6 +330,13 @@ class _Run:
         self.last_eval_return = float("nan")
         self.metrics: dict[str, float] = {}
         self.bar: Progress | None = None
+        # the run's wall time: seconds of the processes before this one (from the checkpoint) and this one's start
+        self.wall_before, self.t_process = 0.0, time.perf_counter()
+
+    def wall_s(self) -> float:
+        """Seconds this run has been running, over every process that worked on it (set-up and compilation
+        included, the time between an interruption and the resume not)."""
+        return self.wall_before + time.perf_counter() - self.t_process
 
     @classmethod
     def start(
@@ -340,6 +352,7 @@ class _Run:
     ) -> _Run:
         """Environments, learner, logger and progress (each registered on ``closing``), resumed from the latest
         checkpoint when ``resume``."""
+        t0 = time.perf_counter()
         env = make_env(cfg.env, seed=cfg.seed, **cfg.env_kwargs())
         closing.callback(env.close)
         eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, **cfg.env_kwargs(evaluation=True))
@@ -353,11 +366,13 @@ class _Run:
         )
         closing.callback(logger.close)
         run = cls(cfg, logdir, recipe, env, eval_env, learner, logger)
+        run.t_process = t0
         if resume and (ckpt := rundir.load_checkpoint(logdir)) is not None:
             learner.load_state_dict(ckpt)
             run.counters.update(ckpt["counters"])
             rundir.set_rng_state(ckpt["rng"])
             run.last_eval_return = ckpt.get("last_eval_return", run.last_eval_return)
+            run.wall_before = float(ckpt.get("wall_s", 0.0))
         run.bar = Progress(
             cfg.steps, initial=run.counters["env_steps"], label=f"{recipe} {logdir.name}", enabled=progress
         )
@@ -374,6 +389,7 @@ class _Run:
                 "counters": self.counters,
                 "rng": rundir.rng_state(),
                 "last_eval_return": self.last_eval_return,
+                "wall_s": self.wall_s(),
             },
         )
         self.counters["last_ckpt"] = self.counters["env_steps"]
@@ -474,7 +490,7 @@ class _Run:
         """``eval_episodes`` greedy episodes now, logged."""
         self.counters["last_eval"] = self.counters["env_steps"]
         self.last_eval_return, eval_metrics = evaluate_tasks(self.learner, self.eval_env, self.cfg.eval_episodes)
-        self.logger.log(self.counters["env_steps"], **eval_metrics)
+        self.logger.log(self.counters["env_steps"], **eval_metrics, wall_s=self.wall_s())
 
     def _finish(self) -> dict[str, Any]:
         """The last evaluation (if not just done) and checkpoint, then the optional artifacts."""

@@ -5,6 +5,7 @@ Layout of ``DIR``:
     config.json        the resolved config (a resumed run must match it unless forced)
     metrics.jsonl      one JSON object per log event; ``step`` = environment steps; ``eval_return`` on evaluations
     events.out.tfevents.*   TensorBoard
+    machine.jsonl      one line per process that worked on the run: its CPU, cores, torch threads and version
     .lock              held (``fcntl.flock``) by the process training in ``DIR``; holds its pid
     checkpoints/       ``latest.pt`` and the one before it, ``previous.pt`` (each replaced atomically) — model,
                        agent, optimisers, RNG, counters; a damaged ``latest.pt`` is reported and ``previous.pt`` used
@@ -18,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import platform
 import random
 import re
 import sys
@@ -119,6 +121,32 @@ def lock(logdir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def record_machine(logdir: Path) -> None:
+    """Append this process's machine to ``logdir/machine.jsonl`` (a resumed run may continue on another one), so
+    that wall times read from the run name the CPU that produced them."""
+    record = {
+        "time": round(time.time(), 3),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with open(logdir / "machine.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def field_defaults(cfg: BaseModel) -> dict[str, Any]:
