@@ -91,6 +91,7 @@ from typing import Any
 
 from recipes.envs.base import Env
 from recipes.envs.gl import ensure_headless_gl
+from recipes.envs.mismatch import MismatchEnv, check_mismatch
 from recipes.envs.registry import ENV_FAMILIES, EnvFamily, env_usage
 
 #: The one list of environment families (configs validate against it): ``recipes.envs.registry``'s.
@@ -139,16 +140,21 @@ def make_env(
     task_switch: int | None = None,
     split: str = "train",
     task_weights: Sequence[float] | None = None,
+    distractors: int = 0,
+    obs_noise: float = 0.0,
+    obs_noise_on: str = "state",
 ) -> Env:
     """Make ``FAMILY:NAME`` of any family of ``recipes.envs.registry.ENV_FAMILIES`` (see the module docstring for
     every convention; ``task_switch`` and ``split`` are the ``meta:`` families' own, see ``recipes.envs.metarl``),
     or, for a comma list of names, a ``recipes.envs.multitask.MultiTaskEnv`` over them (``task_weights``: the
-    member draw's probabilities; None = uniform).
+    member draw's probabilities; None = uniform).  ``distractors``, ``obs_noise`` and ``obs_noise_on`` wrap the
+    environment (each member of a set) in ``recipes.envs.mismatch.MismatchEnv``.
 
     Raises:
         ValueError: an unknown family or name, or an option out of range (one line naming it).
     """
     options = {"task_switch": task_switch, "split": split}
+    mismatch = {"distractors": distractors, "obs_noise": obs_noise, "obs_noise_on": obs_noise_on}
     if "," in name:
         from recipes.envs.multitask import make_multitask
 
@@ -162,6 +168,7 @@ def make_env(
             action_repeat=action_repeat,
             time_limit=time_limit,
             **options,
+            **mismatch,
         )
     if task_weights is not None:
         raise ValueError(f"task_weights apply to a set of environments (a comma list), not {name!r}")
@@ -173,16 +180,21 @@ def make_env(
         raise ValueError(f"unknown environment {name!r}{hint}: use {env_usage()}")
     family = ENV_FAMILIES[prefix]
     _check_options(name, family, size, action_repeat, time_limit, options)
+    pixels = family.pixels if pixels is None else bool(pixels)
+    check_mismatch(name, pixels, distractors, obs_noise, obs_noise_on)
     kwargs = {k: v for k, v in options.items() if k in family.options}
-    return family.make(
+    env = family.make(
         task,
         seed=seed,
-        pixels=family.pixels if pixels is None else bool(pixels),
+        pixels=pixels,
         size=size,
         action_repeat=family.action_repeat if action_repeat is None else int(action_repeat),
         time_limit=time_limit,
         **kwargs,
     )
+    if distractors or obs_noise:
+        return MismatchEnv(env, seed=seed, **mismatch)  # type: ignore[arg-type]
+    return env
 
 
 __all__ = ["ENV_FAMILIES", "FAMILIES", "Env", "EnvFamily", "ensure_headless_gl", "make_env"]

@@ -55,6 +55,16 @@ class RunConfig(BaseModel):
     task_weights: list[float] | None = Field(
         None, description="a set of environments (env = a comma list): each member's draw probability per episode"
     )
+    distractors: int = Field(
+        0,
+        ge=0,
+        description="extra observation dimensions (an even number) from noise-driven damped oscillators the agent "
+        "cannot move and the reward ignores: objective mismatch for vector dmc/gym/meta envs (recipes.envs.mismatch)",
+    )
+    obs_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to the observations")
+    obs_noise_on: Literal["state", "distractors", "all"] = Field(
+        "state", description="the dimensions obs_noise goes on: the env's own, the distractors, or all"
+    )
 
     # loop cadences
     prefill: int = Field(5_000, ge=0, description="env steps of random actions before training")
@@ -93,6 +103,10 @@ class RunConfig(BaseModel):
                 )
         if len({m.split(":", 1)[0] for m in members}) > 1:
             raise ValueError(f"env: the members of {self.env!r} must share one family")
+        if self.distractors or self.obs_noise:
+            from recipes.envs.mismatch import check_mismatch
+
+            check_mismatch(members[0], self.pixels, self.distractors, self.obs_noise, self.obs_noise_on)
         if self.task_weights is not None and len(self.task_weights) != len(members):
             raise ValueError(
                 f"task_weights: expected {len(members)} numbers, one per member of {self.env!r}, "
@@ -121,6 +135,11 @@ class RunConfig(BaseModel):
             "action_repeat": self.action_repeat,
             "time_limit": self.time_limit,
             **({"task_weights": self.task_weights} if self.task_weights is not None else {}),
+            **(
+                {"distractors": self.distractors, "obs_noise": self.obs_noise, "obs_noise_on": self.obs_noise_on}
+                if self.distractors or self.obs_noise
+                else {}
+            ),
         }
 
 
