@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 # Headless MuJoCo rendering (dm_control pixels): Mesa's EGL, with OSMesa as the fallback (recipes/envs/gl.py).
 MESA_PKGS := libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: run example test setup lint docs bench bench-peers clean
+.PHONY: run example test setup lint docs bench bench-peers bench-mismatch clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/roofline.py --configs cpu,cpu-pixels,sheeprl,cpu-bf16,sheeprl-bf16
 	$(BIN)/python benchmarks/dreamer_ab.py --a dreamerv2 --b dreamerv2+compile=true
 	$(BIN)/python benchmarks/step_phases.py --preset paper --threads 2
+
+# The objective-mismatch benchmark: 45 runs, two at a time (docs/results.md: its protocol and cost).
+bench-mismatch: $(STAMP)
+	$(BIN)/reweigh sweep benchmarks/mismatch/distractors.yaml
+	$(BIN)/reweigh sweep benchmarks/mismatch/random.yaml
 
 # Side by side with sheeprl 0.8.4 and mbrl-lib 0.2.0 (each builds its scratch venv outside the repo on first use:
 # network, ~1.5 GB).  PRECISION=bf16-mixed / --set model_precision=bf16 --set ac_precision=bf16 for the mixed-precision pair where bf16 pays.

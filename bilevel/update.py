@@ -29,12 +29,15 @@ class LevelOutputs:
             for the upper level; used per sample by ``Naive``).  Optional when ``step`` gets a separate ``upper``.
         aux: anything else the pass produced that the caller wants back (e.g. the model's states for the agent);
             the update never reads it.
+        probes: per-sample signals of shape S to hold the weights against (e.g. reward, ‖∇V‖): the update reports
+            the Pearson correlation of w with each, ``weight_corr/<name>`` (diagnostics only; detached).
     """
 
     loss: Tensor
     features: Tensor | None = None
     upper: Tensor | None = None
     aux: Any = None
+    probes: dict[str, Tensor] = field(default_factory=dict)
 
 
 class BilevelUpdate:
@@ -140,14 +143,17 @@ class BilevelUpdate:
 
         Returns:
             Metrics: ``lower_loss`` (weighted), ``lower_loss_unweighted``, ``upper_loss`` (at θ, when computed),
-            ``weight_mean/std/min/max``, ``model_grad_norm``; on weighter updates also ``hypergrad_norm`` (‖g‖ as
+            ``weight_mean/std/min/max``, ``weight_ess`` (the weights' effective sample size as a share of the batch,
+            (Σw)² / (N Σw²): 1 for uniform weights, 1/N for one weight alone), ``weight_corr/<name>`` per probe of
+            ``LevelOutputs.probes``, ``model_grad_norm``; on weighter updates also ``hypergrad_norm`` (‖g‖ as
             the strategy returned it, before ``hypergradient_scale``), ``weighter_grad_norm`` and the weighter's
             effective step: ``weighter_step`` = ‖Δα‖/‖α‖ and ``weighter_step_vs_lr`` = ‖Δα‖ / (lr·√P) with P the
             number of weighter parameters — 1 when every parameter moves by the learning rate, as Adam's step does
             for gradients far above its ε (weight decay included; the optimiser's first parameter group's lr).
 
         Raises:
-            ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing.
+            ValueError: if ``features`` (weighter strategies) or a per-sample upper loss (``Naive``) is missing, or a
+                probe's shape is not the weights'.
             bilevel.guard.NonFiniteError: (with ``skip_nonfinite``) a loss, weight or gradient norm is NaN or
                 infinite; neither optimiser stepped and their gradients are cleared.
         """
@@ -176,7 +182,7 @@ class BilevelUpdate:
             level = self._weights_only(out, upper_at_theta)
         stepping = [self.weighter_optimizer, self.model_optimizer] if level.meta else [self.model_optimizer]
         level.tensors["model_grad_norm"] = self._model_gradient(params, out.loss, level)
-        metrics = self._checked_metrics(out.loss, level, stepping, saved)
+        metrics = self._checked_metrics(out.loss, level, stepping, saved, out.probes)
         before = _snapshot(self.weighter) if level.meta else None
         for opt in stepping:
             assert opt is not None
@@ -253,7 +259,7 @@ class BilevelUpdate:
         return _clip([params[n] for n in names if params[n].requires_grad], self.grad_clip)
 
     def _checked_metrics(
-        self, loss: Tensor, level: _Weights, stepping: list[Any], saved: list[Tensor]
+        self, loss: Tensor, level: _Weights, stepping: list[Any], saved: list[Tensor], probes: dict[str, Tensor]
     ) -> dict[str, float]:
         """Every metric as floats after one finiteness check (one device synchronisation); on a non-finite value
         the optimisers' gradients are cleared, the weighter's buffers restored, and NonFiniteError raised."""
@@ -271,6 +277,8 @@ class BilevelUpdate:
                 weight_std=w.std() if w.numel() > 1 else 0.0,
                 weight_min=w.min(),
                 weight_max=w.max(),
+                weight_ess=w.sum() ** 2 / (w.numel() * (w * w).sum()).clamp_min(torch.finfo(w.dtype).tiny),
+                **{f"weight_corr/{k}": _pearson(w, v) for k, v in probes.items()},
             )
         if not self.skip_nonfinite:
             return as_floats(checked)
@@ -282,6 +290,20 @@ class BilevelUpdate:
                 for buffer, value in zip(self.weighter.buffers() if saved else [], saved, strict=True):
                     buffer.copy_(value)
             raise
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """The Pearson correlation of two tensors of one shape, over all their elements (0 where either is constant).
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"a probe must have the weights' shape {tuple(a.shape)}, got {tuple(b.shape)}")
+    x, y = a.detach().double().flatten(), b.detach().double().flatten()
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.norm() * y.norm()).clamp_min(torch.finfo(torch.float64).tiny)
+    return ((x * y).sum() / denom).float()
 
 
 @dataclass

@@ -236,3 +236,34 @@ def test_weighting_hypergradient_matches_finite_differences(task_loss, history_l
     )
     assert all(r.passed for r in rows), rows
     assert forward(learner.model).upper.shape == (12,)
+
+
+def test_weighted_fit_reports_the_weights_against_reward_and_value_gradient_and_the_distractors_error():
+    """With weighting and distractors: every model update reports weight_ess and the weights' correlation with the
+    reward and with ‖∇V(o')‖; each fit the elites' hold-out error on the env's own Δs and on the distractors."""
+    from recipes.m3po.m3po import M3POLearner
+
+    torch.manual_seed(0)
+    cfg = M3POConfig(
+        weighting=True,
+        distractors=2,
+        history_len=0,
+        members=3,
+        elites=2,
+        model_layers=1,
+        model_units=8,
+        sac_units=8,
+        model_batch=16,
+        model_max_epochs=2,
+    )
+    learner = M3POLearner(cfg, O, A, 128)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(80):
+        obs = torch.randn(O, generator=gen).numpy()
+        step = {"obs": obs, "action": torch.rand(A, generator=gen).numpy(), "reward": float(obs[0])}
+        learner.observe({**step, "is_first": t % 20 == 0, "is_terminal": False})
+    metrics = learner.fit_model()
+    assert 0 < metrics["model/weight_ess"] <= 1
+    for probe in ("reward", "value_grad_norm"):
+        assert -1 <= metrics[f"model/weight_corr/{probe}"] <= 1
+    assert metrics["model/holdout_mse_state"] > 0 and metrics["model/holdout_mse_distractors"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -437,3 +438,30 @@ def test_weighter_step_metrics_and_adam_epsilon(scale):
     else:
         moved = float(((after - before).abs() > 0).float().mean())
         assert metrics["weighter_step_vs_lr"] == pytest.approx(moved**0.5, rel=0.02) and moved > 0.5
+
+
+def test_effective_sample_size_and_probe_correlations_of_the_weights():
+    """weight_ess = (Σw)² / (N Σw²) and weight_corr/<probe> = Pearson's r of w with the probe, against numpy."""
+    upd, _, weighter, forward, _, (x, y, _, _) = _setup(B.SameState(0.1))
+    probe = y * 3 + torch.randn(12)
+
+    def probed(fn):
+        return B.LevelOutputs(**{**vars(forward(fn)), "probes": {"target": probe, "const": torch.ones(12)}})
+
+    with torch.no_grad():
+        w = weighter(forward(upd.model).features).double().numpy()
+    m = upd.step(probed, meta=False)  # the weighter unchanged: the same w
+    assert m["weight_ess"] == pytest.approx(w.sum() ** 2 / (12 * (w**2).sum()), rel=1e-5)
+    assert m["weight_corr/target"] == pytest.approx(float(np.corrcoef(w, probe.numpy())[0, 1]), abs=1e-5)
+    assert m["weight_corr/const"] == 0.0  # a constant probe has no correlation, not NaN
+    # uniform weights use the whole batch
+    model = nn.Linear(3, 1)
+    uniform = B.BilevelUpdate(model, torch.optim.SGD(model.parameters(), lr=0.1), B.Uniform())
+    m = uniform.step(lambda fn: B.LevelOutputs(loss=(fn(x).squeeze(-1) - y) ** 2))
+    assert m["weight_ess"] == pytest.approx(1.0)
+
+
+def test_a_probe_of_another_shape_is_refused():
+    upd, _, _, forward, _, _ = _setup(B.SameState(0.1))
+    with pytest.raises(ValueError, match="probe"):
+        upd.step(lambda fn: B.LevelOutputs(**{**vars(forward(fn)), "probes": {"r": torch.ones(5)}}), meta=False)

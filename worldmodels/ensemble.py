@@ -333,7 +333,7 @@ class GaussianEnsemble(nn.Module):
 
     # -- evaluation and prediction --------------------------------------------------------------------------------
     @torch.no_grad()
-    def holdout_loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def holdout_loss(self, batch: dict[str, Tensor], *, per_dim: bool = False) -> Tensor:
         """Per-member MSE of the predicted mean against the target in normalised space, no grad.
 
         mbrl-lib's ``ModelTrainer`` scores members by this MSE on a validation split for early stopping and
@@ -341,14 +341,16 @@ class GaussianEnsemble(nn.Module):
 
         Args:
             batch: as for ``loss`` (``bootstrap`` is ignored).
+            per_dim: keep the output dimensions apart (e.g. to see which part of the state a model fits).
 
         Returns:
-            ``[E]``: mean over samples and output dims.
+            ``[E]``: mean over samples and output dims; with ``per_dim`` ``[E, D]`` (Δs dims, then the reward's).
         """
         x = self.input_norm.normalize(self._raw_inputs(batch["obs"], batch["action"]))
         target = self.target_norm.normalize(self._targets(batch))
         mean, _ = self._network(x, self._context(batch))
-        return ((mean - target) ** 2).mean((1, 2))
+        error = ((mean - target) ** 2).mean(1)
+        return error if per_dim else error.mean(1)
 
     @torch.no_grad()
     def select_elites(self, holdout: Tensor) -> None:

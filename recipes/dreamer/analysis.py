@@ -25,6 +25,7 @@ DIAGNOSTICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upper objective (task loss)", ("model/upper_loss",)),
     ("lower objective", ("model/lower_loss", "model/lower_loss_unweighted")),
     ("meta weights", ("model/weight_mean", "model/weight_min", "model/weight_max")),
+    ("weights: spread and what they follow", ("model/weight_ess", "model/weight_corr/reward")),
 )
 
 
@@ -111,6 +112,8 @@ def weights_by_reward(meta: Tensor, reward: Tensor) -> dict[str, float]:
 #: What ``training_history`` summarises: the logged key and how (median or mean over a span's records).
 HISTORY_KEYS: tuple[tuple[str, str], ...] = (
     ("model/weight_std", "mean"),
+    ("model/weight_ess", "mean"),
+    ("model/weight_corr/reward", "mean"),
     ("model/weighter_step", "median"),
     ("model/weighter_step_vs_lr", "median"),
     ("model/upper_loss", "mean"),
@@ -120,7 +123,8 @@ HISTORY_KEYS: tuple[tuple[str, str], ...] = (
 def training_history(logdir: Path, spans: int = 5) -> list[dict[str, float]]:
     """How the weights and the weighter moved over a run, from its ``metrics.jsonl``: the logged records split into
     ``spans`` equal spans of environment steps, and per span ``start``/``end`` (env steps) and each key of
-    ``HISTORY_KEYS`` (without its ``model/`` prefix) that was logged there — the weights' std (batch spread),
+    ``HISTORY_KEYS`` (without its ``model/`` prefix) that was logged there — the weights' std (batch spread), their
+    effective sample size share and correlation with the reward,
     the weighter's effective step ‖Δα‖/‖α‖ and ‖Δα‖/(lr·√P) (1: every parameter moves by Adam's learning rate) and
     the upper loss.  Empty where no record has the weights.
 
@@ -271,10 +275,11 @@ def inspection_lines(rows: dict[str, Any], *, show: int = 8) -> list[str]:
     )
     if rows["history"]:
         lines.append(
-            "over training (from metrics.jsonl): env steps | weights' std | weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)"
+            "over training (from metrics.jsonl): env steps | weights' std | ESS share | r(w, reward) "
+            "| weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)"
         )
         for row in rows["history"]:
-            keys = ("weight_std", "weighter_step", "weighter_step_vs_lr")
+            keys = ("weight_std", "weight_ess", "weight_corr/reward", "weighter_step", "weighter_step_vs_lr")
             cells = [f"{row[k]:.3g}" if k in row else "-" for k in keys]
             lines.append(f"  {row['start']:>9.0f}–{row['end']:<9.0f} | {' | '.join(cells)}")
     for name, w in rows.get("per_task", {}).items():

@@ -37,6 +37,7 @@ from recipes.run.config import MODEL_FIELDS, WEIGHTER_FIELDS, config_kwargs
 from recipes.run.precision import autocast_fn, resolve_precision
 from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
+from tasklosses.vagram import value_gradient
 from worldmodels import GaussianEnsemble, HistoryEnsemble, bootstrap_counts, fit_to_holdout
 from worldmodels.history import history_dim, roll_history
 
@@ -242,12 +243,18 @@ class M3POLearner(loop.Learner):
         # V(o', z') is built once per batch (its action noise fixed), so every pass sees the same upper loss
         value_fn = self.sac.value_fn(batch["next_history"], batch["next_history_mask"])
 
+        # what the weights are held against (diagnostics): the reward and the value gradient's size at o'
+        probes = {
+            "reward": batch["reward"],
+            "value_grad_norm": value_gradient(value_fn, batch["next_obs"]).norm(dim=-1),
+        }
+
         def forward(fn: Any) -> LevelOutputs:
             out = fn(batch)
             upper = self.task_loss(out.states["next_obs_mean"], batch["next_obs"], value_fn)
             upper = upper.mean(0) if upper.dim() > 1 else upper  # VaGraM per member [E, N] → [N]
             features = torch.cat([out.states["inputs"], out.states["targets"], out.loss.detach().unsqueeze(-1)], -1)
-            return LevelOutputs(loss=out.loss, features=features.detach(), upper=upper, aux=out)
+            return LevelOutputs(loss=out.loss, features=features.detach(), upper=upper, aux=out, probes=probes)
 
         return autocast_fn(forward, *self.model_autocast)
 
@@ -291,10 +298,24 @@ class M3POLearner(loop.Learner):
         self.counters["model_fits"] += 1
         return {
             "model/holdout_mse": float(final[model.elite_idx].mean()),
+            **self._holdout_split(hold),
             "model/epochs": float(epochs),
             "model/fits": float(self.counters["model_fits"]),
             "model/updates": float(self.counters["model_updates"]),
             **{f"model/{k}": v for k, v in metrics.items()},
+        }
+
+    @torch.no_grad()
+    def _holdout_split(self, hold: dict[str, Tensor]) -> dict[str, float]:
+        """With ``distractors``: the elites' hold-out MSE on the env's own Δs dimensions and on the distractors'
+        (where the model spends its fit; recipes.envs.mismatch); nothing otherwise."""
+        if not self.cfg.distractors or self.model is None:
+            return {}
+        real = self.obs_dim - self.cfg.distractors
+        error = self.model.holdout_loss(hold, per_dim=True)[self.model.elite_idx].mean(0)  # [D]
+        return {
+            "model/holdout_mse_state": float(error[:real].mean()),
+            "model/holdout_mse_distractors": float(error[real : self.obs_dim].mean()),
         }
 
     # -- checkpoints -------------------------------------------------------------------------------------------

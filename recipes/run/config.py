@@ -75,6 +75,13 @@ class RunConfig(BaseModel):
     log_every: int = Field(1_000, ge=1)
     checkpoint_every: int = Field(10_000, ge=1)
     video: bool = True
+    random_episodes: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the training episodes after prefill acted by the uniform random policy: replay of "
+        "mixed relevance, for reweighting to sort (their returns are logged as random_return)",
+    )
 
     # faults and logging (run control: a resumed run may change these without --force)
     max_nonfinite: int = Field(

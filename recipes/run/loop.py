@@ -405,13 +405,14 @@ class _Run:
         assert bar is not None
         rng = np.random.default_rng(cfg.seed + counters["env_steps"])
         step, state, episode_return = self.env.reset(), None, 0.0
+        random_episode = self._random_episode(rng)
         t_start, updates_start, frozen = time.perf_counter(), counters["updates"], not freeze
         while counters["env_steps"] < cfg.steps:
             if flag:
                 self.checkpoint()
                 raise stop.Interrupted(flag.received[0], counters["env_steps"])
             self.learner.observe(step)
-            if counters["env_steps"] < cfg.prefill:
+            if counters["env_steps"] < cfg.prefill or random_episode:
                 action, state = self.learner.random_action(rng, self.env), None
             else:
                 action, state = self.learner.act(step, state, explore=True)
@@ -420,8 +421,9 @@ class _Run:
             counters["env_steps"] += cfg.action_repeat
             bar.update(cfg.action_repeat)
             if step["is_last"]:
-                self._episode_end(step, episode_return)
+                self._episode_end(step, episode_return, random_episode)
                 step, state, episode_return = self.env.reset(), None, 0.0
+                random_episode = self._random_episode(rng)
             ready = counters["env_steps"] >= cfg.prefill and self.learner.ready()
             if ready and counters["env_steps"] - counters["last_train"] >= cfg.train_every:
                 self._train_call()
@@ -435,10 +437,20 @@ class _Run:
             self._log_evaluate_checkpoint(time.perf_counter() - t_start, counters["updates"] - updates_start)
         return self._finish()
 
-    def _episode_end(self, step: dict[str, Any], episode_return: float) -> None:
-        """Store the episode's last step and log its return (per task for a set of environments)."""
+    def _random_episode(self, rng: np.random.Generator) -> bool:
+        """Whether the episode starting now is acted by the uniform random policy: with probability
+        ``random_episodes`` after prefill (data of mixed relevance); no draw at all when it is 0."""
+        share = self.cfg.random_episodes
+        return share > 0 and self.counters["env_steps"] >= self.cfg.prefill and bool(rng.random() < share)
+
+    def _episode_end(self, step: dict[str, Any], episode_return: float, random_episode: bool = False) -> None:
+        """Store the episode's last step and log its return (per task for a set of environments; a random-policy
+        episode of ``random_episodes`` as ``random_return``)."""
         self.learner.observe(step)
         self.counters["episodes"] += 1
+        if random_episode:
+            self.logger.log(self.counters["env_steps"], random_return=episode_return)
+            return
         names = getattr(self.env, "task_names", None)
         per_task = {f"train_return/{names[int(step['task'])]}": episode_return} if names else {}
         self.logger.log(
