@@ -345,3 +345,53 @@ def test_bad_tasks_raise_value_error_naming_the_field():
             env.set_task({**task, "body_mass_scale": -task["body_mass_scale"]})
         with pytest.raises(ValueError, match="sample_tasks"):
             env.sample_tasks(-1)
+
+
+@pytest.mark.parametrize(
+    ("family", "split", "labels"),
+    [
+        ("halfcheetah-fwd-bwd", "test", ["fwd", "bwd"]),
+        ("ant-crippled-leg", "test", ["leg3"]),
+        ("ant-crippled-leg", "train", ["leg0", "leg1", "leg2"]),
+        ("walker-randomparams", "test", [f"params{i}" for i in range(10)]),
+    ],
+)
+def test_the_evaluation_list_is_fixed_balanced_and_forced_at_reset(family, split, labels):
+    envs = [make_meta_env(family, seed=s, split=split) for s in (0, 7)]
+    lists = [env.evaluation_tasks() for env in envs]
+    assert [label for label, _ in lists[0]] == labels
+    assert json.dumps(lists[0], default=np.ndarray.tolist) == json.dumps(lists[1], default=np.ndarray.tolist)
+    env = envs[0]
+    for _, task in lists[0]:
+        env.force_task(task)
+        for _ in range(2):  # every reset starts in the forced task
+            env.reset()
+            got = env.get_task()
+            assert all(np.array_equal(got[k], task[k]) for k in task)
+    env.force_task(None)
+    if family == "walker-randomparams":  # drawn again: not the last forced task
+        env.reset()
+        assert not np.array_equal(env.get_task()["body_mass_scale"], lists[0][-1][1]["body_mass_scale"])
+
+
+def test_the_run_evaluates_each_task_of_the_list_equally_often():
+    from recipes.run import loop
+
+    class Probe:
+        """A learner as evaluation sees it (``act`` only): records the task of each episode's first step."""
+
+        def __init__(self, env):
+            self.env, self.seen = env, []
+
+        def act(self, step, state, *, explore):
+            if step["is_first"]:
+                self.seen.append(self.env.get_task()["direction"])
+            return np.zeros(6, np.float32), None
+
+    env = make_meta_env("halfcheetah-fwd-bwd", seed=0, split="test", time_limit=3)
+    probe = Probe(env)
+    mean, metrics = loop.evaluate_tasks(probe, env, 3)
+    assert sorted(metrics) == ["eval_return", "eval_return/bwd", "eval_return/fwd"]
+    assert probe.seen == [1, 1, -1, -1]  # ⌈3 / 2⌉ episodes per task
+    assert mean == pytest.approx((metrics["eval_return/fwd"] + metrics["eval_return/bwd"]) / 2)
+    assert env._forced is None  # the list's tasks are no longer forced afterwards

@@ -49,6 +49,12 @@ it).  A new task is sampled and set at every ``reset()``; with ``task_switch=K``
 K-th agent step inside an episode (agent steps jK+1 … (j+1)K of an episode share one task).  A resample may repeat
 the task (fwd-bwd: probability ½).
 
+Evaluation (a fair protocol: the same tasks for every recipe and seed, each task equally often):
+``evaluation_tasks()`` is a fixed list of (label, task) — fwd-bwd both directions; crippled-leg each leg of the
+split (the held-out leg for ``test``); the random-parameter families ``EVAL_RANDOM_TASKS`` tasks drawn once from
+``EVAL_TASK_SEED`` — and ``force_task(task)`` starts every following episode in that task.  With ``task_switch``
+the switches inside an episode still come from the env's seeded stream.
+
 Seeding: gymnasium's reset noise is seeded with ``seed`` on the first reset (as for ``gym:``); the task stream is a
 separate ``numpy.random.Generator`` seeded from ``(seed, split)``, so the same seed and actions give the same
 observations, rewards and tasks, and a train and a test env never share a stream.
@@ -76,6 +82,10 @@ WALKER_BASES: dict[str, float] = {"body_mass": 1.5, "body_inertia": 1.5, "dof_da
 #: ant-crippled-leg: the legs the train split draws from, and the test split's leg.
 ANT_TRAIN_LEGS = (0, 1, 2)
 ANT_TEST_LEG = 3
+#: the random-parameter families' evaluation list: this many tasks, drawn once from this seed (the same list for
+#: every recipe, seed and split)
+EVAL_RANDOM_TASKS = 10
+EVAL_TASK_SEED = 20_190_912
 
 
 class MetaEnv(GymEnv):
@@ -85,6 +95,10 @@ class MetaEnv(GymEnv):
     from it there; the initial task before the first reset), ``_sample_task(rng) -> dict``, ``_check_task(task) ->
     dict`` (a validated, normalised copy), ``_apply_task(task)`` and, where the simulator's action or the reward
     differs from the v5 env's, ``_sim_action`` and ``_task_reward``.
+
+    Evaluation: ``evaluation_tasks()`` is the family's fixed, balanced list of (label, task) — the same for every
+    recipe and seed — and ``force_task(task)`` makes every following reset start in ``task`` instead of a drawn one
+    (``recipes.run.loop.evaluate_tasks`` runs the list).
 
     Attributes:
         task_switch: agent steps between in-episode task resamples, or ``None`` (only at reset).
@@ -116,6 +130,7 @@ class MetaEnv(GymEnv):
         self._rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(1, SPLITS.index(split))))
         self._agent_steps = 0
         self._task: dict[str, Any] = {}
+        self._forced: dict[str, Any] | None = None
         self.set_task(self._default_task())
 
     # -- rand_param_envs convention ----------------------------------------------------------------------
@@ -147,6 +162,19 @@ class MetaEnv(GymEnv):
         self._apply_task(checked)
         self._task = checked
 
+    def evaluation_tasks(self) -> list[tuple[str, dict[str, Any]]]:
+        """The fixed, balanced list of (label, task) an evaluation runs in this split (subclasses; module
+        docstring)."""
+        raise NotImplementedError
+
+    def force_task(self, task: dict[str, Any] | None) -> None:
+        """Start every following episode in ``task`` (None: draw from the split's distribution again).
+
+        Raises:
+            ValueError: as ``set_task``.
+        """
+        self._forced = None if task is None else self._check_task(task)
+
     def get_task(self) -> dict[str, Any]:
         """A copy of the current task."""
         return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self._task.items()}
@@ -154,7 +182,7 @@ class MetaEnv(GymEnv):
     # -- Env --------------------------------------------------------------------------------------------
 
     def reset(self) -> dict[str, Any]:
-        self.set_task(self.sample_tasks(1)[0])
+        self.set_task(self.sample_tasks(1)[0] if self._forced is None else self._forced)
         self._agent_steps = 0
         return super().reset()
 
@@ -210,6 +238,9 @@ class HalfCheetahFwdBwd(MetaEnv):
     def _sample_task(self, rng: np.random.Generator) -> dict[str, Any]:
         return {"direction": int(rng.choice((-1, 1)))}
 
+    def evaluation_tasks(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("fwd", {"direction": 1}), ("bwd", {"direction": -1})]
+
     def _check_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, ("direction",))
         d = task["direction"]
@@ -242,6 +273,10 @@ class AntCrippledLeg(MetaEnv):
         if self.split == "test":
             return {"leg": ANT_TEST_LEG}
         return {"leg": int(rng.choice(ANT_TRAIN_LEGS))}
+
+    def evaluation_tasks(self) -> list[tuple[str, dict[str, Any]]]:
+        legs = (ANT_TEST_LEG,) if self.split == "test" else ANT_TRAIN_LEGS
+        return [(f"leg{leg}", {"leg": leg}) for leg in legs]
 
     def _check_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, ("leg",))
@@ -282,6 +317,10 @@ class RandomParamsEnv(MetaEnv):
             f"{p}_scale": base ** rng.uniform(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT, size=self.original[p].shape)
             for p, base in self.bases.items()
         }
+
+    def evaluation_tasks(self) -> list[tuple[str, dict[str, Any]]]:
+        rng = np.random.default_rng(EVAL_TASK_SEED)
+        return [(f"params{i}", self._sample_task(rng)) for i in range(EVAL_RANDOM_TASKS)]
 
     def _check_task(self, task: dict[str, Any]) -> dict[str, Any]:
         self._check_keys(task, tuple(f"{p}_scale" for p in self.bases))

@@ -131,12 +131,15 @@ class Learner(abc.ABC):
 
 def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, dict[str, float]]:
     """Greedy evaluation; for a multi-task env (``recipes.envs.multitask.MultiTaskEnv``) ``episodes`` per
-    member.  Returns the mean return (over members: each member counts once) and the metrics to log:
-    ``eval_return`` and, for a multi-task env, ``eval_return/<member name>`` per member; for a single env with
+    member; for a meta-RL env with a fixed evaluation list (``recipes.envs.metarl.MetaEnv.evaluation_tasks``)
+    ⌈``episodes`` / tasks⌉ per task of the list.  Returns the mean return (over members or tasks: each counts once)
+    and the metrics to log: ``eval_return`` and ``eval_return/<member or task label>`` each; for a single env with
     ``episodes`` > 1 also ``eval_return_se``, the standard error of the mean over its episodes (how much of a change
     between two evaluations the evaluation's own noise explains)."""
     from recipes.envs.multitask import MultiTaskEnv
 
+    if callable(getattr(env, "evaluation_tasks", None)):
+        return _evaluate_task_list(learner, env, episodes)
     if not isinstance(env, MultiTaskEnv):
         returns, _ = run_episodes(env, lambda step, state: learner.act(step, state, explore=False), episodes)
         mean = float(np.mean(returns))
@@ -149,6 +152,21 @@ def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, di
             per_task[f"eval_return/{name}"], _ = evaluate(learner, env, episodes)
     finally:
         env.set_task(None)
+    mean = float(np.mean(list(per_task.values())))
+    return mean, {"eval_return": mean, **per_task}
+
+
+def _evaluate_task_list(learner: Learner, env: Any, episodes: int) -> tuple[float, dict[str, float]]:
+    """``evaluate_tasks`` over ``env.evaluation_tasks()``: each task forced in turn, the same number of greedy
+    episodes each."""
+    tasks = env.evaluation_tasks()
+    per_task: dict[str, float] = {}
+    try:
+        for label, task in tasks:
+            env.force_task(task)
+            per_task[f"eval_return/{label}"], _ = evaluate(learner, env, -(-episodes // len(tasks)))
+    finally:
+        env.force_task(None)
     mean = float(np.mean(list(per_task.values())))
     return mean, {"eval_return": mean, **per_task}
 
