@@ -51,7 +51,9 @@ SHARED = {
 def commands(env: str, seed: int, steps: int, logdir: Path) -> dict[str, list[str]]:
     """The two runs of one seed: ours and SB3's, at the settings of ``SHARED``."""
     ours = [
-        str(ROOT / ".venv/bin/reweigh"),
+        sys.executable,  # this tree's recipes (run from its root), e.g. a frozen git worktree
+        "-m",
+        "recipes.cli",
         "run",
         "sac",
         "--env",
@@ -92,7 +94,7 @@ def run_all(env: str, seeds: list[int], steps: int, logdir: Path, jobs: int) -> 
     def one(item: tuple[Path, list[str]]) -> int:
         run, cmd = item
         with open(f"{run}.log", "a") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         print(f"{'finished' if code == 0 else f'FAILED (exit {code})'} {run.name}", flush=True)
         return code
 
