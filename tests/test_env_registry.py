@@ -98,7 +98,7 @@ def test_termination_functions_come_from_the_family_modules(toy_family):
     walker = termination_fn("gym:Walker2d-v5")
     assert walker(torch.tensor([[1.2, 0.0], [0.5, 0.0], [1.2, 1.5]])).tolist() == [False, True, True]
     assert termination_fn("admrl:hopper2d") is not None
-    with pytest.raises(ValueError, match=r"'gym:Hopper-v5'.*known: gym:HalfCheetah-v5"):
-        termination_fn("gym:Hopper-v5")
+    with pytest.raises(ValueError, match=r"'gym:Humanoid-v5'.*known: gym:HalfCheetah-v5"):
+        termination_fn("gym:Humanoid-v5")
     with pytest.raises(ValueError, match="the toy family declares none"):
         termination_fn("toy:walk")

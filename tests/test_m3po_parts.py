@@ -3,6 +3,9 @@ schedule and bad configs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -164,7 +167,25 @@ def test_termination_functions_follow_gymnasium_v5_health_ranges():
     assert ant(torch.tensor([[0.5, 0.0], [1.5, 0.0], [0.1, 0.0]])).tolist() == [False, True, True]
     assert termination_fn("meta:halfcheetah-fwd-bwd") is None
     with pytest.raises(ValueError, match="env"):
-        termination_fn("gym:Hopper-v5")
+        termination_fn("gym:Humanoid-v5")
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5", "Ant-v5"])
+def test_termination_functions_agree_with_the_simulator(env_id):
+    """Random-action episodes: the function of each next observation is gymnasium's own ``terminated``."""
+    from recipes.envs import make_env
+
+    env = make_env(f"gym:{env_id}", seed=0)
+    done_fn, rng, terminations = termination_fn(f"gym:{env_id}"), np.random.default_rng(0), 0
+    for _ in range(5):
+        env.reset()
+        while True:
+            step = env.step(rng.uniform(-1, 1, env.action_dim))
+            assert bool(done_fn(torch.as_tensor(step["obs"])[None])[0]) == step["is_terminal"]
+            terminations += step["is_terminal"]
+            if step["is_last"]:
+                break
+    assert terminations > 0 or env_id == "Ant-v5"  # random hoppers and walkers fall within their episodes
 
 
 def test_real_share_schedule_rises_linearly_and_is_constant_outside():
@@ -267,3 +288,15 @@ def test_weighted_fit_reports_the_weights_against_reward_and_value_gradient_and_
     for probe in ("reward", "value_grad_norm"):
         assert -1 <= metrics[f"model/weight_corr/{probe}"] <= 1
     assert metrics["model/holdout_mse_state"] > 0 and metrics["model/holdout_mse_distractors"] > 0
+
+
+def test_model_free_sac_needs_no_termination_function_and_mbpo_does():
+    from recipes.envs import make_env
+    from recipes.m3po.m3po import make_learner
+    from recipes.registry import resolve
+
+    env = make_env("gym:Swimmer-v5", seed=0)  # no termination function is known for it
+    sac = resolve("gym:Swimmer-v5", "cpu", {"history_len": 0}, recipe="sac", steps=100)
+    assert make_learner(sac, env, Path("/nonexistent")).terminal is None
+    with pytest.raises(ValueError, match="no termination function is known for 'gym:Swimmer-v5'"):
+        make_learner(resolve("gym:Swimmer-v5", "cpu", {}, recipe="mbpo", steps=100), env, Path("/nonexistent"))

@@ -9,7 +9,7 @@ import numpy as np
 
 from recipes.envs.base import Env
 from recipes.envs.gl import ensure_headless_gl
-from recipes.envs.terminations import TerminationFn, healthy_z, lookup, walker
+from recipes.envs.terminations import TerminationFn, healthy_z, hopper, lookup, walker
 
 
 class GymEnv(Env):
@@ -126,6 +126,7 @@ TERMINATIONS: dict[str, TerminationFn | None] = {
     "HalfCheetah-v5": None,
     "Ant-v5": healthy_z(0.2, 1.0),
     "Walker2d-v5": walker,
+    "Hopper-v5": hopper,
 }
 
 

@@ -353,10 +353,10 @@ class M3POLearner(loop.Learner):
 
 
 def make_learner(cfg: M3POConfig, env: Env, logdir: Path) -> M3POLearner:
-    """The learner of an ``m3po``/``mbpo``/``sac`` run on ``env`` (vector observations)."""
-    return M3POLearner(
-        cfg, env.obs_shape[0], env.action_dim, cfg.steps // cfg.action_repeat + 1, terminal=termination_fn(cfg.env)
-    )
+    """The learner of an ``m3po``/``mbpo``/``sac`` run on ``env`` (vector observations); the env's termination
+    function for model rollouts where there is a model (model-free ``sac`` runs on any env)."""
+    terminal = termination_fn(cfg.env) if cfg.model_based else None
+    return M3POLearner(cfg, env.obs_shape[0], env.action_dim, cfg.steps // cfg.action_repeat + 1, terminal=terminal)
 
 
 def train(
