@@ -22,6 +22,7 @@ def fit_to_holdout(
     patience: int,
     generator: torch.Generator,
     improvement: float = 0.01,
+    score: Callable[[dict[str, Tensor]], Tensor] | None = None,
 ) -> tuple[int, Tensor]:
     """Epochs of minibatches until no member's hold-out MSE has improved by ``improvement`` (relative) for
     ``patience`` epochs in a row, or ``max_epochs``; then the best epoch's parameters back, and the elites chosen by
@@ -41,10 +42,14 @@ def fit_to_holdout(
         patience: epochs without improvement before stopping.
         generator: the RNG of every epoch's shuffle.
         improvement: the relative hold-out improvement of any member that counts as one (mbrl-lib: 1%).
+        score: the per-member hold-out score [E] of a batch, lower is better (default ``model.holdout_loss``, the
+            MSE): for a model trained on another loss, that loss (a score the training does not lower would stop
+            the fit at its first epochs).
 
     Returns:
-        The epochs done and the final per-member hold-out MSE [E].
+        The epochs done and the final per-member hold-out score [E].
     """
+    score = model.holdout_loss if score is None else score
     best: Tensor | None = None
     best_state, since, epochs = None, 0, 0
     while max_epochs is None or epochs < max_epochs:
@@ -52,7 +57,7 @@ def fit_to_holdout(
         for i in range(0, max(n_train - batch + 1, 1), batch):
             minibatch(order[i : i + batch])
         epochs += 1
-        loss = model.holdout_loss(holdout)
+        loss = score(holdout)
         if best is None or bool(((best - loss) / best.abs().clamp_min(1e-12) > improvement).any()):
             best = loss if best is None else torch.minimum(best, loss)
             best_state, since = copy.deepcopy(model.state_dict()), 0
@@ -62,6 +67,6 @@ def fit_to_holdout(
                 break
     assert best_state is not None
     model.load_state_dict(best_state)
-    final = model.holdout_loss(holdout)
+    final = score(holdout)
     model.select_elites(final)
     return epochs, final

@@ -131,6 +131,13 @@ class M3POConfig(RunConfig):
     sac_grad_clip: float | None = Field(None, gt=0.0, description="SAC's gradient-norm clip (None: none)")
 
     # weighting: the framework's own contribution (no paper)
+    model_loss: Literal["nll", "vagram"] = Field(
+        "nll",
+        description="the meta-model's own objective: nll (maximum likelihood, MBPO's) or vagram — VaGraM as the "
+        "model's loss, as its paper trains the model (Voelcker et al. 2022): the squared error of each predicted "
+        "next-observation dimension weighted by the SAC value gradient there, plus the reward's squared error; "
+        "the mean only, rollouts deterministic (task_loss_kwargs set its options, e.g. clip_quantile)",
+    )
     weighting: bool = Field(
         False,
         description="train the meta-model by bi-level reweighting: a MetaWeighter over "
@@ -170,6 +177,8 @@ class M3POConfig(RunConfig):
             raise ValueError("real_ratio_until: must not come before real_ratio_from")
         if self.weighting and not self.model_based:
             raise ValueError("weighting: needs a model (model_based=true)")
+        if self.model_loss == "vagram" and self.weighting:
+            raise ValueError("model_loss: vagram is the task-aware loss without a weighter; set weighting=false")
         if self.task_loss not in available_task_losses():
             raise ValueError(f"task_loss: unknown {self.task_loss!r}; registered: {available_task_losses()}")
         if self.pixels:

@@ -115,6 +115,8 @@ class M3POLearner(loop.Learner):
             self.device,
         )
         strategy = Uniform()
+        if cfg.model_loss == "vagram":  # the model's own objective (its settings: task_loss_kwargs)
+            self.task_loss = make_task_loss("vagram", **cfg.task_loss_kwargs)
         if cfg.weighting and self.model.encoder is not None:
             self.model.encoder.cudnn = False  # hypergradients differentiate the GRU twice: cuDNN's cannot
         if cfg.weighting:
@@ -229,7 +231,13 @@ class M3POLearner(loop.Learner):
         assert self.model is not None
         start = self.env_batch(self.d_env.sample_indices(n, self.generator))
         rows, stats = branched_rollouts(
-            self.model, self.sac, start, self.cfg.rollout_length, self.terminal, generator=self.generator
+            self.model,
+            self.sac,
+            start,
+            self.cfg.rollout_length,
+            self.terminal,
+            generator=self.generator,
+            deterministic=self.cfg.model_loss == "vagram",  # no variance was trained
         )
         self.d_model.add(**rows)
         return {f"rollout/{k}": v for k, v in stats.items()}
@@ -238,6 +246,8 @@ class M3POLearner(loop.Learner):
         """The ``forward`` closure of the bi-level update: ℓ[N], and with ``weighting`` the weighter's features and
         the per-sample task loss of the predicted next observations through V(o', z')."""
         assert self.model is not None
+        if self.cfg.model_loss == "vagram":
+            return autocast_fn(self._vagram_forward(batch), *self.model_autocast)
         if not self.cfg.weighting:
             return autocast_fn(lambda fn: LevelOutputs(loss=(out := fn(batch)).loss, aux=out), *self.model_autocast)
         # V(o', z') is built once per batch (its action noise fixed), so every pass sees the same upper loss
@@ -257,6 +267,39 @@ class M3POLearner(loop.Learner):
             return LevelOutputs(loss=out.loss, features=features.detach(), upper=upper, aux=out, probes=probes)
 
         return autocast_fn(forward, *self.model_autocast)
+
+    def _vagram_forward(self, batch: dict[str, Tensor]) -> Any:
+        """The ``forward`` closure of ``model_loss=vagram`` (Voelcker et al. 2022, eq. 7; the official code's
+        model objective): per sample ℓ = Σ_d (∂V/∂o'_d · (ô'_d − o'_d))² + (r̂ − r)², averaged over the members
+        (with their bootstrap counts), ô' and r̂ each member's mean; ∂V/∂o' of the SAC critic's V(o', z') at the
+        real o', once per batch.  No weighter; the variance is not trained (rollouts use the mean)."""
+        value_grad = self._value_grad(batch)
+
+        def forward(fn: Any) -> LevelOutputs:
+            out = fn(batch)
+            member = self._vagram_members(out, batch, value_grad)  # [E, N]
+            counts = batch.get("bootstrap")
+            loss = (member if counts is None else counts.to(member.dtype) * member).mean(0)
+            return LevelOutputs(loss=loss, aux=out)
+
+        return forward
+
+    def _value_grad(self, batch: dict[str, Tensor]) -> Tensor:
+        """∂V/∂o' [N, O] of the SAC critic's V(o', z') at the batch's real o' (a constant for the model)."""
+        return value_gradient(self.sac.value_fn(batch["next_history"], batch["next_history_mask"]), batch["next_obs"])
+
+    def _vagram_members(self, out: Any, batch: dict[str, Tensor], value_grad: Tensor) -> Tensor:
+        """Each member's VaGraM loss plus reward error per sample [E, N] (``_vagram_forward``)."""
+        member = self.task_loss(out.states["next_obs_mean"], batch["next_obs"], value_grad=value_grad)
+        return member + (out.states["reward_mean"] - batch["reward"].to(member.dtype)) ** 2
+
+    def _holdout_score(self, hold: dict[str, Tensor]) -> Tensor:
+        """The per-member hold-out score [E] of ``model_loss=vagram``: the loss it trains on (early stopping and
+        elites by it, not by the MSE of dimensions the value does not weight)."""
+        assert self.model is not None
+        value_grad = self._value_grad(hold)
+        with torch.no_grad():
+            return self._vagram_members(self.model.loss(hold), hold, value_grad).mean(1)
 
     def fit_model(self) -> dict[str, float]:
         """Train the meta-model on D_env: a fresh hold-out split, per-member bootstrap counts, epochs of minibatches
@@ -294,10 +337,14 @@ class M3POLearner(loop.Learner):
             patience=cfg.model_patience,
             generator=self.generator,
             improvement=cfg.model_improvement,
+            score=self._holdout_score if cfg.model_loss == "vagram" else None,
         )
         self.counters["model_fits"] += 1
+        vagram = cfg.model_loss == "vagram"  # then ``final`` is the hold-out VaGraM loss, and the MSE is apart
+        mse = model.holdout_loss(hold) if vagram else final
         return {
-            "model/holdout_mse": float(final[model.elite_idx].mean()),
+            "model/holdout_mse": float(mse[model.elite_idx].mean()),
+            **({"model/holdout_vagram": float(final[model.elite_idx].mean())} if vagram else {}),
             **self._holdout_split(hold),
             "model/epochs": float(epochs),
             "model/fits": float(self.counters["model_fits"]),

@@ -38,16 +38,19 @@ def branched_rollouts(
     terminal: TerminationFn | None,
     *,
     generator: torch.Generator | None = None,
+    deterministic: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """k-step branched rollouts from real windows.
 
     Args:
-        model: a meta-model with ``sample(obs, action, history, mask, generator=) -> (next_obs [N, O], reward
-            [N])`` (e.g. ``worldmodels.HistoryEnsemble``).
+        model: a meta-model with ``sample(obs, action, history, mask, generator=, deterministic=) -> (next_obs
+            [N, O], reward [N])`` (e.g. ``worldmodels.HistoryEnsemble``).
         policy: with ``act(obs, history, mask) -> action [N, A]`` (sampling, e.g. ``recipes.agents.sac.SAC``).
         start: ``obs`` [N, O], ``history`` [N, L, O + A + 1], ``history_mask`` [N, L] (rows of D_env).
         length: k ≥ 1.
         terminal: ends a rollout where it returns True (its transition is stored with ``done`` = 1).
+        deterministic: step with the chosen member's mean instead of a sample (a model without a trained
+            variance, e.g. one fitted by VaGraM).
 
     Returns:
         ``(rows, stats)``: ``rows`` are the model transitions for D_model — ``obs``, ``action``, ``reward``,
@@ -67,7 +70,7 @@ def branched_rollouts(
         if obs.shape[0] == 0:
             break
         action = policy.act(obs, hist, mask)
-        next_obs, reward = model.sample(obs, action, hist, mask, generator=generator)
+        next_obs, reward = model.sample(obs, action, hist, mask, generator=generator, deterministic=deterministic)
         done = terminal(next_obs) if terminal is not None else torch.zeros_like(reward, dtype=torch.bool)
         for key, value in (
             ("obs", obs),
