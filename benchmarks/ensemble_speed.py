@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 import bilevel  # noqa: E402
 from recipes.run.precision import AUTO_MIN_SPEEDUP, autocast, autocast_fn, bf16_speedup  # noqa: E402
+from recipes.run.rundir import cpu_name  # noqa: E402
 from worldmodels import GaussianEnsemble, bootstrap_counts  # noqa: E402
 
 TORCH_PIN = "torch==2.13.0"
@@ -411,22 +412,12 @@ def main() -> None:
         "params": ours["params"],
         "ours": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         "mbrl": {k: info[k] for k in ("torch", "cuda", "threads", "model")} | {"version": MBRL_PIN},
-        "machine": {"processor": _cpu_name(), "python": platform.python_version()},
+        "machine": {"processor": cpu_name(), "python": platform.python_version()},
         "profile_ours": profile,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
