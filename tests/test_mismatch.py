@@ -108,3 +108,26 @@ def test_cli_refuses_odd_distractors_before_writing(tmp_path, capsys):
     argv = ["run", "sac", "--env", "gym:Pendulum-v1", "--steps", "10", "--logdir", str(logdir), "--set"]
     assert main([*argv, "distractors=3"]) == 2
     assert "distractors" in capsys.readouterr().err and not logdir.exists()
+
+
+@pytest.mark.parametrize("recipe", ["dreamerv2", "tempo"])
+def test_dreamer_agents_report_their_reconstruction_on_state_and_distractors(recipe):
+    import torch
+
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+    from recipes.dreamer.tempo import TempoAgent
+    from recipes.registry import resolve
+
+    tiny = {"deter": 8, "stoch": 3, "hidden": 8, "mlp_units": 8, "ac_units": 8, "batch_size": 2, "seq_len": 4}
+    cfg = resolve("dmc:cartpole_swingup", "cpu", {**tiny, "distractors": 2}, recipe=recipe)
+    torch.manual_seed(0)
+    agent = {"dreamerv2": DreamerAgent, "tempo": TempoAgent}[recipe](cfg, (5 + 2,), 1, False)
+    batch = {
+        "obs": torch.randn(2, 4, 7),
+        "action": torch.rand(2, 4, 1) * 2 - 1,
+        "reward": torch.rand(2, 4),
+        "is_first": torch.tensor([[True, False, False, False]] * 2),
+    }
+    batch["obs"][..., 5:] *= 10  # the distractors far from the untrained decoder's outputs
+    metrics = agent.train_step(batch)
+    assert 0 < metrics["model/obs_mse_state"] < metrics["model/obs_mse_distractors"]

@@ -119,6 +119,8 @@ class DreamerAgent(nn.Module):
             raise err.prefixed("model/") from None
         for name, term in out.terms.items():
             metrics[f"model/{name}"] = float(term.detach().mean())
+        if self.cfg.distractors and not self.cfg.pixels:
+            metrics.update(self.obs_error_split(batch, out))
         terminal = batch["discount"] == 0 if "discount" in batch else None
         try:
             replay = None
@@ -131,6 +133,18 @@ class DreamerAgent(nn.Module):
             raise err.prefixed("agent/") from None
         metrics.update({f"agent/{k}": v for k, v in agent.items()})
         return metrics
+
+    @torch.no_grad()
+    def obs_error_split(self, batch: dict[str, Tensor], out: ModelLoss) -> dict[str, float]:
+        """The decoder's squared error (in its own, preprocessed space) on the env's own observation dimensions and
+        on the ``distractors`` (recipes.envs.mismatch): where the world model spends its reconstruction."""
+        error = (self.wm.decoder(out.states["feat"]) - self.wm.preprocess(batch["obs"])) ** 2
+        per_dim = error.float().flatten(0, -2).mean(0)  # [O]
+        real = per_dim.shape[0] - self.cfg.distractors
+        return {
+            "model/obs_mse_state": float(per_dim[:real].mean()),
+            "model/obs_mse_distractors": float(per_dim[real:].mean()),
+        }
 
     # -- acting ----------------------------------------------------------------------------------------------
     @torch.no_grad()
