@@ -17,6 +17,7 @@ class _Recorder(loop.Learner):
 
     def __init__(self) -> None:
         self.policy_episodes, self.random_actions = 0, 0
+        self.flags: list[list[float]] = []  # per episode, the random_policy flag of each observed step
 
     def act(self, step: dict[str, Any], state: Any, *, explore: bool) -> tuple[np.ndarray, Any]:
         self.policy_episodes += bool(explore and step["is_first"])
@@ -27,7 +28,10 @@ class _Recorder(loop.Learner):
         return super().random_action(rng, env)
 
     def observe(self, step: dict[str, Any]) -> None:
-        pass
+        if step["is_first"]:
+            self.flags.append([])
+        if "random_policy" in step:
+            self.flags[-1].append(float(step["random_policy"]))
 
     def train(self, env_steps: int) -> tuple[int, dict[str, float]]:
         return 1, {"loss": 1.0}
@@ -50,7 +54,12 @@ def test_a_share_of_episodes_is_random_and_logged_apart(tmp_path, share):
     policy_returns = [r for r in recs if "train_return" in r]
     assert len(random_returns) + len(policy_returns) == 40
     assert learner.random_actions == 5 * len(random_returns) and learner.policy_episodes == len(policy_returns)
+    # every step of an episode carries its mode, 1.0 random and 0.0 the agent's, for the replay and the weights
+    if share > 0:
+        assert [set(f) for f in learner.flags] == [{float(f[0])} for f in learner.flags]
+        assert sum(f[0] for f in learner.flags) == len(random_returns)
     if share == 0.0:
+        assert all(f == [] for f in learner.flags)  # no key at all
         assert not random_returns
     elif share == 1.0:
         assert not policy_returns
@@ -61,3 +70,23 @@ def test_a_share_of_episodes_is_random_and_logged_apart(tmp_path, share):
 def test_the_setting_is_checked(tmp_path):
     with pytest.raises(ValueError, match="random_episodes"):
         resolve("dmc:cartpole_swingup", "cpu", {"random_episodes": 1.5}, steps=10)
+
+
+def test_tempo_holds_its_weights_against_the_random_policys_data():
+    import torch
+
+    from recipes.dreamer.tempo import TempoAgent
+
+    tiny = {"deter": 8, "stoch": 3, "hidden": 8, "mlp_units": 8, "ac_units": 8, "batch_size": 2, "seq_len": 4}
+    cfg = resolve("dmc:cartpole_swingup", "cpu", {**tiny, "random_episodes": 0.5}, recipe="tempo")
+    torch.manual_seed(0)
+    agent = TempoAgent(cfg, (5,), 1, False)
+    batch = {
+        "obs": torch.randn(2, 4, 5),
+        "action": torch.rand(2, 4, 1) * 2 - 1,
+        "reward": torch.rand(2, 4),
+        "is_first": torch.tensor([[True, False, False, False]] * 2),
+        "random_policy": torch.tensor([[1.0] * 4, [0.0] * 4]),
+    }
+    metrics = agent.train_step(batch)
+    assert -1 <= metrics["model/weight_corr/random_policy"] <= 1 and "model/weight_corr/reward" in metrics

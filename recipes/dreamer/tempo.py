@@ -167,7 +167,8 @@ class TempoAgent(dreamerv2.DreamerAgent):
         forward = self.backend.forward(self.world_model_forward(batch, noise), batch, noise, meta)
         forward = autocast_fn(forward, *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
-        levels.probes = {"reward": batch["reward"]}  # the weights against the reward (diagnostics)
+        # the weights against the reward, and against the random policy's share of the data (diagnostics)
+        levels.probes = {k: batch[k] for k in ("reward", "random_policy") if k in batch}
         jvp = self.backend.jvp(batch, noise, levels, meta)  # (1/N) J a by forward mode, where the backend has it
         with self.backend.backward(meta):
             result = self.update.step(forward, outputs=levels, meta=meta, jvp=jvp)  # eq. 7 (model), 9 (weighter)

@@ -424,17 +424,19 @@ class _Run:
         rng = np.random.default_rng(cfg.seed + counters["env_steps"])
         step, state, episode_return = self.env.reset(), None, 0.0
         random_episode = self._random_episode(rng)
+        step = self._tagged(step, random_episode or counters["env_steps"] < cfg.prefill)
         t_start, updates_start, frozen = time.perf_counter(), counters["updates"], not freeze
         while counters["env_steps"] < cfg.steps:
             if flag:
                 self.checkpoint()
                 raise stop.Interrupted(flag.received[0], counters["env_steps"])
             self.learner.observe(step)
-            if counters["env_steps"] < cfg.prefill or random_episode:
+            acted_randomly = counters["env_steps"] < cfg.prefill or random_episode
+            if acted_randomly:
                 action, state = self.learner.random_action(rng, self.env), None
             else:
                 action, state = self.learner.act(step, state, explore=True)
-            step = self.env.step(action)
+            step = self._tagged(self.env.step(action), acted_randomly)
             episode_return += float(step["reward"])
             counters["env_steps"] += cfg.action_repeat
             bar.update(cfg.action_repeat)
@@ -442,6 +444,7 @@ class _Run:
                 self._episode_end(step, episode_return, random_episode)
                 step, state, episode_return = self.env.reset(), None, 0.0
                 random_episode = self._random_episode(rng)
+                step = self._tagged(step, random_episode or counters["env_steps"] < cfg.prefill)
             ready = counters["env_steps"] >= cfg.prefill and self.learner.ready()
             if ready and counters["env_steps"] - counters["last_train"] >= cfg.train_every:
                 self._train_call()
@@ -460,6 +463,14 @@ class _Run:
         ``random_episodes`` after prefill (data of mixed relevance); no draw at all when it is 0."""
         share = self.cfg.random_episodes
         return share > 0 and self.counters["env_steps"] >= self.cfg.prefill and bool(rng.random() < share)
+
+    def _tagged(self, step: dict[str, Any], random: bool) -> dict[str, Any]:
+        """With ``random_episodes`` > 0: ``step`` with ``random_policy`` (float32 1.0 where the uniform random policy
+        acted: prefill and random episodes; 0.0 where the agent did), so that the replay keeps which data is which
+        and the weights can be held against it; ``step`` unchanged otherwise."""
+        if self.cfg.random_episodes <= 0:
+            return step
+        return {**step, "random_policy": np.float32(random)}
 
     def _episode_end(self, step: dict[str, Any], episode_return: float, random_episode: bool = False) -> None:
         """Store the episode's last step and log its return (per task for a set of environments; a random-policy
