@@ -373,3 +373,26 @@ def test_vagram_fits_what_the_value_depends_on_and_rolls_out_the_mean():
 def test_vagram_model_loss_and_weighting_are_exclusive():
     with pytest.raises(ValueError, match="model_loss"):
         M3POConfig(model_loss="vagram", weighting=True)
+
+
+def test_mbpo_rollout_schedule_and_the_model_pool_it_sizes():
+    """MBPO's Hopper schedule 1 → 15 over env steps 20k–150k, rounded down; D_model is sized for the longest
+    rollouts, and SAC reads only the newest rollouts_per_step × k × model_retain rows of it."""
+    cfg = MBPOConfig(rollout_length_end=15, rollout_length_from=20_000, rollout_length_until=150_000)
+    assert [cfg.rollout_length_at(t) for t in (0, 20_000, 85_000, 149_999, 10**6)] == [1, 1, 8, 14, 15]
+    assert MBPOConfig().rollout_length_at(10**6) == 1
+    with pytest.raises(ValueError, match="rollout_length_until"):
+        MBPOConfig(rollout_length_end=15, rollout_length_from=10, rollout_length_until=5)
+    from recipes.m3po.m3po import M3POLearner
+
+    small = {"members": 3, "elites": 2, "model_layers": 1, "model_units": 8, "sac_units": 8}
+    learner = M3POLearner(MBPOConfig(rollout_length_end=3, rollouts_per_step=4, model_retain=5, **small), O, A, 64)
+    assert learner.d_model.capacity == 4 * 3 * 5  # room for the longest rollouts
+
+    buffer = TransitionBuffer(10, {"x": ((), torch.float32)})
+    buffer.add(x=torch.arange(14.0))  # holds 4 … 13, newest last
+    rows = buffer.get(buffer.sample_indices(200, torch.Generator().manual_seed(0), recent=3))["x"]
+    assert set(rows.tolist()) == {11.0, 12.0, 13.0}
+    assert set(buffer.get(buffer.sample_indices(400, recent=50))["x"].tolist()) == set(range(4, 14))
+    with pytest.raises(ValueError, match="recent"):
+        buffer.sample_indices(1, recent=0)

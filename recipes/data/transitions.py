@@ -90,16 +90,21 @@ class TransitionBuffer:
         start = (self.head - self.size) % self.capacity
         return (start + torch.arange(self.size, device=self.device)) % self.capacity
 
-    def sample_indices(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` row indices drawn uniformly with replacement from the held rows.
+    def sample_indices(self, n: int, generator: torch.Generator | None = None, *, recent: int | None = None) -> Tensor:
+        """``n`` row indices drawn uniformly with replacement from the held rows, or from the ``recent`` newest of
+        them (a buffer whose retention changes over a run, e.g. MBPO's model buffer sized by the rollout length).
 
         Raises:
             RuntimeError: if the buffer is empty.
+            ValueError: if ``recent`` < 1.
         """
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty buffer")
-        pick = torch.randint(self.size, (n,), generator=generator, device="cpu").to(self.device)
-        return self.indices()[pick]
+        if recent is not None and recent < 1:
+            raise ValueError(f"recent must be at least 1, got {recent}")
+        held = self.size if recent is None else min(self.size, recent)
+        pick = torch.randint(held, (n,), generator=generator, device="cpu").to(self.device)
+        return self.indices()[self.size - held + pick]
 
     def get(self, index: Tensor) -> dict[str, Tensor]:
         """The rows at ``index`` ``[N]``: every field ``[N, *shape]``."""

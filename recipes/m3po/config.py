@@ -90,6 +90,15 @@ class M3POConfig(RunConfig):
         400, ge=1, description="M, branched rollouts per env step (MBPO effective_model_rollouts_per_step 400)"
     )
     rollout_length: int = Field(1, ge=1, description="k, model steps per branched rollout (M3PO §5.2: k = 1)")
+    rollout_length_end: int | None = Field(
+        None,
+        ge=1,
+        description="MBPO's rollout schedule: k rises linearly from rollout_length at rollout_length_from to this "
+        "at rollout_length_until (env steps; MBPO's Hopper: 1 → 15 over epochs 20–150, i.e. 20000–150000), and "
+        "D_model keeps rollouts_per_step × k × model_retain rows, as MBPO resizes its model pool; None: k constant",
+    )
+    rollout_length_from: int = Field(0, ge=0, description="env step where the rollout schedule starts")
+    rollout_length_until: int = Field(0, ge=0, description="env step where the rollout schedule ends")
     model_retain: int = Field(
         1_000,
         ge=1,
@@ -175,6 +184,8 @@ class M3POConfig(RunConfig):
             raise ValueError(f"elites: {self.elites} > members {self.members}")
         if self.real_ratio_until < self.real_ratio_from:
             raise ValueError("real_ratio_until: must not come before real_ratio_from")
+        if self.rollout_length_end is not None and self.rollout_length_until < self.rollout_length_from:
+            raise ValueError("rollout_length_until: must not come before rollout_length_from")
         if self.weighting and not self.model_based:
             raise ValueError("weighting: needs a model (model_based=true)")
         if self.model_loss == "vagram" and self.weighting:
@@ -190,6 +201,15 @@ class M3POConfig(RunConfig):
         if self.env.startswith("meta:"):
             kwargs.update(task_switch=self.task_switch, split="test" if evaluation else "train")
         return kwargs
+
+    def rollout_length_at(self, env_steps: int) -> int:
+        """k at ``env_steps``: ``rollout_length``, or MBPO's schedule (``rollout_length_end``), rounded down as MBPO
+        does."""
+        if self.rollout_length_end is None:
+            return self.rollout_length
+        span = self.rollout_length_until - self.rollout_length_from
+        frac = 1.0 if span == 0 else min(max((env_steps - self.rollout_length_from) / span, 0.0), 1.0)
+        return int(self.rollout_length + frac * (self.rollout_length_end - self.rollout_length))
 
     def real_ratio(self, env_steps: int) -> float:
         """The real share of a SAC batch at ``env_steps``: linear from ``real_ratio_start`` at ``real_ratio_from``

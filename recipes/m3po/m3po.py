@@ -103,7 +103,8 @@ class M3POLearner(loop.Learner):
         self.model_opt = torch.optim.Adam(self.model.parameters(), cfg.model_lr, weight_decay=cfg.model_wd)
         # (device, dtype) of the meta-model's training forward: dtype None = plain fp32 (recipes.run.precision)
         self.model_autocast = (self.device, resolve_precision(cfg.model_precision, self.device))
-        capacity = cfg.rollouts_per_step * cfg.rollout_length * cfg.model_retain
+        longest = max(cfg.rollout_length, cfg.rollout_length_end or 0)
+        capacity = cfg.rollouts_per_step * longest * cfg.model_retain
         width = history_dim(obs_dim, action_dim)
         self.d_model = TransitionBuffer(
             capacity,
@@ -192,7 +193,9 @@ class M3POLearner(loop.Learner):
             batch.pop("pos")
             parts.append(batch)
         if n_real < n:
-            batch = self.d_model.get(self.d_model.sample_indices(n - n_real, self.generator))
+            # the model data of the last model_retain env steps at the current rollout length (MBPO's pool size)
+            recent = self.cfg.rollouts_per_step * self.cfg.rollout_length_at(env_steps) * self.cfg.model_retain
+            batch = self.d_model.get(self.d_model.sample_indices(n - n_real, self.generator, recent=recent))
             batch["next_history"], batch["next_history_mask"] = next_history(batch)
             parts.append(batch)
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -203,7 +206,7 @@ class M3POLearner(loop.Learner):
             if self.counters["last_model"] < 0 or env_steps - self.counters["last_model"] >= cfg.model_every:
                 metrics.update(self.fit_model())
                 self.counters["last_model"] = env_steps
-            metrics.update(self.rollouts(cfg.rollouts_per_step * cfg.train_every))
+            metrics.update(self.rollouts(cfg.rollouts_per_step * cfg.train_every, cfg.rollout_length_at(env_steps)))
         updates, sac_metrics = 0, {}
         for _ in range(cfg.sac_updates * cfg.train_every):  # one with a non-finite loss is skipped (self.skips)
             out = self.skips.run(self._sac_update, self.sac_batch(env_steps))
@@ -226,21 +229,22 @@ class M3POLearner(loop.Learner):
         except NonFiniteError as err:
             raise err.prefixed("model/") from None
 
-    def rollouts(self, n: int) -> dict[str, float]:
-        """M branched rollouts of k steps into D_model (Algorithm 2, lines 6–9)."""
+    def rollouts(self, n: int, length: int | None = None) -> dict[str, float]:
+        """``n`` branched rollouts of ``length`` steps (default ``rollout_length``) into D_model (Algorithm 2,
+        lines 6–9)."""
         assert self.model is not None
         start = self.env_batch(self.d_env.sample_indices(n, self.generator))
         rows, stats = branched_rollouts(
             self.model,
             self.sac,
             start,
-            self.cfg.rollout_length,
+            self.cfg.rollout_length if length is None else length,
             self.terminal,
             generator=self.generator,
             deterministic=self.cfg.model_loss == "vagram",  # no variance was trained
         )
         self.d_model.add(**rows)
-        return {f"rollout/{k}": v for k, v in stats.items()}
+        return {f"rollout/{k}": v for k, v in {**stats, "length": float(length or self.cfg.rollout_length)}.items()}
 
     def _model_forward(self, batch: dict[str, Tensor]) -> Any:
         """The ``forward`` closure of the bi-level update: ℓ[N], and with ``weighting`` the weighter's features and
