@@ -62,7 +62,10 @@ def test_episodes_differ_and_training_and_evaluation_share_the_oscillators():
     np.testing.assert_array_equal(other.sin, env.sin)
 
 
-@pytest.mark.parametrize(("on", "noisy_state", "noisy_distractors"), [("state", True, False), ("all", True, True)])
+@pytest.mark.parametrize(
+    ("on", "noisy_state", "noisy_distractors"),
+    [("state", True, False), ("distractors", False, True), ("all", True, True)],
+)
 def test_observation_noise_goes_where_asked(on, noisy_state, noisy_distractors):
     clean = make_env("gym:Pendulum-v1", seed=2, distractors=2)
     noisy = make_env("gym:Pendulum-v1", seed=2, distractors=2, obs_noise=0.5, obs_noise_on=on)

@@ -276,8 +276,9 @@ class M3POLearner(loop.Learner):
         """The ``forward`` closure of ``model_loss=vagram`` (Voelcker et al. 2022, eq. 7; the official code's
         model objective): per sample ℓ = Σ_d (∂V/∂o'_d · (ô'_d − o'_d))² + (r̂ − r)², averaged over the members
         (with their bootstrap counts), ô' and r̂ each member's mean; ∂V/∂o' of the SAC critic's V(o', z') at the
-        real o', once per batch.  No weighter; the variance is not trained (rollouts use the mean)."""
-        value_grad = self._value_grad(batch)
+        real o' (``batch["value_grad"]`` where the fit computed it once for all its rows, else here).  No weighter;
+        the variance is not trained (rollouts use the mean)."""
+        value_grad = batch["value_grad"] if "value_grad" in batch else self._value_grad(batch)
 
         def forward(fn: Any) -> LevelOutputs:
             out = fn(batch)
@@ -299,16 +300,17 @@ class M3POLearner(loop.Learner):
 
     def _holdout_score(self, hold: dict[str, Tensor]) -> Tensor:
         """The per-member hold-out score [E] of ``model_loss=vagram``: the loss it trains on (early stopping and
-        elites by it, not by the MSE of dimensions the value does not weight)."""
+        elites by it, not by the MSE of dimensions the value does not weight); ``hold`` carries its
+        ``value_grad``."""
         assert self.model is not None
-        value_grad = self._value_grad(hold)
         with torch.no_grad():
-            return self._vagram_members(self.model.loss(hold), hold, value_grad).mean(1)
+            return self._vagram_members(self.model.loss(hold), hold, hold["value_grad"]).mean(1)
 
     def fit_model(self) -> dict[str, float]:
         """Train the meta-model on D_env: a fresh hold-out split, per-member bootstrap counts, epochs of minibatches
-        until the hold-out MSE stops improving by 1% for ``model_patience`` epochs (or ``model_max_epochs``), the
-        best epoch's parameters kept, elites by hold-out MSE (mbrl-lib's ModelTrainer, Algorithm 2 line 3)."""
+        until the hold-out MSE (with ``model_loss=vagram`` the hold-out VaGraM loss) stops improving by
+        ``model_improvement`` for ``model_patience`` epochs (or ``model_max_epochs``), the best epoch's parameters
+        kept, elites by the same score (mbrl-lib's ModelTrainer, Algorithm 2 line 3)."""
         assert self.model is not None and self.update is not None
         cfg, model = self.cfg, self.model
         index = self.d_env.indices()
@@ -321,11 +323,16 @@ class M3POLearner(loop.Learner):
         hold, train = self.env_batch(perm[:n_hold]), perm[n_hold:]
         counts = bootstrap_counts(cfg.members, len(train), generator=self.generator).to(self.device)
         metrics: dict[str, float] = {}
+        vagram = cfg.model_loss == "vagram"  # then ∂V/∂o' of every row once per fit: V does not change during it
+        if vagram:
+            hold["value_grad"] = self._value_grad(hold)
+            train_grad = self._value_grad(self.env_batch(train))
 
         def minibatch(pos: Tensor) -> None:
             nonlocal metrics
             pos = pos.to(self.device)
-            forward = self._model_forward({**self.env_batch(train[pos]), "bootstrap": counts[:, pos]})
+            batch = {**self.env_batch(train[pos]), "bootstrap": counts[:, pos]}
+            forward = self._model_forward({**batch, "value_grad": train_grad[pos]} if vagram else batch)
             meta = self.counters["model_updates"] % cfg.meta_every == 0
             # a minibatch with a non-finite loss or gradient is skipped (self.skips), nothing written
             metrics = self.skips.run(self._model_update, forward, meta) or metrics
@@ -341,11 +348,10 @@ class M3POLearner(loop.Learner):
             patience=cfg.model_patience,
             generator=self.generator,
             improvement=cfg.model_improvement,
-            score=self._holdout_score if cfg.model_loss == "vagram" else None,
+            score=self._holdout_score if vagram else None,
         )
         self.counters["model_fits"] += 1
-        vagram = cfg.model_loss == "vagram"  # then ``final`` is the hold-out VaGraM loss, and the MSE is apart
-        mse = model.holdout_loss(hold) if vagram else final
+        mse = model.holdout_loss(hold) if vagram else final  # with vagram ``final`` is the hold-out VaGraM loss
         return {
             "model/holdout_mse": float(mse[model.elite_idx].mean()),
             **({"model/holdout_vagram": float(final[model.elite_idx].mean())} if vagram else {}),

@@ -139,34 +139,28 @@ def evaluate_tasks(learner: Learner, env: Env, episodes: int) -> tuple[float, di
     from recipes.envs.multitask import MultiTaskEnv
 
     if callable(getattr(env, "evaluation_tasks", None)):
-        return _evaluate_task_list(learner, env, episodes)
-    if not isinstance(env, MultiTaskEnv):
-        returns, _ = run_episodes(env, lambda step, state: learner.act(step, state, explore=False), episodes)
-        mean = float(np.mean(returns))
-        spread = {"eval_return_se": float(np.std(returns, ddof=1) / np.sqrt(episodes))} if episodes > 1 else {}
-        return mean, {"eval_return": mean, **spread}
-    per_task: dict[str, float] = {}
-    try:
-        for i, name in enumerate(env.task_names):
-            env.set_task(i)
-            per_task[f"eval_return/{name}"], _ = evaluate(learner, env, episodes)
-    finally:
-        env.set_task(None)
-    mean = float(np.mean(list(per_task.values())))
-    return mean, {"eval_return": mean, **per_task}
+        tasks = env.evaluation_tasks()  # type: ignore[attr-defined]
+        return _per_task(learner, tasks, env.force_task, -(-episodes // len(tasks)), env)  # type: ignore[attr-defined]
+    if isinstance(env, MultiTaskEnv):
+        return _per_task(learner, [(name, i) for i, name in enumerate(env.task_names)], env.set_task, episodes, env)
+    returns, _ = evaluate(learner, env, episodes)
+    mean = float(np.mean(returns))
+    spread = {"eval_return_se": float(np.std(returns, ddof=1) / np.sqrt(episodes))} if episodes > 1 else {}
+    return mean, {"eval_return": mean, **spread}
 
 
-def _evaluate_task_list(learner: Learner, env: Any, episodes: int) -> tuple[float, dict[str, float]]:
-    """``evaluate_tasks`` over ``env.evaluation_tasks()``: each task forced in turn, the same number of greedy
-    episodes each."""
-    tasks = env.evaluation_tasks()
+def _per_task(
+    learner: Learner, tasks: list[tuple[str, Any]], select: Callable[[Any], None], episodes: int, env: Env
+) -> tuple[float, dict[str, float]]:
+    """``evaluate_tasks`` over labelled tasks: ``select(task)`` before each one's ``episodes`` greedy episodes,
+    ``select(None)`` at the end (the env draws its tasks again)."""
     per_task: dict[str, float] = {}
     try:
         for label, task in tasks:
-            env.force_task(task)
-            per_task[f"eval_return/{label}"], _ = evaluate(learner, env, -(-episodes // len(tasks)))
+            select(task)
+            per_task[f"eval_return/{label}"] = float(np.mean(evaluate(learner, env, episodes)[0]))
     finally:
-        env.force_task(None)
+        select(None)
     mean = float(np.mean(list(per_task.values())))
     return mean, {"eval_return": mean, **per_task}
 
@@ -195,12 +189,9 @@ def run_episodes(
     return returns, frames
 
 
-def evaluate(learner: Learner, env: Env, episodes: int, *, record: bool = False) -> tuple[float, list]:
-    """Mean return of ``episodes`` greedy episodes of ``learner``; frames of the first one when ``record``."""
-    returns, frames = run_episodes(
-        env, lambda step, state: learner.act(step, state, explore=False), episodes, record=record
-    )
-    return float(np.mean(returns)), frames
+def evaluate(learner: Learner, env: Env, episodes: int, *, record: bool = False) -> tuple[list[float], list]:
+    """The returns of ``episodes`` greedy episodes of ``learner``; frames of the first one when ``record``."""
+    return run_episodes(env, lambda step, state: learner.act(step, state, explore=False), episodes, record=record)
 
 
 def _skipped(
@@ -337,7 +328,15 @@ class _Run:
     """
 
     def __init__(
-        self, cfg: RunConfig, logdir: Path, recipe: str, env: Env, eval_env: Env, learner: Learner, logger: Any
+        self,
+        cfg: RunConfig,
+        logdir: Path,
+        recipe: str,
+        env: Env,
+        eval_env: Env,
+        learner: Learner,
+        logger: Any,
+        t_process: float,
     ) -> None:
         self.cfg, self.logdir, self.recipe = cfg, logdir, recipe
         self.env, self.eval_env, self.learner, self.logger = env, eval_env, learner, logger
@@ -349,7 +348,7 @@ class _Run:
         self.metrics: dict[str, float] = {}
         self.bar: Progress | None = None
         # the run's wall time: seconds of the processes before this one (from the checkpoint) and this one's start
-        self.wall_before, self.t_process = 0.0, time.perf_counter()
+        self.wall_before, self.t_process = 0.0, t_process
 
     def wall_s(self) -> float:
         """Seconds this run has been running, over every process that worked on it (set-up and compilation
@@ -383,8 +382,7 @@ class _Run:
             config={"recipe": recipe, **cfg.model_dump()},
         )
         closing.callback(logger.close)
-        run = cls(cfg, logdir, recipe, env, eval_env, learner, logger)
-        run.t_process = t0
+        run = cls(cfg, logdir, recipe, env, eval_env, learner, logger, t0)
         if resume and (ckpt := rundir.load_checkpoint(logdir)) is not None:
             learner.load_state_dict(ckpt)
             run.counters.update(ckpt["counters"])
@@ -422,9 +420,7 @@ class _Run:
         cfg, counters, bar = self.cfg, self.counters, self.bar
         assert bar is not None
         rng = np.random.default_rng(cfg.seed + counters["env_steps"])
-        step, state, episode_return = self.env.reset(), None, 0.0
-        random_episode = self._random_episode(rng)
-        step = self._tagged(step, random_episode or counters["env_steps"] < cfg.prefill)
+        (step, random_episode), state, episode_return = self._new_episode(rng), None, 0.0
         t_start, updates_start, frozen = time.perf_counter(), counters["updates"], not freeze
         while counters["env_steps"] < cfg.steps:
             if flag:
@@ -442,9 +438,7 @@ class _Run:
             bar.update(cfg.action_repeat)
             if step["is_last"]:
                 self._episode_end(step, episode_return, random_episode)
-                step, state, episode_return = self.env.reset(), None, 0.0
-                random_episode = self._random_episode(rng)
-                step = self._tagged(step, random_episode or counters["env_steps"] < cfg.prefill)
+                (step, random_episode), state, episode_return = self._new_episode(rng), None, 0.0
             ready = counters["env_steps"] >= cfg.prefill and self.learner.ready()
             if ready and counters["env_steps"] - counters["last_train"] >= cfg.train_every:
                 self._train_call()
@@ -458,11 +452,12 @@ class _Run:
             self._log_evaluate_checkpoint(time.perf_counter() - t_start, counters["updates"] - updates_start)
         return self._finish()
 
-    def _random_episode(self, rng: np.random.Generator) -> bool:
-        """Whether the episode starting now is acted by the uniform random policy: with probability
-        ``random_episodes`` after prefill (data of mixed relevance); no draw at all when it is 0."""
-        share = self.cfg.random_episodes
-        return share > 0 and self.counters["env_steps"] >= self.cfg.prefill and bool(rng.random() < share)
+    def _new_episode(self, rng: np.random.Generator) -> tuple[dict[str, Any], bool]:
+        """The first step of a new episode (tagged, ``_tagged``) and whether the uniform random policy acts it:
+        with probability ``random_episodes`` after prefill (data of mixed relevance); no draw when that is 0."""
+        share, prefill = self.cfg.random_episodes, self.counters["env_steps"] < self.cfg.prefill
+        random_episode = share > 0 and not prefill and bool(rng.random() < share)
+        return self._tagged(self.env.reset(), random_episode or prefill), random_episode
 
     def _tagged(self, step: dict[str, Any], random: bool) -> dict[str, Any]:
         """With ``random_episodes`` > 0: ``step`` with ``random_policy`` (float32 1.0 where the uniform random policy
