@@ -7,6 +7,7 @@ L_low(θ, w) = (1/N) Σ_i w_i ℓ_i(θ), task-aware upper loss L_up(θ).
 
 from bilevel._autodiff import conjugate_gradient
 from bilevel.check import CheckRow, check_hypergradient, finite_difference_gradient, format_report
+from bilevel.diagnose import WeightingGain, weighting_gain
 from bilevel.factored import FactoredJvp, FactoredJvpAt
 from bilevel.functional import hypergradient
 from bilevel.guard import NonFiniteError, check_finite
@@ -47,6 +48,7 @@ __all__ = [
     "SameState",
     "Strategy",
     "Uniform",
+    "WeightingGain",
     "check_finite",
     "check_hypergradient",
     "conjugate_gradient",
@@ -56,4 +58,5 @@ __all__ = [
     "implicit_hypergradient",
     "make_normalizer",
     "make_strategy",
+    "weighting_gain",
 ]

@@ -454,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--sequences", type=int, default=4)
     ins.add_argument("--show", type=int, default=8, help="weights printed per sequence")
     ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument(
+        "--gain",
+        type=int,
+        default=0,
+        help="also the weights' gain in upper loss after one virtual step, over this many replayed batches (≥ 2)",
+    )
     ins.set_defaults(func=cmd_tool)
     act = sub.add_parser(
         "inspect-actor", help="a dreamerv2/tempo checkpoint's actor: saturation, deterministic vs sampled returns"

@@ -131,7 +131,7 @@ RECIPES: dict[str, Recipe] = {
                 "inspect-weights": Tool(
                     "recipes.dreamer.analysis:inspect_weights",
                     "recipes.dreamer.analysis:inspection_lines",
-                    compute_options=("sequences", "seed"),
+                    compute_options=("sequences", "seed", "gain"),
                     text_options=("show",),
                 ),
                 "inspect-actor": INSPECT_ACTOR,

@@ -533,6 +533,12 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
     assert len([x for x in lines if x.startswith("meta weights over ")]) == 1
     assert len([x for x in lines if x.startswith("meta weight vs reward: Pearson r ")]) == 1
     assert any(x.startswith("over training (from metrics.jsonl)") for x in lines)
+    assert main(["inspect-weights", str(logdir), "--sequences", "3", "--gain", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    gains = [x for x in lines if x.startswith(("  meta ", "  naive "))]
+    assert len(gains) == 2 and all(len(x.split("|")) == 4 for x in gains)
+    assert main(["inspect-weights", str(logdir), "--gain", "1"]) == 2
+    assert "gain: the number of batches must be 0 (off) or >= 2, got 1" in capsys.readouterr().err
     # a weighter pushed to its upper bound (output bias +50) reads as all weights there
     ckpt_path = logdir / "checkpoints" / "latest.pt"
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -541,6 +547,11 @@ def test_inspect_weights_prints_table_2(tmp_path, capsys):
     rows = inspect_weights(logdir, sequences=3)
     assert rows["summary"]["share_near_high"] == 1.0 and rows["summary"]["share_near_low"] == 0.0
     assert rows["summary"]["q05_q50_q95"][0] > 1.24
+    # constant weights choose no sample: no alignment, and shuffling them changes nothing
+    gain = inspect_weights(logdir, sequences=3, gain=2)["gain"]
+    assert gain["meta"]["alignment"]["values"] == [0.0, 0.0]
+    assert gain["meta"]["shuffled_gain"]["values"] == pytest.approx(gain["meta"]["gain"]["values"], rel=1e-9)
+    assert gain["meta"]["step_gain"]["values"] == gain["naive"]["step_gain"]["values"]
 
 
 def test_training_history_summarises_spans_of_the_run(tmp_path):

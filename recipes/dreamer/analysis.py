@@ -12,7 +12,8 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from bilevel import MetaWeighter, Naive
+from bilevel import BilevelProblem, MetaWeighter, Naive
+from bilevel.diagnose import weighting_gain
 from recipes.dreamer import dreamerv2
 from recipes.dreamer.config import TempoConfig
 from recipes.dreamer.tempo import TempoAgent
@@ -204,7 +205,72 @@ def load_run(logdir: Path) -> tuple[TempoConfig, TempoAgent]:
     return cfg, agent
 
 
-def inspect_weights(logdir: Path, *, sequences: int = 4, seed: int = 0) -> dict[str, Any]:
+def weighting_gain_of_run(logdir: Path, *, batches: int, seed: int = 0) -> dict[str, Any]:
+    """Does the run's weighter do what its upper loss asks, on replayed batches?  For ``batches`` batches of the
+    run's shape (``batch_size`` × ``seq_len``) at the latest checkpoint, in float64: ``bilevel.diagnose.
+    weighting_gain`` with one virtual SGD step of the model's learning rate (the step SameState's hypergradient
+    linearises, TEMPO eq. 8–9), for the weighter's weights (``meta``) and, as the rule to beat, TEMPO's naive
+    weights 1 + normalised upper loss (``naive``, §3.4).
+
+    Returns:
+        ``batches``, ``lr``, ``upper`` (L_up before the step), and per kind (``meta``, ``naive``) and field of
+        ``bilevel.diagnose.WeightingGain`` (``gain``, ``shuffled_gain``, ``step_gain``, ``alignment``) a dict of
+        ``mean``, ``se`` (standard error over the batches) and ``values`` (one per batch).
+
+    Raises:
+        ValueError: ``batches`` < 2, or ``logdir`` holds no ``tempo`` run or no checkpoint.
+    """
+    if batches < 2:
+        raise ValueError(f"batches must be >= 2 for a standard error, got {batches}")
+    cfg, agent = load_run(logdir)
+    agent.double()  # the gains are differences of nearby losses after a small step
+    replay = dreamerv2.make_replay(cfg, logdir, seed=seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    fields = ("gain", "shuffled_gain", "step_gain", "alignment")
+    values: dict[str, list[float]] = {f"{kind}/{k}": [] for kind in ("meta", "naive") for k in fields}
+    values["upper"] = []
+    for _ in range(batches):
+        batch = {k: _as_double(torch.as_tensor(v)) for k, v in replay.sample(cfg.batch_size).items()}
+        problem, weights = _gain_problem(agent, batch)
+        for kind, w in weights.items():
+            result = weighting_gain(problem, w, cfg.model_lr, generator=gen)
+            for key in fields:
+                values[f"{kind}/{key}"].append(float(getattr(result, key)))
+        values["upper"].append(result.upper)
+    out: dict[str, Any] = {"batches": batches, "lr": cfg.model_lr}
+    for name, vs in values.items():
+        cell = {"mean": float(np.mean(vs)), "se": float(np.std(vs, ddof=1) / np.sqrt(len(vs))), "values": vs}
+        kind, _, key = name.rpartition("/")
+        (out.setdefault(kind, {}) if kind else out)[key] = cell
+    return out
+
+
+def _gain_problem(agent: TempoAgent, batch: dict[str, Tensor]) -> tuple[BilevelProblem, dict[str, Tensor]]:
+    """The bi-level problem of one batch at the agent's θ (latent noise drawn once, shared by every virtual pass)
+    and the weights to test on it: the weighter's and the naive rule's."""
+    forward = agent.world_model_forward(batch)
+    params = {n: p.detach().requires_grad_(True) for n, p in agent.wm.named_parameters()}
+    problem = BilevelProblem(
+        per_sample_loss=lambda p: forward(agent.update.view(p)).loss,
+        upper_loss=lambda p: forward(agent.update.view(p)).upper,
+        params=params,
+    )
+    with torch.no_grad():
+        levels = forward(agent.wm)
+        assert levels.upper is not None
+        weights = {
+            "meta": agent.weighter(levels.features),
+            "naive": Naive("batch").rule_weights(levels.loss, levels.upper),
+        }
+    return problem, weights
+
+
+def _as_double(x: Tensor) -> Tensor:
+    return x.double() if x.is_floating_point() else x
+
+
+def inspect_weights(logdir: Path, *, sequences: int = 4, seed: int = 0, gain: int = 0) -> dict[str, Any]:
     """TEMPO Table 2 for a run's latest checkpoint: meta and naive weights of ``sequences`` replayed sequences.
 
     Meta weights come from the weighter in eval mode (BatchNorm running statistics); naive weights are
@@ -213,14 +279,17 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, seed: int = 0) -> dict[
 
     Returns:
         ``{"meta": [[T] per sequence], "naive": [...], "pearson": [r per sequence], "summary": weight_summary of
-        all steps, "by_reward": weights_by_reward of all steps, "history": training_history of the run}``, and for a
-        set of environments ``per_task``: ``{name: {mean, std, steps}}``.
+        all steps, "by_reward": weights_by_reward of all steps, "history": training_history of the run}``, for a
+        set of environments ``per_task``: ``{name: {mean, std, steps}}``, and with ``gain`` ≥ 2 ``gain``:
+        ``weighting_gain_of_run`` over that many batches.
 
     Raises:
-        ValueError: ``logdir`` holds no ``tempo`` run or no checkpoint.
+        ValueError: ``logdir`` holds no ``tempo`` run or no checkpoint, or ``gain`` is 1 or negative.
     """
     from scipy.stats import pearsonr
 
+    if gain != 0 and gain < 2:
+        raise ValueError(f"gain: the number of batches must be 0 (off) or >= 2, got {gain}")
     cfg, agent = load_run(logdir)
     replay = dreamerv2.make_replay(cfg, logdir, seed=seed)
     batch = {k: torch.as_tensor(v) for k, v in replay.sample(sequences).items()}
@@ -247,6 +316,8 @@ def inspect_weights(logdir: Path, *, sequences: int = 4, seed: int = 0) -> dict[
             w = meta[task == i]
             if w.numel():
                 rows["per_task"][name] = {"mean": float(w.mean()), "std": float(w.std()), "steps": int(w.numel())}
+    if gain:
+        rows["gain"] = weighting_gain_of_run(logdir, batches=gain, seed=seed)
     return rows
 
 
@@ -284,4 +355,21 @@ def inspection_lines(rows: dict[str, Any], *, show: int = 8) -> list[str]:
             lines.append(f"  {row['start']:>9.0f}–{row['end']:<9.0f} | {' | '.join(cells)}")
     for name, w in rows.get("per_task", {}).items():
         lines.append(f"task {name}: meta weight {w['mean']:.3f} ± {w['std']:.3f} over {w['steps']} steps")
+    if "gain" in rows:
+        lines.extend(gain_lines(rows["gain"]))
+    return lines
+
+
+def gain_lines(gain: dict[str, Any]) -> list[str]:
+    """``weighting_gain_of_run``'s result as text: mean ± standard error over the batches."""
+    lines = [
+        f"one virtual SGD step (lr {gain['lr']:g}) on {gain['batches']} replayed batches; upper loss before "
+        f"{gain['upper']['mean']:.4g}, change by the step with w = 1 {-gain['meta']['step_gain']['mean']:+.3g}:",
+        "  weights | gain over w = 1 | gain shuffled | alignment cos(w − w̄, −g)",
+    ]
+    for kind in ("meta", "naive"):
+        cells = [
+            f"{gain[kind][k]['mean']:+.3g} ± {gain[kind][k]['se']:.2g}" for k in ("gain", "shuffled_gain", "alignment")
+        ]
+        lines.append(f"  {kind:<7} | {' | '.join(cells)}")
     return lines
