@@ -516,6 +516,26 @@ def test_run_tempo_writes_metrics_and_resumes(tmp_path):
     assert (logdir / "diagnostics.png").stat().st_size > 0  # TEMPO Fig. 9
 
 
+def test_weights_are_held_against_the_value_gradient():
+    """‖∂V/∂s‖ per step by the slow critic, against a central difference along each feature; the train step reports
+    the weights' correlation with it."""
+    agent, batch = _agent(dtype=torch.float64)
+    feat = torch.randn(2, 3, agent.wm.rssm.feat_size, dtype=torch.float64)
+    norm = agent.value_gradient_norm(feat)
+    assert norm.shape == (2, 3)
+    eps, grads = 1e-6, []
+    for i in range(feat.shape[-1]):
+        e = torch.zeros_like(feat)
+        e[..., i] = eps
+        with torch.no_grad():
+            grads.append((agent.value(feat + e) - agent.value(feat - e)) / (2 * eps))
+    torch.testing.assert_close(norm.double(), torch.stack(grads, -1).norm(dim=-1), rtol=1e-5, atol=1e-8)
+    first = agent.train_step(batch)["model/weight_corr/value_grad_norm"]  # a weighter update (the first)
+    assert -1 <= first <= 1
+    # computed on weighter updates alone, and carried to the steps between them
+    assert agent.cfg.meta_every > 1 and agent.train_step(batch)["model/weight_corr/value_grad_norm"] == first
+
+
 def test_inspect_weights_prints_table_2(tmp_path, capsys):
     logdir = tmp_path / "tempo"
     assert main(_cli(logdir, 200)) == 0

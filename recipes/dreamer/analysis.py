@@ -26,7 +26,10 @@ DIAGNOSTICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upper objective (task loss)", ("model/upper_loss",)),
     ("lower objective", ("model/lower_loss", "model/lower_loss_unweighted")),
     ("meta weights", ("model/weight_mean", "model/weight_min", "model/weight_max")),
-    ("weights: spread and what they follow", ("model/weight_ess", "model/weight_corr/reward")),
+    (
+        "weights: spread and what they follow",
+        ("model/weight_ess", "model/weight_corr/reward", "model/weight_corr/value_grad_norm"),
+    ),
 )
 
 
@@ -115,6 +118,7 @@ HISTORY_KEYS: tuple[tuple[str, str], ...] = (
     ("model/weight_std", "mean"),
     ("model/weight_ess", "mean"),
     ("model/weight_corr/reward", "mean"),
+    ("model/weight_corr/value_grad_norm", "mean"),
     ("model/weighter_step", "median"),
     ("model/weighter_step_vs_lr", "median"),
     ("model/upper_loss", "mean"),
@@ -347,10 +351,17 @@ def inspection_lines(rows: dict[str, Any], *, show: int = 8) -> list[str]:
     if rows["history"]:
         lines.append(
             "over training (from metrics.jsonl): env steps | weights' std | ESS share | r(w, reward) "
-            "| weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)"
+            "| r(w, ‖∂V/∂s‖) | weighter step ‖Δα‖/‖α‖ | ‖Δα‖/(lr·√P)"
         )
         for row in rows["history"]:
-            keys = ("weight_std", "weight_ess", "weight_corr/reward", "weighter_step", "weighter_step_vs_lr")
+            keys = (
+                "weight_std",
+                "weight_ess",
+                "weight_corr/reward",
+                "weight_corr/value_grad_norm",
+                "weighter_step",
+                "weighter_step_vs_lr",
+            )
             cells = [f"{row[k]:.3g}" if k in row else "-" for k in keys]
             lines.append(f"  {row['start']:>9.0f}–{row['end']:<9.0f} | {' | '.join(cells)}")
     for name, w in rows.get("per_task", {}).items():

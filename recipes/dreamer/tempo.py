@@ -41,8 +41,15 @@ from recipes.run.strategy import strategy_from_config
 from tasklosses import make_task_loss
 from worldmodels import ModelLoss
 
-#: Metrics of ``bilevel.BilevelUpdate.step`` that only weighter updates produce.
-WEIGHTER_METRICS = ("hypergrad_norm", "weighter_grad_norm", "weighter_step", "weighter_step_vs_lr")
+#: Metrics of ``bilevel.BilevelUpdate.step`` that only weighter updates produce (the weights against ‖∂V/∂s‖ is
+#: computed on those alone: a critic backward every step would cost a few per cent of a step for one logged record).
+WEIGHTER_METRICS = (
+    "hypergrad_norm",
+    "weighter_grad_norm",
+    "weighter_step",
+    "weighter_step_vs_lr",
+    "weight_corr/value_grad_norm",
+)
 
 
 class TempoAgent(dreamerv2.DreamerAgent):
@@ -98,6 +105,14 @@ class TempoAgent(dreamerv2.DreamerAgent):
     def value(self, feat: Tensor) -> Tensor:
         """V(features) by the slow (target) critic: the value the upper loss uses (TEMPO §2.2)."""
         return self.ac.value(feat, slow=True)
+
+    def value_gradient_norm(self, feat: Tensor) -> Tensor:
+        """‖∂V/∂s‖ [B, T] of the slow critic at the features ``feat`` [B, T, F] (detached): where the value is most
+        sensitive to the state, the steps VaGraM's loss weights most (Voelcker et al. 2022); a diagnostic."""
+        with torch.enable_grad():
+            f = feat.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.value(f).sum(), f)
+        return grad.norm(dim=-1)
 
     def _noise(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Latent noise for one step, drawn once so that virtual passes (Lookahead) see the same samples."""
@@ -167,8 +182,10 @@ class TempoAgent(dreamerv2.DreamerAgent):
         forward = self.backend.forward(self.world_model_forward(batch, noise), batch, noise, meta)
         forward = autocast_fn(forward, *self.autocast)
         levels = forward(self.wm)  # the real forward at θ, reused by the update
-        # the weights against the reward, and against the random policy's share of the data (diagnostics)
+        # the weights against the reward, the random policy's share of the data and ‖∂V/∂s‖ (diagnostics)
         levels.probes = {k: batch[k] for k in ("reward", "random_policy") if k in batch}
+        if meta:
+            levels.probes["value_grad_norm"] = self.value_gradient_norm(levels.aux[0].states["feat"])
         jvp = self.backend.jvp(batch, noise, levels, meta)  # (1/N) J a by forward mode, where the backend has it
         with self.backend.backward(meta):
             result = self.update.step(forward, outputs=levels, meta=meta, jvp=jvp)  # eq. 7 (model), 9 (weighter)
