@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -31,30 +30,9 @@ import gymnasium as gym
 import numpy as np
 import stable_baselines3
 import torch
+from peer_common import cpu_name, episode_returns
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def evaluate(model: SAC, env: gym.Env, episodes: int) -> list[float]:
-    """Returns of ``episodes`` deterministic episodes (the env's first reset was seeded by the caller)."""
-    returns = []
-    for _ in range(episodes):
-        obs, _ = env.reset()
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return returns
 
 
 class Evaluations(BaseCallback):
@@ -66,7 +44,9 @@ class Evaluations(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.every == 0:
-            returns = evaluate(self.model, self.env, self.episodes)
+            returns = episode_returns(
+                lambda obs: self.model.predict(obs, deterministic=True)[0], self.env, self.episodes
+            )
             record = {
                 "step": self.num_timesteps,
                 "eval_return": float(np.mean(returns)),
