@@ -271,6 +271,36 @@ def test_compiled_dreamerv2_world_model_step_in_chunks_equals_eager():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_tempo_with_uniform_weights_is_dreamerv2():
+    """tempo+strategy=uniform, the control of every TEMPO comparison, is DreamerV2 step for step: given the same
+    weights, latent noise and random stream, three train steps leave equal world models, actor-critics and losses
+    (the upper loss and values it also computes change nothing)."""
+    from recipes.dreamer.dreamerv2 import DreamerAgent
+
+    dreamer_tiny = {k: v for k, v in TINY.items() if not k.startswith("weighter")}
+    dreamer = DreamerAgent(resolve("dmc:cartpole_swingup", "cpu", dreamer_tiny, recipe="dreamerv2"), (5,), 1, False)
+    tempo, batch = _agent(strategy="uniform", meta_every=1)
+    tempo.wm.load_state_dict(dreamer.wm.state_dict())
+    tempo.ac.load_state_dict(dreamer.ac.state_dict())
+    torch.manual_seed(5)
+    noise = tempo._noise(batch)  # DreamerV2 draws its latent noise inside the filtering loop: give both this one
+    observe = dreamer.wm.forward
+    dreamer.wm.forward = lambda b, n=None, s=None: observe(b, noise if n is None else n, s)
+    tempo._noise = lambda b: noise
+    before = _snapshot(dreamer.wm) + _snapshot(dreamer.ac)
+    got = []
+    for agent in (dreamer, tempo):
+        torch.manual_seed(1)
+        metrics = [agent.train_step(batch) for _ in range(3)]
+        got.append((metrics, [p.detach().clone() for p in [*agent.wm.parameters(), *agent.ac.parameters()]]))
+    (m_dreamer, p_dreamer), (m_tempo, p_tempo) = got
+    for a, b in zip(p_dreamer, p_tempo, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(m_dreamer, m_tempo, strict=True):
+        assert all(a[k] == b[k] for k in ("model/lower_loss", "model/kl", "agent/actor_loss", "agent/critic_loss"))
+    assert any(not torch.equal(a, b) for a, b in zip(before, p_dreamer, strict=True))  # the steps did train
+
+
 def test_compiled_acting_equals_eager():
     """dreamerv2 with compile=true acts through one compiled graph per ``explore`` value: the same actions (the
     explored ones drawn from the same random stream) and posterior states as the eager step, across an episode
