@@ -170,7 +170,7 @@ def test_termination_functions_follow_gymnasium_v5_health_ranges():
         termination_fn("gym:Humanoid-v5")
 
 
-@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5", "Ant-v5"])
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Hopper-v4", "Walker2d-v5", "Ant-v5"])
 def test_termination_functions_agree_with_the_simulator(env_id):
     """Random-action episodes: the function of each next observation is gymnasium's own ``terminated``."""
     from recipes.envs import make_env

@@ -35,15 +35,19 @@ Hydra from the wheel's bundled ``mbrl/examples/conf``: ``main`` + ``algorithm=mb
 
 Evaluation: mbrl-lib's loop only evaluates at the end of each epoch (every ``epoch_length`` loop steps, one episode,
 mean only), so this wrapper evaluates from a hook instead: ``mbrl.util.common.step_env_and_add_to_buffer`` (every
-real env step of the initial exploration and of the loop goes through it, and it is handed mbrl-lib's agent) is
-wrapped so that after every --eval-every-th env step (counted from the first exploration step) --eval-episodes
-episodes run with mbrl-lib's own evaluation action (``agent.act(obs)``: the SAC policy's deterministic mean) on a
-separate env seeded seed + 10000 on its first reset, as our run loop's evaluation env; one more evaluation follows
-the last step when --steps is not a multiple of --eval-every.  The same hook ends the run after --steps env steps.
-That wrapper is the only patch of mbrl-lib.  mbrl-lib's own per-epoch evaluation still runs (results.csv, sac.pth:
-1 episode every 1000 loop steps, well under 1% of the time), and it still saves model.pth and replay_buffer.npz into
-LOGDIR after every model training.  The policy's evaluation action draws (and discards) a noise sample from torch's
-global generator, so evaluations, ours as mbrl-lib's, shift the random stream of the training that follows them.
+real env step of the initial exploration and of the loop goes through it) is wrapped so that after every
+--eval-every-th env step (counted from the first exploration step) --eval-episodes episodes run with mbrl-lib's own
+evaluation action (``agent.act(obs)``: the SAC policy's deterministic mean) on a separate env seeded seed + 10000 on
+its first reset, as our run loop's evaluation env; one more evaluation follows the last step when --steps is not a
+multiple of --eval-every.  The same hook ends the run after --steps env steps.  The agent evaluated is the SAC agent
+``mbpo.train`` made, also while a random initial exploration (``--set algorithm.random_initial_explore=true``) hands
+the hook mbrl-lib's ``RandomAgent`` instead (as our run loop evaluates its SAC policy at the end of its random
+prefill): ``mbrl.algorithms.mbpo.SACAgent`` is replaced by a subclass that only records its instance.  That subclass
+and the wrapper are the only patches of mbrl-lib.  mbrl-lib's own per-epoch evaluation still runs (results.csv,
+sac.pth: 1 episode every 1000 loop steps, well under 1% of the time), and it still saves model.pth and
+replay_buffer.npz into LOGDIR after every model training.  The policy's evaluation action draws (and discards) a
+noise sample from torch's global generator, so evaluations, ours as mbrl-lib's, shift the random stream of the
+training that follows them.
 
 Adapting mbrl-lib 0.2.0 (written for Hydra 1.0.3, which does not import on Python 3.11) to Hydra 1.3.2, all by
 config, each written into config.json: the config is composed with ``version_base="1.1"`` (Hydra 1.3 reads the
@@ -226,17 +230,27 @@ def record(step: int, returns: list[float], t0: float) -> dict[str, float]:
 
 
 def install_step_hook(args: argparse.Namespace, total_steps: int, eval_env: gym.Env, t0: float) -> None:
-    """Wraps mbrl-lib's ``step_env_and_add_to_buffer``: evaluation every --eval-every env steps, stop at --steps."""
+    """Wraps mbrl-lib's ``step_env_and_add_to_buffer``: evaluation of the SAC agent (recorded as ``mbpo.train`` makes
+    it) every --eval-every env steps, stop at --steps."""
     original: Callable = mbrl.util.common.step_env_and_add_to_buffer
     count = 0
+    made: list[Any] = []
+
+    class RecordedSACAgent(mbpo.SACAgent):
+        """mbrl-lib's ``SACAgent``, its instance recorded for the evaluations."""
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            made.append(self)
 
     def hooked(env: gym.Env, obs: np.ndarray, agent: Any, *rest: Any, **kwargs: Any) -> Any:
-        """mbrl-lib's env step, then an evaluation when one is due."""
+        """mbrl-lib's env step, then an evaluation (of the SAC agent) when one is due."""
         nonlocal count
         out = original(env, obs, agent, *rest, **kwargs)
         count += 1
         if count % args.eval_every == 0 or count == total_steps:
-            line = record(count, episode_returns(agent.act, eval_env, args.eval_episodes), t0)
+            policy = made[-1] if made else agent
+            line = record(count, episode_returns(policy.act, eval_env, args.eval_episodes), t0)
             with open(args.logdir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")
             print(f"[mbrl_mbpo] {json.dumps(line)}", flush=True)
@@ -244,6 +258,7 @@ def install_step_hook(args: argparse.Namespace, total_steps: int, eval_env: gym.
             raise StopTraining
         return out
 
+    mbpo.SACAgent = RecordedSACAgent
     mbrl.util.common.step_env_and_add_to_buffer = hooked
 
 

@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import side_by_side
+from side_by_side import run_pending
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from recipes.compare import eval_curve, mean_over_evaluations  # noqa: E402
 
 #: SACConfig's paper values that sb3_sac.py takes as flags (ours: the recipe's own fields).
 SHARED = {
@@ -77,65 +73,21 @@ def commands(env: str, seed: int, steps: int, logdir: Path) -> dict[str, list[st
     return {"ours": ours, "sb3": sb3}
 
 
-def finished(run: Path, steps: int) -> bool:
-    return run.exists() and max(eval_curve(run), default=0) >= steps
-
-
 def run_all(env: str, seeds: list[int], steps: int, logdir: Path, jobs: int) -> None:
-    """Every run not finished yet, ``jobs`` at a time, each logging to ``RUN.log``."""
-    todo = []
-    for seed in seeds:
-        for name, cmd in commands(env, seed, steps, logdir).items():
-            run = logdir / f"{name}-s{seed}"
-            if not finished(run, steps):
-                todo.append((run, cmd))
-    logdir.mkdir(parents=True, exist_ok=True)
-
-    def one(item: tuple[Path, list[str]]) -> int:
-        run, cmd = item
-        with open(f"{run}.log", "a") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        print(f"{'finished' if code == 0 else f'FAILED (exit {code})'} {run.name}", flush=True)
-        return code
-
-    with ThreadPoolExecutor(jobs) as pool:
-        codes = list(pool.map(one, todo))
-    if any(codes):
-        raise SystemExit(f"{sum(c != 0 for c in codes)} run(s) failed; see their .log files in {logdir}")
+    """Every run not finished yet, ``jobs`` at a time, each logging to ``RUN.log`` (``side_by_side.run_pending``)."""
+    runs = {f"{name}-s{seed}": cmd for seed in seeds for name, cmd in commands(env, seed, steps, logdir).items()}
+    run_pending(runs, steps, logdir, jobs)
 
 
 def table(seeds: list[int], steps: int, logdir: Path) -> dict[str, Any]:
     """Per evaluation step the two means ± std over seeds, the two-sided Welch p and whether the means are within
-    20%; and the test on each run's mean over its evaluations."""
-    from scipy.stats import ttest_ind
-
-    curves = {name: [eval_curve(logdir / f"{name}-s{s}") for s in seeds] for name in ("ours", "sb3")}
-    shared = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
-    rows = []
-    for step in shared:
-        a = [c[step] for c in curves["ours"]]
-        b = [c[step] for c in curves["sb3"]]
-        p = float(ttest_ind(a, b, equal_var=False).pvalue) if len(seeds) > 1 else float("nan")
-        within = abs(np.mean(a) - np.mean(b)) <= 0.2 * max(abs(np.mean(a)), abs(np.mean(b)))
-        rows.append({"step": step, "ours": a, "sb3": b, "p_two_sided": p, "within_20pct": bool(within)})
-    means = {name: [float(np.mean([c[s] for s in shared])) for c in runs] for name, runs in curves.items()}
-    return {"rows": rows, "mean_over_evaluations": mean_over_evaluations(means["ours"], means["sb3"]), "steps": steps}
+    20%; and the test on each run's mean over its evaluations (``side_by_side.table``)."""
+    return side_by_side.table(seeds, steps, logdir, "sb3")
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| env steps | ours | SB3 | Welch p (two-sided) | within 20% |", "|---|---|---|---|---|"]
-    for r in result["rows"]:
-        a, b = np.array(r["ours"]), np.array(r["sb3"])
-        lines.append(
-            f"| {r['step']} | {a.mean():.0f} ± {a.std():.0f} | {b.mean():.0f} ± {b.std():.0f} "
-            f"| {r['p_two_sided']:.2f} | {'yes' if r['within_20pct'] else 'no'} |"
-        )
-    m = result["mean_over_evaluations"]
-    lines.append(
-        f"\nMean over the evaluations: ours {m['a_mean']:.0f} ± {m['a_std']:.0f}, SB3 {m['b_mean']:.0f} ± "
-        f"{m['b_std']:.0f}; difference {m['diff']:+.0f} (bootstrap 95% CI {m['ci95'][0]:+.0f} … {m['ci95'][1]:+.0f})"
-    )
-    return "\n".join(lines)
+    """``table``'s result as markdown (``side_by_side.markdown``)."""
+    return side_by_side.markdown(result, "SB3")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

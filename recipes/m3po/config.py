@@ -127,7 +127,12 @@ class M3POConfig(RunConfig):
     )
 
     # SAC meta-policy (SAC paper Table 1 unless noted)
-    sac_updates: int = Field(10, ge=1, description="G, SAC updates per env step (mbrl-lib num_sac_updates_per_step 10)")
+    sac_updates: int = Field(
+        10,
+        ge=1,
+        description="G, SAC updates per env step (mbrl-lib's HalfCheetah config: 10, its Hopper: 40; MBPO's own code: "
+        "20 on Hopper, 40 on HalfCheetah)",
+    )
     sac_batch: int = Field(256, ge=1)
     sac_layers: int = Field(2, ge=1)
     sac_units: int = Field(256, ge=1)
