@@ -1,12 +1,12 @@
 """What the weights did in a set of `tempo` runs, beside a control: the diagnostics that explain a comparison's outcome.
 
-Per arm (a name and its run directories; a glob is expanded), over training in equal spans of env steps, the mean
-over the arm's runs of: the weights' std, their correlation with the reward and with ‖∂V/∂s‖, the weighter's
-effective step ‖Δα‖/(lr·√P) and the upper loss (which a `strategy=uniform` run logs too, never trained on). With
-``--gain K`` also, per run with a trained weighter, ``reweigh inspect-weights --gain K``'s question at its latest
-checkpoint: do the weights lower the upper loss after a virtual step more than w = 1, their own shuffle and the
-naive weights (``recipes.dreamer.analysis.weighting_gain_of_run``).  Prints Markdown tables; ``--plot`` draws the
-spans; ``--out`` writes JSON.
+Per arm (a name and its run directories; a glob is expanded), over training in equal spans of env steps, the median
+over the arm's runs (one diverged run does not carry the arm) of: the weights' std, their correlation with the
+reward and with ‖∂V/∂s‖, the weighter's effective step ‖Δα‖/(lr·√P) and the upper loss (which a `strategy=uniform`
+run logs too, never trained on). With ``--gain K`` also, per run with a trained weighter, ``reweigh inspect-weights
+--gain K``'s question at its latest checkpoint: do the weights lower the upper loss after a virtual step more than w
+= 1, their own shuffle and the naive weights (``recipes.dreamer.analysis.weighting_gain_of_run``). Prints Markdown
+tables; ``--plot`` draws the spans; ``--out`` writes JSON.
 
     python benchmarks/weighting_report.py --arm 'tempo=runs/r/tempo-s*' --arm 'uniform=runs/r/uniform-s*' \\
         --gain 16 --plot report.png --out report.json
@@ -57,7 +57,7 @@ def parse_arm(text: str) -> tuple[str, list[Path]]:
 
 
 def arm_spans(runs: list[Path], spans: int) -> list[dict[str, float]]:
-    """The mean over ``runs`` of each span's ``training_history`` row (spans aligned by index)."""
+    """The median over ``runs`` of each span's ``training_history`` row (spans aligned by index)."""
     histories = [training_history(run, spans) for run in runs]
     rows = []
     for i in range(min(len(h) for h in histories)):
@@ -65,7 +65,7 @@ def arm_spans(runs: list[Path], spans: int) -> list[dict[str, float]]:
         for key, _ in SPAN_KEYS:
             values = [h[i][key] for h in histories if key in h[i]]
             if values:
-                row[key] = float(np.mean(values))
+                row[key] = float(np.median(values))
         rows.append(row)
     return rows
 

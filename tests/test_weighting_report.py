@@ -22,22 +22,23 @@ def _run(path: Path, std: float, upper: float, strategy: str = "same_state") -> 
     return path
 
 
-def test_spans_are_averaged_over_an_arms_runs(tmp_path, capsys):
+def test_spans_are_the_median_of_an_arms_runs(tmp_path, capsys):
     _run(tmp_path / "tempo-s0", 0.1, 1.0)
     _run(tmp_path / "tempo-s1", 0.3, 3.0)
+    _run(tmp_path / "tempo-s2", 0.9, 90.0)  # a diverged run does not carry the arm
     _run(tmp_path / "uniform-s0", 0.0, 2.0, strategy="uniform")
     name, runs = wr.parse_arm(f"tempo={tmp_path}/tempo-s*")
-    assert name == "tempo" and [r.name for r in runs] == ["tempo-s0", "tempo-s1"]
+    assert name == "tempo" and [r.name for r in runs] == ["tempo-s0", "tempo-s1", "tempo-s2"]
     rows = wr.arm_spans(runs, spans=2)
     assert [(r["start"], r["end"]) for r in rows] == [(1000, 5000), (6000, 10000)]
-    assert rows[0]["weight_std"] == pytest.approx(0.2)
-    assert rows[0]["upper_loss"] == pytest.approx(2.0 * 3)  # the mean of 1…5 is 3, the runs' scales 1 and 3
+    assert rows[0]["weight_std"] == pytest.approx(0.3)
+    assert rows[0]["upper_loss"] == pytest.approx(3.0 * 3)  # the mean of 1…5 is 3, the middle run's scale 3
     assert "weighter_step_vs_lr" not in rows[0]
     out = tmp_path / "report.json"
     args = ["--arm", f"tempo={tmp_path}/tempo-s*", "--arm", f"uniform={tmp_path}/uniform-s0", "--spans", "2"]
     assert wr.main([*args, "--out", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 2 + 4 and table[2].startswith("| tempo | 1k–5k | 0.2 |")
+    assert len(table) == 2 + 4 and table[2].startswith("| tempo | 1k–5k | 0.3 |")
     assert json.loads(out.read_text())["gain"] == {}
     assert wr.gain_runs({"uniform": [tmp_path / "uniform-s0"]}) == {}  # no weighter to ask
     assert wr.main([*args, "--gain", "2"]) == 2  # the tempo runs have no checkpoint
