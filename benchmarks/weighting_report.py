@@ -102,14 +102,16 @@ def gain_table(gains: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def plot(arms: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
-    """One panel per span column, one line per arm."""
+    """One panel per span column that any arm logged, one line per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SPAN_KEYS), figsize=(4 * len(SPAN_KEYS), 3.2))
-    for ax, (key, header) in zip(axes, SPAN_KEYS, strict=True):
+    keys = [(k, h) for k, h in SPAN_KEYS if any(k in r for rows in arms.values() for r in rows)]  # logged ones
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    axes = axes[0]
+    for ax, (key, header) in zip(axes, keys, strict=True):
         for name, rows in arms.items():
             pts = [((r["start"] + r["end"]) / 2e3, r[key]) for r in rows if key in r]
             if pts:
