@@ -78,7 +78,7 @@ def weighting_gain(
         raise ValueError(f"weights: need at least 2 samples to shuffle, got {weights.numel()}")
     look = Lookahead(lr)  # checks lr
     w = weights.detach()
-    order = torch.randperm(w.numel(), generator=generator, device=w.device)
+    order = torch.randperm(w.numel(), generator=generator).to(w.device)  # a CPU generator serves any device
     shuffled = w.flatten()[order].view_as(w)
     g = look.compute(problem, w).hypergradient
     centred, g = (w - w.mean()).flatten().double(), (g - g.mean()).flatten().double()
