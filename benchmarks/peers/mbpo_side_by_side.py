@@ -63,7 +63,8 @@ Known differences (each library does it its own way; no setting makes them equal
 * Real-env actions: mbrl-lib 0.2.0's loop acts with the SAC policy's deterministic mean (``mbpo.train`` calls
   ``step_env_and_add_to_buffer(env, obs, agent, {}, ...)``, and ``SACAgent.act`` defaults to ``sample=False``);
   ours, as MBPO's code (softlearning's sampler), samples from the policy.  mbrl-lib's real data after the initial
-  exploration thus carries no exploration noise (its model rollouts do sample).
+  exploration thus carries no exploration noise (its model rollouts do sample); ``mbrl_mbpo.py --sample-real-actions``
+  (off here) makes it sample, to tell whether this difference explains a gap.
 * Episodes: mbrl-lib resets the real env at the start of every epoch (every 1000 loop steps), cutting the episode
   under way (not as a terminal); ours (and MBPO's code) run every episode to its end or time limit.
 * When rollouts happen: mbrl-lib (as MBPO's code) rolls out rollouts_per_step × freq_train_model (400 × 250) start

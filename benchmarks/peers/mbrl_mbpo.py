@@ -39,15 +39,16 @@ real env step of the initial exploration and of the loop goes through it) is wra
 --eval-every-th env step (counted from the first exploration step) --eval-episodes episodes run with mbrl-lib's own
 evaluation action (``agent.act(obs)``: the SAC policy's deterministic mean) on a separate env seeded seed + 10000 on
 its first reset, as our run loop's evaluation env; one more evaluation follows the last step when --steps is not a
-multiple of --eval-every.  The same hook ends the run after --steps env steps.  The agent evaluated is the SAC agent
+multiple of --eval-every. The same hook ends the run after --steps env steps. The agent evaluated is the SAC agent
 ``mbpo.train`` made, also while a random initial exploration (``--set algorithm.random_initial_explore=true``) hands
 the hook mbrl-lib's ``RandomAgent`` instead (as our run loop evaluates its SAC policy at the end of its random
-prefill): ``mbrl.algorithms.mbpo.SACAgent`` is replaced by a subclass that only records its instance.  That subclass
-and the wrapper are the only patches of mbrl-lib.  mbrl-lib's own per-epoch evaluation still runs (results.csv,
-sac.pth: 1 episode every 1000 loop steps, well under 1% of the time), and it still saves model.pth and
-replay_buffer.npz into LOGDIR after every model training.  The policy's evaluation action draws (and discards) a
-noise sample from torch's global generator, so evaluations, ours as mbrl-lib's, shift the random stream of the
-training that follows them.
+prefill): ``mbrl.algorithms.mbpo.SACAgent`` is replaced by a subclass that only records its instance. That subclass
+and the wrapper are the only patches of mbrl-lib. ``--sample-real-actions`` (off by default) makes the same hook pass
+``sample=True`` to the agent's real-env action, as MBPO's code acts; mbrl-lib 0.2.0 acts with the mean. mbrl-lib's
+own per-epoch evaluation still runs (results.csv, sac.pth: 1 episode every 1000 loop steps, well under 1% of the
+time), and it still saves model.pth and replay_buffer.npz into LOGDIR after every model training. The policy's
+evaluation action draws (and discards) a noise sample from torch's global generator, so evaluations, ours as
+mbrl-lib's, shift the random stream of the training that follows them.
 
 Adapting mbrl-lib 0.2.0 (written for Hydra 1.0.3, which does not import on Python 3.11) to Hydra 1.3.2, all by
 config, each written into config.json: the config is composed with ``version_base="1.1"`` (Hydra 1.3 reads the
@@ -156,6 +157,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--dataset-size", type=int, help="real replay buffer capacity (default: --steps)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any Hydra override")
     ap.add_argument("--quiet", action="store_true", help="mbrl-lib's silent=True (no train/model logs)")
+    ap.add_argument(
+        "--sample-real-actions",
+        action="store_true",
+        help="act in the real env with a sample of the policy, as MBPO's code does (mbrl-lib 0.2.0: the mean); "
+        "off by default, the peer as it ships",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     args = ap.parse_args()
     if not args.dry_run and args.logdir is None:
@@ -246,6 +253,8 @@ def install_step_hook(args: argparse.Namespace, total_steps: int, eval_env: gym.
     def hooked(env: gym.Env, obs: np.ndarray, agent: Any, *rest: Any, **kwargs: Any) -> Any:
         """mbrl-lib's env step, then an evaluation (of the SAC agent) when one is due."""
         nonlocal count
+        if args.sample_real_actions and rest:  # rest[0]: the agent_kwargs mbpo.train passes as {}
+            rest = ({**rest[0], "sample": True}, *rest[1:])
         out = original(env, obs, agent, *rest, **kwargs)
         count += 1
         if count % args.eval_every == 0 or count == total_steps:
